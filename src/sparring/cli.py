@@ -1,0 +1,53 @@
+"""The `sparring` command line.
+
+Each subcommand lives next to the code it drives and exposes `add_parser(subparsers)`, which
+registers its arguments and sets `func` (called with the parsed namespace, returns an exit code).
+Modules listed here must import quickly: heavy imports (torch, transformers) go inside `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sparring import __version__
+from sparring.errors import UserError
+
+# Order here is the order in `sparring --help`.
+COMMAND_MODULES = [
+    "sparring.commands",  # demo, run, generate, judge, train, eval, score, status
+    "sparring.game.cli",  # game
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparring",
+        description="Self-play preference optimization (SPPO and neighbours) for language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparring {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"sparring: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sparring: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
