@@ -1,0 +1,347 @@
+"""IFEval checkers, strict/loose scoring, metrics and the IFEval judge, on hand-written examples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sparring.data.prompts import PromptRecord
+from sparring.judges import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions
+from sparring.judges.ifeval import loose_variants
+from sparring.judges.ifeval_checks import (
+    check_instruction,
+    count_sentences,
+    count_words,
+    split_sentences,
+    validate_instruction,
+    word_tokens,
+)
+
+# (instruction id, kwargs, a response that follows it, a response that does not)
+CASES = [
+    ("change_case:english_lowercase", {}, "all lowercase, even here.", "Not all lowercase."),
+    ("change_case:english_capital", {}, "ALL CAPITALS, 100%.", "ALL CAPITALS but one."),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "at least"},
+        "This is VERY, VERY important.",
+        "This is Very important.",
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 3, "capital_relation": "less than"},
+        "ONE TWO and the rest",
+        "ONE TWO THREE",
+    ),
+    ("punctuation:no_comma", {}, "No commas at all.", "Well, one comma."),
+    (
+        "length_constraints:number_words",
+        {"num_words": 5, "relation": "less than"},
+        "one two three four",
+        "one two three four five",
+    ),
+    (
+        # \w+ counting: "it's" is two words (it, s), as in IFEval.
+        "length_constraints:number_words",
+        {"num_words": 4, "relation": "at least"},
+        "it's a test",
+        "a short test",
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 3, "relation": "at least"},
+        "One. Two! Three?",
+        "Dr. Smith came. He left.",
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 2, "relation": "less than"},
+        "Only one sentence here, e.g. this one.",
+        "First one. Second one.",
+    ),
+    (
+        "length_constraints:number_paragraphs",
+        {"num_paragraphs": 2},
+        "First paragraph.\n***\nSecond paragraph.",
+        "First.\n***\n***\nSecond.",  # an empty paragraph between two dividers fails
+    ),
+    (
+        "length_constraints:number_paragraphs",
+        {"num_paragraphs": 1},
+        "***\nOnly paragraph, dividers at the ends are ignored.\n***",
+        "One.\n***\nTwo.",
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+        "Intro here.\n\n\"Then, the end.",
+        "Intro here.\n\nAnd then the end.",
+    ),
+    (
+        "keywords:existence",
+        {"keywords": ["apple", "Banana"]},
+        "I like APPLE pie and banana bread.",
+        "I like apple pie.",
+    ),
+    (
+        "keywords:forbidden_words",
+        {"forbidden_words": ["cat", "dog"]},
+        "A category of hotdogs.",  # whole words only
+        "The Cat sat.",
+    ),
+    (
+        # substring, case-insensitive count: "Go", "go", "ago" -> 3
+        "keywords:frequency",
+        {"keyword": "go", "frequency": 3, "relation": "at least"},
+        "Go, go. Long ago.",
+        "Let's go.",
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "z", "let_frequency": 2, "let_relation": "less than"},
+        "Zero hour.",
+        "zigzag",
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "!", "let_frequency": 3, "let_relation": "at least"},  # IFEval data does this
+        "Wow! Yes! Go!",
+        "Wow! Yes.",
+    ),
+    (
+        "startend:end_checker",
+        {"end_phrase": "Any other questions?"},
+        'Here it is. "any other questions?"\n',
+        "Any other questions? Thanks.",
+    ),
+    ("startend:quotation", {}, ' "Wrapped in quotes." ', 'Not "wrapped".'),
+    ("detectable_format:title", {}, "<<A Poem of Joy>>\nRoses.", "<< >> <no title>"),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 2},
+        "Intro\n* one\n* two",
+        "* one\n* two\n- three",
+    ),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "*one* and **two**",
+        "*one* and ** **",
+    ),
+    ("detectable_format:json_format", {}, '```json\n{"a": [1, 2]}\n```', 'Here: {"a": 1}'),
+    ("detectable_format:constrained_response", {}, "My answer is maybe.", "Maybe."),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 2},
+        "Section 1\nfoo\nSection 2\nbar",
+        "Section 1\nfoo\nSECTION 2\nbar",  # the splitter is case-sensitive
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.S."},
+        "Body.\np. s. remember the milk",
+        "Body. PS remember the milk",
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.P.S"},
+        "Body.\nP.P.S extra",
+        "Body.\nP.S. extra",
+    ),
+    (
+        "detectable_content:number_placeholders",
+        {"num_placeholders": 2},
+        "Dear [name], see you at [address].",
+        "Dear [name].",
+    ),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Write a poem."},
+        "write a poem. Roses are red.",
+        "Sure! Write a poem.",
+    ),
+    ("combination:two_responses", {}, "Answer one.\n******\nAnswer two.", "Same.\n******\nSame."),
+]
+
+
+@pytest.mark.parametrize("instruction_id,kwargs,good,bad", CASES)
+def test_checker_positive_and_negative(instruction_id, kwargs, good, bad):
+    assert check_instruction(instruction_id, kwargs, good) is True
+    assert check_instruction(instruction_id, kwargs, bad) is False
+
+
+def test_every_registered_instruction_has_a_case():
+    assert {c[0] for c in CASES} == set(INSTRUCTIONS)
+    assert len(INSTRUCTIONS) == 24  # IFEval's 25 minus language:response_language
+
+
+def test_word_and_sentence_counting():
+    assert count_words("Hello, world! It's 2024.") == 5  # Hello world It s 2024
+    assert split_sentences("Dr. Smith arrived at 3.30 p.m. today. He sat down!  Then? Yes...") == [
+        "Dr. Smith arrived at 3.30 p.m. today.",
+        "He sat down!",
+        "Then?",
+        "Yes...",
+    ]
+    # A heading without final punctuation joins the next sentence; a newline alone is no break.
+    assert count_sentences("My Title\n\nRoses are red. Violets are blue.") == 2
+    assert count_sentences('He said "stop." Then he left.') == 2
+    assert count_sentences("") == 0
+    assert count_sentences("J. R. R. Tolkien wrote it in Oxford, e.g. Merton.") == 1
+    assert count_sentences("You are in o. Let's go, etc. The end.") == 3
+    assert split_sentences("1. First item\n2. second item") == ["1.", "First item\n2. second item"]
+    assert word_tokens("I DON'T like STATE-OF-THE-ART \"AI,\" ok.") == [
+        "I", "DO", "N'T", "like", "STATE-OF-THE-ART", "AI", "ok"
+    ]
+
+
+def test_empty_response_follows_nothing():
+    rec = PromptRecord(1, "p", ("punctuation:no_comma",), ({},))
+    assert follow_instructions(rec, "   \n") == [False]
+    assert follow_instructions(rec, "   \n", loose=True) == [False]
+
+
+def test_null_kwargs_are_ignored_and_required_null_is_an_error():
+    kwargs = {"num_words": 3, "relation": "at least", "keywords": None, "end_phrase": None}
+    validate_instruction("length_constraints:number_words", kwargs)
+    assert check_instruction("length_constraints:number_words", kwargs, "one two three")
+    validate_instruction("punctuation:no_comma", {"num_words": None, "prompt_to_repeat": None})
+    with pytest.raises(ValueError, match="missing required kwarg 'relation'"):
+        validate_instruction("length_constraints:number_words", {"num_words": 3, "relation": None})
+
+
+@pytest.mark.parametrize(
+    "instruction_id,kwargs,message",
+    [
+        ("length_constraints:number_word", {}, "did you mean 'length_constraints:number_words'"),
+        ("number_bullet_lists", {}, "did you mean 'detectable_format:number_bullet_lists'"),
+        ("language:response_language", {"language": "en"}, "not supported"),
+        ("length_constraints:number_words", {"num_words": 3}, "missing required kwarg 'relation'"),
+        (
+            "length_constraints:number_words",
+            {"num_words": 3, "relation": "at most"},
+            "'relation' must be one of 'less than', 'at least', got 'at most'",
+        ),
+        ("detectable_format:number_bullet_lists", {"num_bullets": -1}, "'num_bullets' must be >= 0"),
+        ("detectable_format:number_bullet_lists", {"num_bullets": "3"}, "must be an integer"),
+        ("detectable_format:number_bullet_lists", {"num_bullets": True}, "must be an integer"),
+        ("punctuation:no_comma", {"num_words": 3}, "unexpected kwarg 'num_words'"),
+        ("keywords:existence", {"keyword": ["a"]}, "unexpected kwarg 'keyword'"),
+        ("keywords:existence", {"keywords": []}, "non-empty list"),
+        ("keywords:letter_frequency",
+         {"letter": "ab", "let_frequency": 1, "let_relation": "at least"}, "single character"),
+        (
+            "length_constraints:nth_paragraph_first_word",
+            {"num_paragraphs": 2, "nth_paragraph": 3, "first_word": "so"},
+            "'nth_paragraph' must be <= num_paragraphs",
+        ),
+    ],
+)
+def test_validate_instruction_errors(instruction_id, kwargs, message):
+    with pytest.raises(ValueError) as exc:
+        validate_instruction(instruction_id, kwargs)
+    assert message in str(exc.value)
+
+
+def test_loose_variants_are_ifevals_eight():
+    assert loose_variants("Sure:\n*a*\nbye") == [
+        "Sure:\n*a*\nbye", "*a*\nbye", "Sure:\n*a*", "*a*",
+        "Sure:\na\nbye", "a\nbye", "Sure:\na", "a",
+    ]
+
+
+def test_loose_passes_where_strict_fails():
+    rec = PromptRecord(1, "p", ("punctuation:no_comma",), ({},))
+    response = "Sure, here it is:\nno commas in this answer"
+    assert follow_instructions(rec, response) == [False]
+    assert follow_instructions(rec, response, loose=True) == [True]
+    # '*' removal: markdown bold around a quoted answer.
+    rec = PromptRecord(2, "p", ("startend:quotation",), ({},))
+    assert follow_instructions(rec, '**"quoted"**') == [False]
+    assert follow_instructions(rec, '**"quoted"**', loose=True) == [True]
+
+
+def _eval_set():
+    words3 = {"num_words": 3, "relation": "at least"}
+    records = [
+        PromptRecord(1, "p1", ("punctuation:no_comma", "length_constraints:number_words"),
+                     ({}, words3)),
+        PromptRecord(2, "p2", ("detectable_format:constrained_response",), ({},)),
+        PromptRecord(3, "p3", ("startend:quotation", "detectable_format:title"), ({}, {})),
+        PromptRecord(4, "p4", ("startend:quotation",), ({},)),
+    ]
+    responses = [
+        "Sure, here it is:\none two three",  # strict [F, T], loose [T, T]
+        "My answer is yes.",                 # [T] [T]
+        "hello",                             # [F, F] [F, F]
+        '**"quoted"**',                      # [F] [T]
+    ]
+    return records, responses
+
+
+def test_evaluate_hand_computed():
+    records, responses = _eval_set()
+    expected = {
+        "prompt_strict": 1 / 4,       # only p2
+        "prompt_loose": 3 / 4,        # p1, p2, p4
+        "instruction_strict": 2 / 6,  # p1 words, p2
+        "instruction_loose": 4 / 6,   # p1 both, p2, p4
+        "n": 4,
+    }
+    assert evaluate(records, responses) == pytest.approx(expected)
+    by_prompt = {r.prompt: resp for r, resp in zip(records, responses)}
+    assert evaluate(records, by_prompt) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="aligned"):
+        evaluate(records, responses[:3])
+    with pytest.raises(ValueError, match="no response for prompt 'p4'"):
+        evaluate(records, {k: v for k, v in by_prompt.items() if k != "p4"})
+
+
+def _judge_record():
+    return PromptRecord(
+        7, "Count to three without commas.",
+        ("punctuation:no_comma", "length_constraints:number_words"),
+        ({}, {"num_words": 3, "relation": "at least", "keywords": None}),
+    )
+
+
+def test_judge_scores_and_preference():
+    rec = _judge_record()
+    judge = IFEvalJudge()
+    a, b, c = "one two three", "one, two three", "one, two"
+    assert judge.scores(rec, [a, b, c]) == [1.0, 0.5, 0.0]
+    assert judge.calls == 3
+    assert judge.preference(rec, a, b) == pytest.approx(1 / (1 + math.exp(-5.0)))  # σ((1−0.5)/0.1)
+    assert judge.preference(rec, b, a) == pytest.approx(1 / (1 + math.exp(5.0)))
+    assert judge.preference(rec, a, "three two one") == 0.5  # equal scores: exactly one half
+    assert judge.preference(rec, a, a) == 0.5
+    assert judge.calls == 3 + 4 * 2  # each preference() scores its two responses
+    assert IFEvalJudge(tau=1.0).preference(rec, a, c) == pytest.approx(1 / (1 + math.exp(-1.0)))
+
+
+def test_judge_preference_matrix():
+    rec = _judge_record()
+    judge = IFEvalJudge(tau=0.1)
+    P = judge.preferences(rec, ["one two three", "one, two three", "one, two", "four five six"])
+    assert judge.calls == 4  # one score per response, not per pair
+    assert P.dtype == np.float64 and P.shape == (4, 4)
+    assert np.all(np.diag(P) == 0.5)
+    assert np.array_equal(P + P.T, np.ones((4, 4)))
+    assert P[0, 1] == pytest.approx(1 / (1 + math.exp(-5.0)))
+    assert P[0, 2] == pytest.approx(1 / (1 + math.exp(-10.0)))
+    assert P[2, 1] == pytest.approx(1 / (1 + math.exp(5.0)))
+    assert P[0, 3] == 0.5 and P[3, 0] == 0.5
+    assert P[1, 0] == judge.preference(rec, "one, two three", "one two three")
+
+
+def test_judge_id_and_tau_validation():
+    assert IFEvalJudge().id == "ifeval-v1:tau=0.1"
+    assert IFEvalJudge(tau=2).id == "ifeval-v1:tau=2.0"
+    for bad in (0, -0.1, float("nan"), float("inf"), "0.1", True):
+        with pytest.raises(ValueError, match="tau"):
+            IFEvalJudge(tau=bad)
+
+
+def test_judge_accepts_a_plain_mapping_record():
+    rec = {"prompt": "p", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    assert IFEvalJudge().score(rec, "fine") == 1.0
