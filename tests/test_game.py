@@ -424,3 +424,17 @@ def test_cli_module_does_not_import_heavy_libraries():
             "print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_through_the_project_entry_point(tmp_path):
+    # Runs once src/sparring/commands.py (the other subcommands) exists; the project CLI imports it.
+    pytest.importorskip("sparring.commands")
+    from sparring.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["game", "--matrix", "transitive", "--n", "4", "--algo", "sppo", "--iters", "20",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["matrix"] == "transitive"
+    bad = tmp_path / "bad.json"
+    bad.write_text("[[0.5, 0.9], [0.9, 0.5]]")
+    assert main(["game", "--matrix", str(bad), "--out", str(out)]) == 2

@@ -115,11 +115,6 @@ def _logsumexp(z: np.ndarray) -> float:
     return float(m + np.log(np.sum(np.exp(z - m))))
 
 
-def _log(p: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(p)
-
-
 def _mu(mu, n: int) -> np.ndarray:
     if mu is None:
         return np.full(n, 1.0 / n)
