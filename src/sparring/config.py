@@ -1,0 +1,239 @@
+"""Typed run configuration, validated before any work starts.
+
+A config is a tree of dataclasses. `load_config` reads YAML, applies `key.sub=value` overrides, and
+checks every key and value: an unknown key names the nearest valid one; a bad value names the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sparring.errors import UserError
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass
+class MethodConfig:
+    """Which method builds the training rows and which loss it trains with (see docs/methods.md)."""
+
+    name: str = "sppo"
+    # β of the loss; SPPO regresses ρ onto (P̂ − ½)/β, so β sets the size of a step (η = 1/β).
+    beta: float = field(default=0.1, metadata=_range(0, None, lo_open=True))
+    label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5, hi_open=True))
+    gamma: float = field(default=1.4, metadata=_range(0, None))  # SimPO margin
+    divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"  # f-DPO
+    alpha: float = field(default=0.5, metadata=_range(0, None, lo_open=True))  # f-DPO α-divergence
+    include_self: bool = True  # SPPO reference code keeps the self-comparison (0.5) in P̂
+
+
+@dataclass
+class PromptsConfig:
+    train: str = "shipped:train"  # a JSONL file in IFEval's input_data format, or shipped:NAME
+    heldout: str = "shipped:heldout"
+    per_iteration: int = field(default=64, metadata=_range(1, None))  # a fresh slice each iteration
+
+
+@dataclass
+class GenerationConfig:
+    backend: Literal["hf"] = "hf"
+    k: int = field(default=4, metadata=_range(2, None))  # samples per prompt
+    max_new_tokens: int = field(default=128, metadata=_range(1, None))
+    temperature: float = field(default=0.7, metadata=_range(0, None, lo_open=True))
+    top_p: float = field(default=0.9, metadata=_range(0, 1, lo_open=True))
+    batch_size: int = field(default=32, metadata=_range(1, None))  # sequences per generate call
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    shard_size: int = field(default=16, metadata=_range(1, None))  # prompts per samples shard
+
+
+@dataclass
+class JudgeConfig:
+    name: Literal["ifeval"] = "ifeval"
+    tau: float = field(default=0.1, metadata=_range(0, None, lo_open=True))  # P = σ(Δs/τ)
+    cache: bool = True
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
+    lr: float = field(default=1e-5, metadata=_range(0, None, lo_open=True))
+    epochs: int = field(default=1, metadata=_range(1, None))
+    batch_size: int = field(default=8, metadata=_range(1, None))  # rows per optimizer step
+    micro_batch_size: int = field(default=8, metadata=_range(1, None))  # rows per forward pass
+    warmup_ratio: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0, None))
+    max_grad_norm: float = field(default=1.0, metadata=_range(0, None))  # 0 disables clipping
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast, fp32 weights and log-softmax
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = field(default=128, metadata=_range(1, None))
+    batch_size: int = field(default=32, metadata=_range(1, None))
+    limit: int | None = field(default=None, metadata=_range(1, None))  # first N held-out prompts
+    base: bool = True  # also evaluate the starting policy (iteration table row 0, win-rate anchor)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    iterations: int = field(default=2, metadata=_range(1, None))
+    model: str = "smollm2-135m"  # embedded alias, HF model directory, or hub id
+    runs_dir: str = "runs"
+    method: MethodConfig = field(default_factory=MethodConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(key, value, inner, meta, where)
+    if origin is Literal:
+        allowed = typing.get_args(typ)
+        if value not in allowed:
+            raise UserError(f"{where}: {key} = {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key} = {value!r} must be true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: {key} = {value!r} must be an integer")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: {key} = {value!r} must be a number")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{where}: {key} = {value!r} must be a non-empty string")
+    if "range" in meta:
+        lo, hi, lo_open, hi_open = meta["range"]
+        bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and (value > hi or (hi_open and value == hi))
+        )
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            raise UserError(f"{where}: {key} = {value!r} is out of range; it must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {prefix or 'config'} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(prefix + k for k in fields)}"
+            raise UserError(f"{where}: unknown key {full!r}{hint}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, f"{full}.", where)
+        else:
+            kwargs[key] = _check_value(full, value, typ, dict(fields[key].metadata), where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, where: str = "config") -> RunConfig:
+    cfg = _build(RunConfig, data or {}, "", where)
+    _cross_checks(cfg, where)
+    return cfg
+
+
+def _cross_checks(cfg: RunConfig, where: str) -> None:
+    from sparring.losses import LOSSES  # noqa: F401  (import check only)
+    from sparring.methods import METHODS
+
+    if cfg.method.name not in METHODS:
+        near = difflib.get_close_matches(cfg.method.name, list(METHODS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise UserError(f"{where}: method.name = {cfg.method.name!r} is not a known method{hint} (known: {', '.join(sorted(METHODS))})")
+    if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
+        raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override {text!r} must look like key=value (e.g. train.lr=2e-5)")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise UserError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    data: dict = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: the top level must be a mapping of keys to values")
+    data = apply_overrides(data, list(overrides))
+    return config_from_dict(data, where if not overrides else f"{where} (with overrides)")
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Keys (dotted) whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out

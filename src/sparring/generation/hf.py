@@ -1,0 +1,149 @@
+"""Sampling from a policy with HF `generate`, recording each sample's log-probability under it.
+
+The summed log-probability of a response under π_t is recorded while sampling (from the raw,
+untempered logits that `generate` returns with `output_logits=True`). It is the reference
+log-probability ref_logp of SPPO's loss (reference = π_t), so training keeps no second model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_index: int  # position in the list of prompts given to `sample`
+    sample_index: int  # 0..K-1
+    prompt_ids: list[int]
+    response_ids: list[int]  # generated tokens, the stop token included when it was produced
+    response: str  # decoded, special tokens skipped
+    logp: float  # sum over response_ids of log π(token | prefix), untempered
+    finished: bool  # the model stopped by itself (False: cut at max_new_tokens)
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a user turn followed by the assistant header, via the model's chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def batch_seed(seed: int, *parts: object) -> int:
+    """A seed derived from the run seed and the batch's identity (not from the order batches run
+    in), so a resumed run draws exactly the samples an uninterrupted one would have drawn."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    ids = set()
+    eos = model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[list[int]],
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    greedy: bool = False,
+) -> list[list[tuple[list[int], float, bool]]]:
+    """Sample K responses for each prompt of one batch (left-padded). Returns, per prompt, K
+    (response_ids, logp, finished) triples."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    stops = stop_token_ids(tokenizer, model)
+    torch.manual_seed(seed)
+    sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=k,
+        do_sample=not greedy,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+        **({} if greedy else {k_: v for k_, v in sampling.items() if k_ != "do_sample"}),
+    )
+    new_tokens = out.sequences[:, width:]  # [B*K, T]
+    # log π(token) from the raw logits, one step at a time to keep memory at O(B*K*V).
+    token_logp = torch.stack(
+        [
+            torch.log_softmax(step.float(), dim=-1).gather(1, new_tokens[:, i : i + 1]).squeeze(1)
+            for i, step in enumerate(out.logits)
+        ],
+        dim=1,
+    )
+    results: list[list[tuple[list[int], float, bool]]] = [[] for _ in prompt_ids]
+    stop_set = set(stops)
+    for row in range(new_tokens.shape[0]):
+        toks = new_tokens[row].tolist()
+        end = next((i + 1 for i, t in enumerate(toks) if t in stop_set), None)
+        finished = end is not None
+        end = end if finished else len(toks)
+        results[row // k].append((toks[:end], float(token_logp[row, :end].double().sum()), finished))
+    return results
+
+
+def iter_samples(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    batch_size: int = 32,
+    seed: int = 0,
+    greedy: bool = False,
+    start: int = 0,
+) -> Iterator[list[Sample]]:
+    """Yield the samples of consecutive batches of prompts (`batch_size` sequences per batch, i.e.
+    batch_size // K prompts), starting at prompt `start`. Batch b covers a fixed slice of prompts
+    and is seeded from (seed, first prompt index), so batches can be generated in any order or
+    resumed and give the same samples."""
+    per_batch = max(1, batch_size // k)
+    ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    for first in range(start, len(prompts), per_batch):
+        idx = list(range(first, min(first + per_batch, len(prompts))))
+        outs = sample_batch(
+            model,
+            tokenizer,
+            [ids[i] for i in idx],
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=batch_seed(seed, first),
+            greedy=greedy,
+        )
+        batch = []
+        for i, per_prompt in zip(idx, outs):
+            for j, (resp, logp, finished) in enumerate(per_prompt):
+                text = tokenizer.decode(resp, skip_special_tokens=True).strip()
+                batch.append(Sample(i, j, ids[i], resp, text, logp, finished))
+        yield batch

@@ -1,0 +1,396 @@
+"""The iteration runner. Reads top to bottom like the recipe it runs:
+
+    base policy ──► evaluate (the anchor of the win rates)
+    for t in 0..T-1:
+        generate K samples per prompt from π_t   -> iter_t/samples.parquet     (in shards, resumable)
+        judge every pair                          -> iter_t/preferences.parquet (through the judge cache)
+        turn samples + verdicts into rows         -> iter_t/train.parquet       (the method decides how)
+        train π_{t+1} with the method's loss      -> iter_t/policy/
+        evaluate π_{t+1} on held-out prompts      -> iter_t/eval/
+    summary.json
+
+Each stage reads the files of the stages before it, writes its own atomically, and is recorded in
+manifest.json; a resumed run skips every stage recorded as done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparring.config import RunConfig, config_from_dict, diff_configs
+from sparring.data import PromptRecord, load_prompts, shipped_prompts
+from sparring.errors import UserError
+from sparring.rundir import RunDir, atomic_dir, write_json, write_parquet, write_text
+
+STAGES = ("generate", "judge", "rows", "train", "eval")
+
+
+# ------------------------------------------------------------------ setup
+
+
+def prompts_path(spec: str) -> Path:
+    return shipped_prompts(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
+
+
+def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
+    """Create the run directory with its config, or check that a resumed run uses the same one."""
+    import yaml
+
+    rd = RunDir(root)
+    saved = root / "config.yaml"
+    if saved.exists():
+        rd.manifest()  # a corrupted manifest is an error before anything else
+        old = yaml.safe_load(saved.read_text()) or {}
+        diff = diff_configs(old, cfg.to_dict())
+        if diff and not force:
+            raise UserError(
+                f"{saved}: this run was started with a different config; differing keys:\n  "
+                + "\n  ".join(diff)
+                + "\nUse the same config to resume, a new --name for a new run, or --force to continue anyway."
+            )
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+    write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not rd.manifest_path.exists():
+        write_json(rd.manifest_path, rd.manifest())
+    return rd
+
+
+def load_run(root: Path) -> tuple[RunDir, RunConfig]:
+    import yaml
+
+    saved = Path(root) / "config.yaml"
+    if not saved.exists():
+        raise UserError(f"{root} is not a sparring run directory (no config.yaml)")
+    cfg = config_from_dict(yaml.safe_load(saved.read_text()) or {}, str(saved))
+    rd = RunDir(root)
+    rd.manifest()
+    return rd, cfg
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    rd: RunDir
+    train_prompts: list[PromptRecord]
+    heldout: list[PromptRecord]
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    def metrics(self, record: dict) -> None:
+        """Append one record to metrics.jsonl (a log for people and trackers, not a hand-off file)."""
+        with open(self.rd.root / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -> Context:
+    train_prompts = load_prompts(prompts_path(cfg.prompts.train))
+    heldout = load_prompts(prompts_path(cfg.prompts.heldout))
+    if cfg.eval.limit:
+        heldout = heldout[: cfg.eval.limit]
+    return Context(cfg, rd, train_prompts, heldout, progress, log)
+
+
+def policy_at(ctx: Context, t: int) -> str:
+    """π_t: the starting model for t = 0, else the policy trained in iteration t-1."""
+    return ctx.cfg.model if t == 0 else str(ctx.rd.iter_dir(t - 1) / "policy")
+
+
+def iteration_prompts(ctx: Context, t: int) -> list[PromptRecord]:
+    """A fresh slice of the (seed-shuffled) training prompts each iteration, as the reference recipe
+    trains each iteration on new prompts; wraps around when the set is used up."""
+    order = np.random.default_rng(ctx.cfg.seed).permutation(len(ctx.train_prompts))
+    n = min(ctx.cfg.prompts.per_iteration, len(order))
+    start = (t * n) % len(order)
+    picked = [order[(start + i) % len(order)] for i in range(n)]
+    return [ctx.train_prompts[i] for i in picked]
+
+
+# ------------------------------------------------------------------ the recipe
+
+
+def run(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    if cfg.eval.base:
+        run_stage(ctx, "base/eval", lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval"))
+    for t in range(cfg.iterations):
+        for name in STAGES:
+            run_stage(ctx, f"iter_{t}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, t))
+    summary = build_summary(ctx)
+    write_json(ctx.rd.root / "summary.json", summary)
+    return summary
+
+
+def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]]) -> None:
+    if ctx.rd.is_done(key):
+        ctx.log(f"[{key}] done already, skipping")
+        return
+    ctx.log(f"[{key}] starting")
+    ctx.rd.mark_running(key)
+    start = time.time()
+    outputs, metrics = fn()
+    seconds = time.time() - start
+    ctx.rd.mark_done(key, outputs, seconds, metrics)
+    ctx.metrics({"stage": key, "seconds": round(seconds, 3), **(metrics or {})})
+    ctx.log(f"[{key}] done in {seconds:.1f}s" + (f"  {_fmt(metrics)}" if metrics else ""))
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+# ------------------------------------------------------------------ stages
+
+
+def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    """K samples per prompt from π_t, with log π_t of each. Written in shards of `shard_size`
+    prompts as it goes, so a kill loses at most the shard being generated."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    from sparring.generation.hf import iter_samples
+    from sparring.models import load_model, load_tokenizer
+
+    g = ctx.cfg.generation
+    d = ctx.rd.iter_dir(t)
+    shards = d / "samples.shards"
+    prompts = iteration_prompts(ctx, t)
+    n_shards = -(-len(prompts) // g.shard_size)
+    todo = [s for s in range(n_shards) if not (shards / f"{s:05d}.parquet").exists()]
+    if todo:
+        policy = policy_at(ctx, t)
+        tok = load_tokenizer(policy)
+        model = load_model(policy, g.dtype).eval()
+        bar = tqdm(total=len(prompts) * g.k, initial=(n_shards - len(todo)) * g.shard_size * g.k, desc=f"generate π_{t}",
+                   unit="sample", disable=not ctx.progress, dynamic_ncols=True)
+        for s in todo:
+            part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
+            rows = []
+            batches = iter_samples(model, tok, [p.prompt for p in part], k=g.k, max_new_tokens=g.max_new_tokens,
+                                   temperature=g.temperature, top_p=g.top_p, batch_size=g.batch_size,
+                                   seed=_seed(ctx.cfg.seed, "generate", t, s))
+            for batch in batches:
+                for smp in batch:
+                    rec = part[smp.prompt_index]
+                    rows.append({"prompt_id": str(rec.key), "prompt_index": s * g.shard_size + smp.prompt_index,
+                                 "sample_index": smp.sample_index, "prompt": rec.prompt, "response": smp.response,
+                                 "prompt_ids": smp.prompt_ids, "response_ids": smp.response_ids,
+                                 "n_tokens": len(smp.response_ids), "logp": smp.logp, "finished": smp.finished})
+                bar.update(len(batch))
+            write_parquet(shards / f"{s:05d}.parquet", pa.Table.from_pylist(rows, schema=_samples_schema()))
+        bar.close()
+    table = pa.concat_tables([pq.read_table(shards / f"{s:05d}.parquet") for s in range(n_shards)])
+    write_parquet(d / "samples.parquet", table)
+    for s in range(n_shards):
+        (shards / f"{s:05d}.parquet").unlink()
+    shards.rmdir()
+    n_tok = table.column("n_tokens").to_numpy()
+    return [d / "samples.parquet"], {"samples": table.num_rows, "mean_tokens": float(n_tok.mean()),
+                                     "finished": float(np.mean(table.column("finished").to_numpy()))}
+
+
+def _seed(seed: int, *parts) -> int:
+    from sparring.generation.hf import batch_seed
+
+    return batch_seed(seed, *parts)
+
+
+def _samples_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("prompt_id", pa.string()), ("prompt_index", pa.int32()), ("sample_index", pa.int32()),
+        ("prompt", pa.string()), ("response", pa.string()), ("prompt_ids", pa.list_(pa.int32())),
+        ("response_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32()), ("logp", pa.float64()),
+        ("finished", pa.bool_()),
+    ])
+
+
+def _grouped_samples(ctx: Context, t: int) -> tuple[list[PromptRecord], list[dict]]:
+    """Samples of iteration t grouped per prompt, in prompt order: (records, [{ids, responses...}])."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ctx.rd.iter_dir(t) / "samples.parquet").to_pylist()
+    prompts = iteration_prompts(ctx, t)
+    groups: list[dict] = [{"responses": [], "response_ids": [], "logps": [], "prompt_ids": None} for _ in prompts]
+    for row in sorted(table, key=lambda r: (r["prompt_index"], r["sample_index"])):
+        g = groups[row["prompt_index"]]
+        g["prompt_ids"] = row["prompt_ids"]
+        g["responses"].append(row["response"])
+        g["response_ids"].append(row["response_ids"])
+        g["logps"].append(row["logp"])
+    return prompts, groups
+
+
+def make_judge(ctx: Context):
+    from sparring.judges.ifeval import IFEvalJudge
+
+    return IFEvalJudge(tau=ctx.cfg.judge.tau)
+
+
+def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    import pyarrow as pa
+
+    prompts, groups = _grouped_samples(ctx, t)
+    judge = make_judge(ctx)
+    responses = [g["responses"] for g in groups]
+    if ctx.cfg.judge.cache:
+        from sparring.judges.cache import CachedJudge
+
+        with CachedJudge(judge, ctx.rd.root / "judge_cache.sqlite") as cached:
+            mats = cached.preferences_many(prompts, responses, progress=ctx.progress)
+            hits = cached.hits
+    else:
+        mats = [judge.preferences(r, resp) for r, resp in zip(prompts, responses)]
+        hits = 0
+    rows = {"prompt_id": [], "i": [], "j": [], "p": []}
+    for rec, mat in zip(prompts, mats):
+        k = mat.shape[0]
+        for i in range(k):
+            for j in range(k):
+                rows["prompt_id"].append(str(rec.key))
+                rows["i"].append(i)
+                rows["j"].append(j)
+                rows["p"].append(float(mat[i, j]))
+    out = ctx.rd.iter_dir(t) / "preferences.parquet"
+    write_parquet(out, pa.table(rows, schema=pa.schema([("prompt_id", pa.string()), ("i", pa.int32()),
+                                                         ("j", pa.int32()), ("p", pa.float64())])))
+    return [out], {"pairs": len(rows["p"]), "judge_calls": judge.calls, "cache_hits": hits}
+
+
+def _prefs_matrices(ctx: Context, t: int, prompts: list[PromptRecord], k: int) -> list[np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ctx.rd.iter_dir(t) / "preferences.parquet").to_pydict()
+    mats = {str(r.key): np.full((k, k), np.nan) for r in prompts}
+    for pid, i, j, p in zip(table["prompt_id"], table["i"], table["j"], table["p"]):
+        mats[pid][i, j] = p
+    return [mats[str(r.key)] for r in prompts]
+
+
+def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    from sparring.methods import PromptGroup, get_method
+    from sparring.train import rows_table
+
+    prompts, groups = _grouped_samples(ctx, t)
+    mats = _prefs_matrices(ctx, t, prompts, ctx.cfg.generation.k)
+    method = get_method(ctx.cfg.method.name)
+    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m)
+           for r, g, m in zip(prompts, groups, mats)]
+    rows = method.rows(pgs, ctx.cfg.method)
+    out = ctx.rd.iter_dir(t) / "train.parquet"
+    write_parquet(out, rows_table(rows))
+    return [out], {"rows": len(rows), "prompts": len(prompts)}
+
+
+def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    import pyarrow.parquet as pq
+    import torch
+
+    from sparring.methods import get_method
+    from sparring.models import load_model, load_tokenizer
+    from sparring.train import train
+
+    d = ctx.rd.iter_dir(t)
+    rows = pq.read_table(d / "train.parquet").to_pylist()
+    policy = policy_at(ctx, t)
+    tok = load_tokenizer(policy)
+    model = load_model(policy, "float32")
+    if rows and "prompt_ids" in rows[0]:
+        result = train(model, rows, get_method(ctx.cfg.method.name), ctx.cfg.method, ctx.cfg.train,
+                       pad_id=tok.pad_token_id, seed=_seed(ctx.cfg.seed, "train", t) % (2**31),
+                       on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}), progress=ctx.progress)
+    else:
+        result = {"steps": 0, "rows": 0}
+        ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
+    with atomic_dir(d / "policy") as tmp:
+        model.config.use_cache = True
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    del model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return [d / "policy"], result
+
+
+def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    return eval_stage(ctx, str(ctx.rd.iter_dir(t) / "policy"), ctx.rd.iter_dir(t) / "eval")
+
+
+def eval_stage(ctx: Context, policy: str, out: Path) -> tuple[list[Path], dict]:
+    metrics = evaluate_model(policy, ctx.heldout, out, max_new_tokens=ctx.cfg.eval.max_new_tokens,
+                             batch_size=ctx.cfg.eval.batch_size, dtype=ctx.cfg.generation.dtype,
+                             judge=make_judge(ctx), progress=ctx.progress,
+                             baseline=ctx.rd.root / "base" / "eval" / "responses.jsonl")
+    return [out], metrics
+
+
+STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_stage, "train": train_stage,
+               "eval": eval_stage_iter}
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_new_tokens: int, batch_size: int,
+                   dtype: str = "bfloat16", judge=None, progress: bool = True, baseline: Path | None = None) -> dict:
+    """Greedy responses to `prompts` -> out/responses.jsonl (IFEval input_response_data) and
+    out/metrics.json (IFEval accuracies, mean length, and win rate against `baseline` responses)."""
+    from tqdm.auto import tqdm
+
+    from sparring.generation.hf import iter_samples
+    from sparring.judges.ifeval import evaluate
+    from sparring.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(policy)
+    model = load_model(policy, dtype).eval()
+    samples = []
+    with tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in iter_samples(model, tok, [p.prompt for p in prompts], k=1, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, greedy=True):
+            samples += batch
+            bar.update(len(batch))
+    responses = [s.response for s in samples]
+    metrics = evaluate(prompts, responses)
+    metrics["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
+    metrics["finished"] = float(np.mean([s.finished for s in samples]))
+    if judge is not None and baseline is not None and baseline.exists() and baseline.parent != out:
+        base = [json.loads(line)["response"] for line in baseline.read_text().splitlines() if line.strip()]
+        if len(base) == len(responses):
+            metrics["win_rate_vs_base"] = float(np.mean([judge.preference(p, r, b) for p, r, b in zip(prompts, responses, base)]))
+    with atomic_dir(out) as tmp:
+        write_text(tmp / "responses.jsonl",
+                   "".join(json.dumps({"prompt": p.prompt, "response": r}) + "\n" for p, r in zip(prompts, responses)))
+        write_json(tmp / "metrics.json", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------ summary
+
+
+def build_summary(ctx: Context) -> dict:
+    m = ctx.rd.manifest()["stages"]
+    rows = []
+    if "base/eval" in m:
+        rows.append({"iteration": 0, "policy": ctx.cfg.model, **_eval_row(m["base/eval"]), "win_rate_vs_base": 0.5,
+                     "seconds": {"eval": m["base/eval"].get("seconds")}})
+    for t in range(ctx.cfg.iterations):
+        ev = m.get(f"iter_{t}/eval")
+        if not ev:
+            continue
+        rows.append({"iteration": t + 1, "policy": str(ctx.rd.iter_dir(t) / "policy"), **_eval_row(ev),
+                     "win_rate_vs_base": ev.get("metrics", {}).get("win_rate_vs_base"),
+                     "seconds": {s: m.get(f"iter_{t}/{s}", {}).get("seconds") for s in STAGES}})
+    return {"name": ctx.cfg.name, "method": ctx.cfg.method.name, "model": ctx.cfg.model, "iterations": rows}
+
+
+def _eval_row(entry: dict) -> dict:
+    met = entry.get("metrics", {})
+    return {k: met.get(k) for k in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose",
+                                     "mean_response_tokens")}

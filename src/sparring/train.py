@@ -1,0 +1,153 @@
+"""The training loop: rows of a method -> sequence log-probs -> the method's loss -> optimizer.
+
+One epoch (or a few) over the iteration's rows, in a fixed order drawn from the seed, so the same
+rows and seed give the same weights. Reference log-probs come from the rows (recorded at sampling
+time), so no reference model is kept in memory or run in the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparring.methods.base import Method, SeqLogp
+
+
+def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SeqLogp:
+    """Summed log π_θ(response | prompt) for a batch, right-padded, in one forward pass.
+
+    The LM head and the log-softmax run only at response positions (the prompt's logits are never
+    needed), and the log-softmax runs in float32 even under bf16 autocast.
+    """
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    target_mask = torch.zeros((len(seqs), width), dtype=torch.bool)  # positions predicting a response token
+    for row, (p, s) in enumerate(zip(prompt_ids, seqs)):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        attention[row, : len(s)] = 1
+        target_mask[row, len(p) - 1 : len(s) - 1] = True
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    targets = input_ids[:, 1:][target_mask[:, :-1]]
+    logits = model.get_output_embeddings()(hidden[target_mask]).float()
+    token_logp = -F.cross_entropy(logits, targets, reduction="none")
+    rows = torch.arange(len(seqs)).unsqueeze(1).expand(-1, width)[target_mask]
+    logp = torch.zeros(len(seqs), dtype=token_logp.dtype).index_add(0, rows, token_logp)
+    n_tokens = target_mask.sum(1)
+    return SeqLogp(logp=logp, n_tokens=n_tokens)
+
+
+def _batches(n_rows: int, batch_size: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n_rows)
+        for start in range(0, n_rows, batch_size):
+            yield order[start : start + batch_size]
+
+
+def make_optimizer(params, cfg):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":  # the SPPO reference recipe's optimizer
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Linear warmup then linear decay to zero, as the reference recipe uses."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def train(
+    model,
+    rows: list[dict],
+    method: Method,
+    method_cfg,
+    train_cfg,
+    *,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` in place on `rows`. Returns summary metrics."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    model.train()
+    model.config.use_cache = False
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg)
+    steps = train_cfg.epochs * math.ceil(len(rows) / train_cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(steps, train_cfg.warmup_ratio))
+    autocast = (
+        torch.autocast("cpu" if model.device.type == "cpu" else model.device.type, dtype=torch.bfloat16)
+        if train_cfg.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    losses_seen: list[float] = []
+    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for start in range(0, len(idx), train_cfg.micro_batch_size):
+            micro = [rows[i] for i in idx[start : start + train_cfg.micro_batch_size]]
+            loss = _micro_batch_loss(model, micro, method, method_cfg, pad_id, autocast)
+            # mean over the rows of the optimizer step, whatever the micro-batch split
+            (loss.sum() / len(idx)).backward()
+            step_loss += float(loss.detach().sum())
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
+            if train_cfg.max_grad_norm > 0
+            else float("nan")
+        )
+        opt.step()
+        sched.step()
+        losses_seen.append(step_loss / len(idx))
+        record = {"step": step, "loss": losses_seen[-1], "grad_norm": grad_norm, "lr": sched.get_last_lr()[0]}
+        if on_step:
+            on_step(record)
+        bar.set_postfix(loss=f"{losses_seen[-1]:.4g}")
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return {"steps": len(losses_seen), "rows": len(rows), "loss_first": losses_seen[0] if losses_seen else None,
+            "loss_last": losses_seen[-1] if losses_seen else None,
+            "loss_mean": float(np.mean(losses_seen)) if losses_seen else None}
+
+
+def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_id: int, autocast) -> torch.Tensor:
+    names = method.sequences
+    prompts = [r["prompt_ids"] for r in micro]
+    with autocast:
+        # every named sequence of the micro-batch in one forward pass
+        out = sequence_logps(model, prompts * len(names), [r[f"{s}_ids"] for s in names for r in micro], pad_id)
+    n = len(micro)
+    logps = {s: SeqLogp(out.logp[i * n : (i + 1) * n], out.n_tokens[i * n : (i + 1) * n]) for i, s in enumerate(names)}
+    columns = {
+        key: torch.tensor([r[key] for r in micro], dtype=torch.float32)
+        for key, value in micro[0].items()
+        if isinstance(value, float)
+    }
+    return method.loss(logps, columns, method_cfg)
+
+
+def rows_table(rows: list[dict]):
+    """Rows as a pyarrow table (train.parquet)."""
+    import pyarrow as pa
+
+    if not rows:
+        return pa.table({"prompt_id": pa.array([], pa.string())})
+    return pa.Table.from_pylist(rows)
