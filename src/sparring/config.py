@@ -127,6 +127,11 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: {key} = {value!r} must be an integer")
     elif typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: {key} = {value!r} must be a number")
         value = float(value)

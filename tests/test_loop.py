@@ -1,0 +1,176 @@
+"""The iteration runner end to end on a tiny model built in the test."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import make_tiny_model  # noqa: E402
+
+from sparring.cli import main  # noqa: E402
+from sparring.config import config_from_dict, load_config  # noqa: E402
+from sparring.errors import UserError  # noqa: E402
+from sparring.loop import make_context, open_run, run  # noqa: E402
+from sparring.rundir import RunDir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def tiny_config(model: Path, runs_dir: Path, **over) -> dict:
+    cfg = {
+        "name": "t", "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
+        "method": {"name": "sppo", "beta": 0.1},
+        "prompts": {"per_iteration": 6},
+        "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 2},
+        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
+    }
+    for key, value in over.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return cfg
+
+
+def run_config(cfg_dict: dict, force: bool = False) -> tuple[RunDir, dict]:
+    cfg = config_from_dict(cfg_dict)
+    rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name, force=force)
+    logs: list[str] = []
+    summary = run(make_context(cfg, rd, progress=False, log=logs.append))
+    return rd, {"summary": summary, "logs": logs}
+
+
+def test_two_iterations_end_to_end(tiny_model, tmp_path):
+    rd, out = run_config(tiny_config(tiny_model, tmp_path))
+    root = rd.root
+    rows = out["summary"]["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for t in range(2):
+        d = root / f"iter_{t}"
+        samples = pq.read_table(d / "samples.parquet").to_pylist()
+        assert len(samples) == 6 * 3
+        assert {(s["prompt_index"], s["sample_index"]) for s in samples} == {(i, j) for i in range(6) for j in range(3)}
+        assert all(s["n_tokens"] == len(s["response_ids"]) and s["logp"] < 0 for s in samples)
+        prefs = pq.read_table(d / "preferences.parquet").to_pylist()
+        assert len(prefs) == 6 * 9
+        assert all(p["p"] == 0.5 for p in prefs if p["i"] == p["j"])
+        assert (d / "policy" / "model.safetensors").is_file()
+        assert (d / "eval" / "metrics.json").is_file()
+        lines = (d / "eval" / "responses.jsonl").read_text().splitlines()
+        assert len(lines) == 4 and set(json.loads(lines[0])) == {"prompt", "response"}
+    stages = rd.manifest()["stages"]
+    assert all(e["status"] == "done" for e in stages.values())
+    assert len(stages) == 1 + 2 * 5
+    assert rd.leftover_temporaries() == []
+    assert not (root / "iter_0" / "samples.shards").exists()
+    saved = json.loads((root / "summary.json").read_text())
+    assert saved == out["summary"]
+
+
+def test_policy_changes_when_there_are_rows(tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    rd, _ = run_config(tiny_config(tiny_model, tmp_path, iterations=1, **{"prompts.per_iteration": 12}))
+    n_rows = pq.read_table(rd.root / "iter_0" / "train.parquet").num_rows
+    assert n_rows > 0, "random tiny-model samples should not all tie on 12 prompts"
+    before = load_file(tiny_model / "model.safetensors")
+    after = load_file(rd.root / "iter_0" / "policy" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rerun_skips_completed_stages(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path, iterations=1)
+    rd, _ = run_config(cfg)
+    first = rd.manifest()
+    _, out = run_config(cfg)
+    assert all("done already" in line for line in out["logs"] if line.startswith("["))
+    assert rd.manifest()["stages"] == first["stages"]
+
+
+def test_resume_with_changed_config_refuses_naming_keys(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path, iterations=1)
+    run_config(cfg)
+    changed = tiny_config(tiny_model, tmp_path, iterations=1, **{"train.lr": 0.5, "generation.k": 4})
+    with pytest.raises(UserError) as err:
+        run_config(changed)
+    assert "train.lr" in str(err.value) and "generation.k" in str(err.value)
+
+
+def test_corrupted_manifest_is_an_error_not_a_restart(tiny_model, tmp_path):
+    cfg = tiny_config(tiny_model, tmp_path, iterations=1)
+    rd, _ = run_config(cfg)
+    rd.manifest_path.write_text('{"format": 1, "stages": {"base/ev')
+    with pytest.raises(UserError, match="manifest.json is corrupted"):
+        run_config(cfg)
+    assert (rd.root / "iter_0" / "policy").is_dir()  # nothing was wiped
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"unknown key 'train\.lrr'; did you mean train\.lr\?"):
+        config_from_dict({"train": {"lrr": 1}})
+    with pytest.raises(UserError, match=r"generation\.k = 'four' must be an integer"):
+        config_from_dict({"generation": {"k": "four"}})
+    with pytest.raises(UserError, match=r"method\.beta = -1\.0 is out of range; it must be > 0"):
+        config_from_dict({"method": {"beta": -1}})
+    with pytest.raises(UserError, match=r"judge\.name = 'gpt' is not allowed"):
+        config_from_dict({"judge": {"name": "gpt"}})
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    assert config_from_dict({"train": {"lr": "2e-5"}}).train.lr == 2e-5  # YAML 1.1 reads 2e-5 as a string
+
+
+def test_missing_prompts_file_fails_before_any_work(tiny_model, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_config(tiny_model, tmp_path / "runs", **{"prompts.train": str(tmp_path / "missing.jsonl")})))
+    assert main(["run", str(recipe)]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "t" / "base").exists()
+
+
+def test_bad_prompt_file_exits_2_naming_file_and_line(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    good = {"key": 1, "prompt": "Say hi.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "key": 2, "instruction_id_list": ["no:such"]}) + "\n")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model), "--prompts", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2:" in err and "no:such" in err
+    assert not out.exists()
+
+
+def test_dry_run_prints_plan_and_does_nothing(tiny_model, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_config(tiny_model, tmp_path / "runs")))
+    assert main(["run", str(recipe), "--dry-run", "iterations=3"]) == 0
+    out = capsys.readouterr().out
+    assert "sppo" in out and "iterations    : 3" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_score_command(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    recs = [{"key": 1, "prompt": "A?", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+            {"key": 2, "prompt": "B?", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    responses = tmp_path / "r.jsonl"
+    responses.write_text(json.dumps({"prompt": "A?", "response": "no commas here"}) + "\n"
+                         + json.dumps({"prompt": "B?", "response": "Not Lower"}) + "\n")
+    assert main(["score", "--prompts", str(prompts), "--responses", str(responses), "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics == {"prompt_strict": 0.5, "prompt_loose": 0.5, "instruction_strict": 0.5, "instruction_loose": 0.5, "n": 2}
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    responses.write_text(json.dumps({"prompt": "A?", "response": "x"}) + "\n")
+    assert main(["score", "--prompts", str(prompts), "--responses", str(responses)]) == 2
+    assert "no response for prompt 2" in capsys.readouterr().err
