@@ -219,9 +219,12 @@ def test_easy_instructions_dominate(records):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_record_schema(records):
-    for r in records:
-        assert list(r) == ["key", "prompt", "instruction_id_list", "kwargs"]
+def test_record_schema(train, heldout):
+    fields = ["key", "prompt", "instruction_id_list", "kwargs"]
+    # Training records also carry the reference response; held-out records never do.
+    expected = [fields + ["reference_response"]] * len(train) + [fields] * len(heldout)
+    for r, names in zip(train + heldout, expected):
+        assert list(r) == names, r
         assert isinstance(r["key"], int) and not isinstance(r["key"], bool)
         assert isinstance(r["prompt"], str) and r["prompt"].strip()
         ids, kwargs = r["instruction_id_list"], r["kwargs"]
@@ -325,66 +328,49 @@ def test_files_load_with_load_prompts(train, heldout):
         assert len(loaded) == len(records)
 
 
-def _compliant_response(record: dict) -> str:
-    """A response that follows every instruction of `record` (shows the pair is satisfiable)."""
-    ids = record["instruction_id_list"]
-    kw = {iid: k for iid, k in zip(ids, record["kwargs"])}
-    body = "Here is a short answer for you. It stays on the topic. It ends here."
-    if "length_constraints:number_sentences" in kw:
-        body = "Here is a short answer. It stays on the topic. It ends here."
-    if "keywords:existence" in kw:
-        body += " Words: " + " ".join(kw["keywords:existence"]["keywords"]) + "."
-    if "keywords:frequency" in kw:
-        k = kw["keywords:frequency"]
-        body += " " + " ".join([k["keyword"]] * k["frequency"]) + "."
-    if "keywords:letter_frequency" in kw:
-        k = kw["keywords:letter_frequency"]
-        body += " " + k["letter"] * k["let_frequency"] + "."
-    if "change_case:capital_word_frequency" in kw:
-        k = kw["change_case:capital_word_frequency"]
-        if k["capital_relation"] == "at least":
-            body += " " + " ".join(["WOW"] * k["capital_frequency"]) + "."
-    if "detectable_format:number_highlighted_sections" in kw:
-        n = kw["detectable_format:number_highlighted_sections"]["num_highlights"]
-        body += "".join(f" *point {i}*" for i in range(n))
-    if "detectable_content:number_placeholders" in kw:
-        n = kw["detectable_content:number_placeholders"]["num_placeholders"]
-        body += "".join(f" [place {i}]" for i in range(n))
-    if "length_constraints:number_paragraphs" in kw:
-        n = kw["length_constraints:number_paragraphs"]["num_paragraphs"]
-        body = "\n***\n".join([body] * n)
-    if "detectable_format:multiple_sections" in kw:
-        k = kw["detectable_format:multiple_sections"]
-        body = "\n".join(f"{k['section_spliter']} {i + 1}\n{body}" for i in range(k["num_sections"]))
-    if "detectable_format:number_bullet_lists" in kw:
-        n = kw["detectable_format:number_bullet_lists"]["num_bullets"]
-        body += "".join(f"\n* point {i}" for i in range(n))
-    if "detectable_format:title" in kw:
-        body = "<<A Short Title>>\n" + body
-    if "combination:two_responses" in kw:
-        body = body + "\n******\n" + body.replace("Here is", "This is")
-    if "detectable_format:json_format" in kw:
-        body = json.dumps({"answer": body})
-    if "detectable_format:constrained_response" in kw:
-        body = "My answer is yes."
-    if "combination:repeat_prompt" in kw:
-        body = kw["combination:repeat_prompt"]["prompt_to_repeat"] + "\n" + body
-    if "detectable_content:postscript" in kw:
-        body += "\n" + kw["detectable_content:postscript"]["postscript_marker"] + " Have fun."
-    if "startend:end_checker" in kw:
-        body += " " + kw["startend:end_checker"]["end_phrase"]
-    if "change_case:english_lowercase" in kw:
-        body = body.lower()
-    if "change_case:english_capital" in kw:
-        body = body.upper()
-    if "startend:quotation" in kw:
-        body = f'"{body}"'
-    return body
+# ---------------------------------------------------------------------------------------------
+# Reference responses (training only, for SPIN-style methods)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_reference_responses_follow_every_instruction(train):
+    ifeval = _optional("sparring.judges.ifeval")
+    for r in train:
+        ref = r["reference_response"]
+        assert isinstance(ref, str) and ref.strip(), r
+        assert all(ifeval.follow_instructions(r, ref)), (r["instruction_id_list"], r["kwargs"], ref)
+        # The shipped text is exactly what the builder's function writes for the record.
+        assert ref == build.reference_response(r)
+
+
+def test_heldout_records_have_no_reference_response(heldout):
+    assert not any("reference_response" in r for r in heldout)
 
 
 def test_every_prompt_is_satisfiable(records):
+    """The builder can answer every prompt, held-out included (where the answer is not shipped)."""
     ifeval = _optional("sparring.judges.ifeval")
     for r in records:
-        response = _compliant_response(r)
-        for iid, kw in zip(r["instruction_id_list"], r["kwargs"]):
-            assert ifeval.check_instruction(iid, kw, response), (iid, kw, response)
+        response = build.reference_response(r)
+        assert all(ifeval.follow_instructions(r, response)), (r["prompt"], response)
+
+
+def test_reference_responses_answer_the_request_on_its_topic(train):
+    constrained = "detectable_format:constrained_response"
+    for r in train:
+        _, topic = build.parse_base_request(_base_request(r))
+        ref = r["reference_response"]
+        if constrained in r["instruction_id_list"]:
+            assert ref in build.CONSTRAINED_OPTIONS, ref
+            continue
+        assert topic.lower() in ref.lower(), (topic, ref)
+        assert len(ref.split()) >= 15, ref  # a few sentences, not a token answer
+    non_constrained = [r for r in train if constrained not in r["instruction_id_list"]]
+    assert len({r["reference_response"] for r in non_constrained}) == len(non_constrained)
+
+
+def test_loaded_records_carry_the_reference_response(train):
+    prompts = _optional("sparring.data.prompts")
+    loaded = prompts.load_prompts(TRAIN_PATH)
+    assert [p.reference_response for p in loaded] == [r["reference_response"] for r in train]
+    assert all(p.reference_response is None for p in prompts.load_prompts(HELDOUT_PATH))

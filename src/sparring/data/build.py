@@ -17,6 +17,11 @@ Every prompt is ``<base request> <instruction text> [<instruction text>]``:
   and the same small pools of kwargs values (end phrases, postscript markers, keywords, ...);
   what changes between them is the topic and therefore the request.
 
+Every *training* record also carries ``reference_response`` (see `reference_response`): a short,
+template-built answer on the prompt's topic that follows all of its instructions under strict
+IFEval scoring, for SPIN-style methods (the ground-truth response preferred over the policy's own
+sample). Held-out records get none: that set stays a pure evaluation set.
+
 The only randomness is ``random.Random(SEED)`` (training) and ``random.Random(SEED + 1)``
 (held-out), used to shuffle the combinations and the base requests. Kwargs values are handed out
 round-robin per instruction id, so each value occurs equally often. Output is byte-identical on
@@ -28,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -361,6 +368,300 @@ def _check_mix() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Reference responses (training records only): a short answer on the prompt's topic, written
+# from the request template, that follows every instruction of the prompt under the judge's
+# strict check. SPIN-style methods use it as the preferred response; the test suite uses it to
+# show that every prompt (held-out included) is satisfiable.
+#
+# Every sentence below is written so that it fits any topic (the topic is never the subject of
+# a present-tense verb, so "coffee" and "penguins" both read right), and contains no comma, no
+# forbidden keyword (very, really, good, nice, always, never), no all-capital word, no quote,
+# no '*' and no '['. Instruction-specific sentences are added on top.
+# --------------------------------------------------------------------------------------------
+
+# request template -> (title, variant A sentences, variant B sentences). Poems are written one
+# sentence per line. Each variant has exactly 3 sentences (the sentence limits rely on it).
+_ANSWERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "Write a short poem about {topic}.": (
+        "ode to {topic}",
+        ("Soft light falls on {topic}.", "We stop to watch in quiet wonder.",
+         "Each small detail has a story to tell."),
+        ("Think of {topic} at dawn.", "The air is cool and full of song.",
+         "Our hearts feel light and free."),
+    ),
+    "Explain {topic} to a ten-year-old.": (
+        "{topic} made easy",
+        ("{Topic} can look tricky at first.",
+         "Think of it like a puzzle where each piece has a job.",
+         "Once the pieces fit you can explain it to a friend."),
+        ("Here is an easy way to think about {topic}.",
+         "Picture yourself looking closer and asking how each part works.",
+         "Every question you ask helps the picture make sense."),
+    ),
+    "Describe {topic} in a few sentences.": (
+        "getting to know {topic}",
+        ("{Topic} can catch the eye of anyone who stops to look.",
+         "There is color and detail in every part of the picture.",
+         "The more you notice the more there is to enjoy."),
+        ("People notice {topic} in many different ways.",
+         "Some focus on the shapes and others on the sounds.",
+         "Each view adds something new to the whole picture."),
+    ),
+    "Write a short story about {topic}.": (
+        "an afternoon with {topic}",
+        ("One morning Maya set out to learn about {topic}.",
+         "She asked questions and took notes everywhere she went.",
+         "By sunset she had a story to share with her class."),
+        ("Leo found an old notebook full of drawings of {topic}.",
+         "Each page showed something he had missed before.",
+         "He closed the book with a smile and decided to see for himself."),
+    ),
+    "Share a fun fact about {topic}.": (
+        "fun fact: {topic}",
+        ("Here is a fun fact about {topic}.",
+         "Experts and hobbyists keep finding new surprises in this subject.",
+         "Even a quick look can teach you something new."),
+        ("Did you know that {topic} can tell us a lot about the world?",
+         "Looking closely can reveal patterns that are easy to miss.",
+         "That is what makes the subject so fun to explore."),
+    ),
+    "Write a short note to a friend about {topic}.": (
+        "quick note about {topic}",
+        ("Hey there!", "Today reminded me of you because we talked about {topic}.",
+         "We should find time soon to learn more about it."),
+        ("Hello friend!", "Guess what we discussed today: {topic}!",
+         "Write back soon and tell me what you think."),
+    ),
+    "Write a short product description for a book about {topic}.": (
+        "the little book of {topic}",
+        ("This little book about {topic} is a friendly guide for curious readers.",
+         "Short chapters and clear pictures make each idea easy to follow.",
+         "It makes the perfect gift for anyone who loves to learn."),
+        ("Discover {topic} in a whole new way.",
+         "This book mixes clear writing with colorful pictures on every page.",
+         "Readers of all ages will find something to enjoy."),
+    ),
+    "Give a few quick tips for learning about {topic}.": (
+        "tips for exploring {topic}",
+        ("Start with a short book or video about {topic}.",
+         "Write down one new thing you learn each day.",
+         "Share what you find with a friend to help it stick."),
+        ("Visit a local library to read more about {topic}.",
+         "Ask an expert or a teacher your questions.",
+         "Keep a small journal of everything you discover."),
+    ),
+    "Write a short social media post about {topic}.": (
+        "all about {topic}",
+        ("Spent the whole afternoon thinking about {topic} today!",
+         "There is so much more to it than meets the eye.",
+         "Share your favorite thing about {topic} below!"),
+        ("Who else loves {topic}?", "Every time we look closer we find something new.",
+         "Tell us your best story in the replies!"),
+    ),
+    "Summarize why people find {topic} interesting.": (
+        "the charm of {topic}",
+        ("People find {topic} interesting because there is something new to learn.",
+         "The subject connects to history and everyday life.",
+         "It also sparks curiosity in young and old alike."),
+        ("Curiosity is the main reason.",
+         "{Topic} can surprise us and make us ask new questions.",
+         "That sense of discovery keeps people coming back."),
+    ),
+    "Is {topic} worth learning about?": (
+        "thoughts on {topic}",
+        ("My answer is yes.", "Learning about {topic} can open up new ideas.",
+         "It is also fun to share with others."),
+        ("My answer is yes.", "Even a little time spent on {topic} pays off.",
+         "Each new fact leads to another question."),
+    ),
+    "Would a child enjoy learning about {topic}?": (
+        "kids and {topic}",
+        ("My answer is yes.", "Children love to ask questions about {topic}.",
+         "Hands-on activities make the subject come alive."),
+        ("My answer is yes.", "Young minds enjoy exploring {topic} with a grown-up.",
+         "Pictures and games keep the fun going."),
+    ),
+    "Is {topic} important in everyday life?": (
+        "{topic} in daily life",
+        ("My answer is maybe.", "For some people {topic} matters every single day.",
+         "For others the link is harder to see."),
+        ("My answer is maybe.", "It depends on where you live and what you do.",
+         "Still {topic} can shape our lives in quiet ways."),
+    ),
+}
+# The option a `detectable_format:constrained_response` prompt is answered with, per question.
+_CONSTRAINED_ANSWER: dict[str, str] = {
+    "Is {topic} worth learning about?": "My answer is yes.",
+    "Would a child enjoy learning about {topic}?": "My answer is yes.",
+    "Is {topic} important in everyday life?": "My answer is maybe.",
+}
+
+# keywords:existence: one short sentence per keyword.
+_KEYWORD_SENTENCES: dict[str, str] = {
+    "simple": "The main idea is simple.",
+    "bright": "It can make any day feel bright.",
+    "calm": "It can also leave you calm.",
+    "together": "Exploring {topic} is more fun together.",
+    "careful": "Be careful to take your time.",
+    "friendly": "The people you meet are friendly.",
+}
+# keywords:frequency: a sentence with the keyword at least that many times.
+_FREQUENCY_SENTENCES: dict[str, str] = {
+    "simple": "Keep it simple and the rest stays simple too.",
+    "bright": "Bright days and bright ideas go hand in hand.",
+    "together": "Friends can learn together and explore together and laugh together.",
+}
+# keywords:letter_frequency: a sentence rich in the letter.
+_LETTER_SENTENCES: dict[str, str] = {
+    "b": "Borrow a big book about {topic} to begin.",  # b x4
+    "k": "Keep a notebook about {topic} and keep looking.",  # k x4
+    "w": "We will want to know more with every new walk.",  # w x7
+}
+# change_case:capital_word_frequency ("at least n"): all-capital words to name.
+_CAPITAL_WORDS: tuple[str, ...] = ("LOOK", "LISTEN", "LEARN", "SHARE", "SMILE")
+_PLACEHOLDER_NAMES: tuple[str, ...] = ("[name]", "[date]", "[place]", "[time]")
+_TITLE_SMALL_WORDS = frozenset({"a", "an", "and", "the", "of", "to", "in", "on", "for", "with"})
+
+
+def _title_case(text: str) -> str:
+    words = text.split()
+    return " ".join(
+        w if i and w in _TITLE_SMALL_WORDS else w[:1].upper() + w[1:] for i, w in enumerate(words)
+    )
+
+
+def parse_base_request(base: str) -> tuple[str, str]:
+    """(request template, topic) of a base request this module writes; ValueError otherwise."""
+    for template in REQUEST_TEMPLATES + QUESTION_TEMPLATES:
+        pre, post = template.split("{topic}")
+        if base.startswith(pre) and base.endswith(post) and len(base) > len(pre) + len(post):
+            return template, base[len(pre) : len(base) - len(post)]
+    raise ValueError(f"not a base request of this builder: {base!r}")
+
+
+def _fill(sentence: str, topic: str) -> str:
+    return sentence.format(topic=topic, Topic=topic[:1].upper() + topic[1:])
+
+
+def _chunks(sentences: Sequence[str], extra: Sequence[str], n: int) -> list[list[str]]:
+    """`sentences` in `n` non-empty consecutive groups (padded from `extra` if too few)."""
+    items = list(sentences) + list(extra)[: max(0, n - len(sentences))]
+    if len(items) < n:
+        raise ValueError(f"cannot fill {n} groups from {len(items)} sentences")
+    size, rest = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < rest else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _compose(
+    sentences: Sequence[str], extra: Sequence[str], kw: dict[str, dict], topic: str, poem: bool
+) -> str:
+    """One answer: the variant's sentences plus the instruction-specific sentences, highlighted
+    and laid out (bullets, paragraphs or sections) as the instructions ask."""
+    sents = list(sentences)
+    if EXISTENCE in kw:
+        for word in kw[EXISTENCE]["keywords"]:
+            if word in _KEYWORD_SENTENCES:
+                sents.append(_fill(_KEYWORD_SENTENCES[word], topic))
+            else:
+                sents.append(f"It brings the word {word} to mind.")
+    if FREQUENCY in kw:
+        k = kw[FREQUENCY]
+        sentence = _fill(_FREQUENCY_SENTENCES.get(k["keyword"], ""), topic)
+        if sentence.lower().count(k["keyword"].lower()) < k["frequency"]:
+            sentence = f"Key word: {' '.join([k['keyword']] * k['frequency'])}."
+        sents.append(sentence)
+    if LETTERS in kw:
+        k = kw[LETTERS]
+        sentence = _fill(_LETTER_SENTENCES.get(k["letter"], ""), topic)
+        if sentence.lower().count(k["letter"].lower()) < k["let_frequency"]:
+            sentence = f"Letters: {' '.join([k['letter']] * k['let_frequency'])}."
+        sents.append(sentence)
+    if CAP_WORDS in kw and kw[CAP_WORDS]["capital_relation"] == "at least":
+        n = kw[CAP_WORDS]["capital_frequency"]
+        words = [_CAPITAL_WORDS[i % len(_CAPITAL_WORDS)] for i in range(n)]
+        sents.append(f"Remember to {' and '.join(words)}.")
+    if PLACEHOLDER in kw:
+        n = kw[PLACEHOLDER]["num_placeholders"]
+        names = [
+            _PLACEHOLDER_NAMES[i] if i < len(_PLACEHOLDER_NAMES) else f"[detail {i + 1}]"
+            for i in range(n)
+        ]
+        sents.append(f"Feel free to share this with {names[0]}" + "".join(
+            f" on {p}" if i == 0 else f" at {p}" for i, p in enumerate(names[1:])
+        ) + ".")  # fmt: skip
+    if HIGHLIGHT in kw:
+        # Highlight whole sentences, from the second on (the lead sentence stays plain).
+        n = kw[HIGHLIGHT]["num_highlights"]
+        order = list(range(1, len(sents))) + [0]
+        for i in order[:n]:
+            sents[i] = f"*{sents[i].rstrip('.!?')}*{sents[i][len(sents[i].rstrip('.!?')):]}"
+    joiner = "\n" if poem else " "
+    if BULLET_LIST in kw:
+        n = kw[BULLET_LIST]["num_bullets"]
+        items = (sents[1:] + list(extra))[:n]
+        return sents[0] + "\n\n" + "\n".join(f"* {item}" for item in items)
+    if N_PARAGRAPHS in kw:
+        groups = _chunks(sents, extra, kw[N_PARAGRAPHS]["num_paragraphs"])
+        return "\n\n***\n\n".join(joiner.join(g) for g in groups)
+    if SECTIONS in kw:
+        k = kw[SECTIONS]
+        groups = _chunks(sents, extra, k["num_sections"])
+        return "\n\n".join(
+            f"{k['section_spliter']} {i + 1}\n{joiner.join(g)}" for i, g in enumerate(groups)
+        )
+    return joiner.join(sents)
+
+
+def reference_response(record: dict) -> str:
+    """A short answer to `record`'s request, on its topic, that follows every one of its
+    instructions exactly (IFEval strict scoring). Deterministic: a function of the prompt's base
+    request and its instructions only."""
+    kw = dict(zip(record["instruction_id_list"], record["kwargs"]))
+    base = re.match(r"[^.?!]*[.?!]", record["prompt"])
+    if not base:
+        raise ValueError(f"prompt has no base request: {record['prompt']!r}")
+    base_request = base.group(0)
+    template, topic = parse_base_request(base_request)
+    title, variant_a, variant_b = _ANSWERS[template]
+    # Which variant leads is fixed by the request's text (not by Python's salted hash).
+    if zlib.crc32(base_request.encode("utf-8")) % 2:
+        variant_a, variant_b = variant_b, variant_a
+    first = [_fill(s, topic) for s in variant_a]
+    second = [_fill(s, topic) for s in variant_b]
+    poem = template == REQUEST_TEMPLATES[0]
+
+    if CONSTRAINED in kw:
+        body = _CONSTRAINED_ANSWER.get(template, "My answer is maybe.")
+    elif TWO in kw:
+        body = _compose(first, second, kw, topic, poem)
+        body += "\n\n******\n\n" + _compose(second, first, kw, topic, poem)
+    else:
+        body = _compose(first, second, kw, topic, poem)
+    if TITLE in kw:
+        body = f"<<{_title_case(_fill(title, topic))}>>\n\n{body}"
+    if JSON in kw:
+        body = json.dumps({"topic": topic, "answer": body}, indent=2)
+    if REPEAT in kw:
+        body = kw[REPEAT]["prompt_to_repeat"] + "\n\n" + body
+    if POSTSCRIPT in kw:
+        body += f"\n\n{kw[POSTSCRIPT]['postscript_marker']} Thanks for reading about {topic}!"
+    if END in kw:
+        body += "\n\n" + kw[END]["end_phrase"]
+    if LOWER in kw:
+        body = body.lower()
+    if CAPITAL in kw:
+        body = body.upper()
+    if QUOTATION in kw:
+        body = f'"{body}"'
+    return body
+
+
+# --------------------------------------------------------------------------------------------
 # Building
 # --------------------------------------------------------------------------------------------
 
@@ -369,8 +670,11 @@ def base_requests(topics: Sequence[str], templates: Sequence[str]) -> list[str]:
     return [t.format(topic=topic) for topic in topics for t in templates]
 
 
-def build_set(topics: Sequence[str], units: int, seed: int, key_start: int) -> list[dict]:
-    """`units` copies of the mix unit, each combination on its own (topic, request) pair."""
+def build_set(
+    topics: Sequence[str], units: int, seed: int, key_start: int, references: bool = False
+) -> list[dict]:
+    """`units` copies of the mix unit, each combination on its own (topic, request) pair; with
+    `references`, each record also gets its `reference_response`."""
     _check_mix()
     rng = random.Random(seed)
     combos = [combo for _ in range(units) for combo in MIX_UNIT]
@@ -393,22 +697,24 @@ def build_set(topics: Sequence[str], units: int, seed: int, key_start: int) -> l
             kwargs.append(dict(pool[turn[iid] % len(pool)]))
             turn[iid] += 1
         texts = [instruction_text(iid, kw) for iid, kw in zip(combo, kwargs)]
-        records.append(
-            {
-                "key": key_start + i,
-                "prompt": " ".join([base, *texts]),
-                "instruction_id_list": list(combo),
-                "kwargs": kwargs,
-            }
-        )
+        record = {
+            "key": key_start + i,
+            "prompt": " ".join([base, *texts]),
+            "instruction_id_list": list(combo),
+            "kwargs": kwargs,
+        }
+        if references:
+            record["reference_response"] = reference_response(record)
+        records.append(record)
     return records
 
 
 def build_sets() -> tuple[list[dict], list[dict]]:
-    """(training records, held-out records)."""
+    """(training records, held-out records). Only training records carry a reference response:
+    the held-out set is a pure evaluation set."""
     if set(TRAIN_TOPICS) & set(HELDOUT_TOPICS):
         raise AssertionError("training and held-out topics overlap")
-    train = build_set(TRAIN_TOPICS, TRAIN_UNITS, SEED, TRAIN_KEY_START)
+    train = build_set(TRAIN_TOPICS, TRAIN_UNITS, SEED, TRAIN_KEY_START, references=True)
     heldout = build_set(HELDOUT_TOPICS, HELDOUT_UNITS, SEED + 1, HELDOUT_KEY_START)
     return train, heldout
 
