@@ -36,6 +36,10 @@ class MethodConfig:
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"  # f-DPO
     alpha: float = field(default=0.5, metadata=_range(0, None, lo_open=True))  # f-DPO α-divergence
     include_self: bool = True  # SPPO reference code keeps the self-comparison (0.5) in P̂
+    margin_threshold: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))  # DNO: min P̂_w − P̂_l
+    spin_history: bool = False  # SPIN: iteration t also trains on iteration t-1's pairs
+    # APO (Nesterov momentum between iterations): θ̂_{t+1} = θ_{t+1} + α(θ_{t+1} − θ_t); 0 disables
+    apo_alpha: float = field(default=0.0, metadata=_range(0, None))
 
 
 @dataclass

@@ -97,6 +97,7 @@ def train(
         if train_cfg.precision == "bf16"
         else contextlib.nullcontext()
     )
+    fill_reference_logps(model, rows, method, pad_id, train_cfg.micro_batch_size, autocast)
     losses_seen: list[float] = []
     bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
@@ -128,6 +129,25 @@ def train(
             "loss_mean": float(np.mean(losses_seen)) if losses_seen else None}
 
 
+@torch.no_grad()
+def fill_reference_logps(model, rows: list[dict], method: Method, pad_id: int, micro: int, autocast) -> int:
+    """Fill missing (NaN) `ref_logp_<seq>` columns with log π_t of the sequence, π_t being the model
+    before its first update. Samples carry the log-prob recorded when they were drawn; this covers
+    sequences π_t never sampled (SPIN's ground truth, earlier iterations' pairs). Returns the count."""
+    todo = [(r, s) for r in rows for s in method.sequences
+            if f"ref_logp_{s}" in r and (r[f"ref_logp_{s}"] is None or math.isnan(r[f"ref_logp_{s}"]))]
+    was_training = model.training
+    model.eval()  # no dropout: the reference is the deterministic π_t
+    for start in range(0, len(todo), micro):
+        part = todo[start : start + micro]
+        with autocast:
+            out = sequence_logps(model, [r["prompt_ids"] for r, _ in part], [r[f"{s}_ids"] for r, s in part], pad_id)
+        for (r, s), value in zip(part, out.logp.tolist()):
+            r[f"ref_logp_{s}"] = value
+    model.train(was_training)
+    return len(todo)
+
+
 def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_id: int, autocast) -> torch.Tensor:
     names = method.sequences
     prompts = [r["prompt_ids"] for r in micro]
@@ -139,7 +159,7 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
     columns = {
         key: torch.tensor([r[key] for r in micro], dtype=torch.float32)
         for key, value in micro[0].items()
-        if isinstance(value, float)
+        if isinstance(value, float) and not isinstance(value, bool)
     }
     return method.loss(logps, columns, method_cfg)
 

@@ -18,6 +18,7 @@ class PromptGroup:
     response_ids: list[list[int]]  # K responses
     logps: np.ndarray  # [K] log π_t(y_k | x): the reference log-probs
     prefs: np.ndarray  # [K, K] P(y_i ≻ y_j | x)
+    reference_ids: list[int] | None = None  # the prompt's ground-truth response, tokenized (SPIN)
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,4 @@ class Method:
     rows: Callable[[list[PromptGroup], object], list[dict]]
     # loss(logps: {seq name: SeqLogp}, batch: {column: tensor}, method_config) -> per-row loss [B]
     loss: Callable[[dict[str, SeqLogp], dict[str, torch.Tensor], object], torch.Tensor]
+    needs_reference_response: bool = False  # prompts must carry `reference_response` (SPIN)

@@ -1,10 +1,14 @@
-"""SPPO (Wu et al. 2024, arXiv:2405.00675), as its reference recipe runs it.
+"""SPPO (Wu et al. 2024, arXiv:2405.00675) and its variants.
 
-Win rates P̂(y_k ≻ π_t) are the row means of the K×K preference matrix (self-comparison included
-by default, as in the reference code). Each prompt contributes its best (argmax P̂) and worst
-(argmin P̂) sample; the loss regresses ρ = log π_θ − log π_t of each onto (P̂ − ½)/β (the practical
-form of the update π_{t+1} ∝ π_t exp(η P(y ≻ π_t)), η = 1/β). Prompts whose K samples all tie carry
-no signal (both targets 0) and are dropped.
+Win rates P̂(y_k ≻ π_t) are the row means of the K×K preference matrix (self-comparison included by
+default, as in the reference code). The practical loss regresses ρ = log π_θ − log π_t onto
+(P̂ − ½)/β, the log-space form of the multiplicative-weights update π_{t+1} ∝ π_t exp(η P(y ≻ π_t))
+with η = 1/β.
+- `sppo`: the best (argmax P̂) and worst (argmin P̂) sample of each prompt, loss `sppo`.
+- `sppo-single`: the same pair, one probability p = P(y_w ≻ y_l) for both terms, loss `sppo_single`.
+- `sppo-all`: every one of the K samples with its own P̂ (the paper's expectation over π_t instead
+  of two extremes), loss `sppo_pointwise`.
+Prompts whose K samples all tie carry no signal (every target is 0) and are dropped.
 """
 
 from __future__ import annotations
@@ -14,40 +18,59 @@ from sparring.methods.base import Method, PromptGroup
 from sparring.winrates import best_worst, win_rates
 
 
-def _pair_rows(groups: list[PromptGroup], cfg) -> list[dict]:
+def best_worst_rows(groups: list[PromptGroup], cfg, min_margin: float = 0.0) -> list[dict]:
+    """One (best, worst) pair per prompt whose win-rate margin P̂_w − P̂_l exceeds `min_margin`."""
     rows = []
     for g in groups:
         p_hat = win_rates(g.prefs[None], include_self=cfg.include_self)[0]
         picked = best_worst(p_hat[None])
         w, l = int(picked.best[0]), int(picked.worst[0])
-        if picked.margin[0] <= 0:
+        if picked.margin[0] <= min_margin:
             continue
-        rows.append(
-            {
-                "prompt_id": g.prompt_id,
-                "prompt_ids": g.prompt_ids,
-                "w_ids": g.response_ids[w],
-                "l_ids": g.response_ids[l],
-                "w_index": w,
-                "l_index": l,
-                "ref_logp_w": float(g.logps[w]),
-                "ref_logp_l": float(g.logps[l]),
-                "p_w": float(p_hat[w]),
-                "p_l": float(p_hat[l]),
-                "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l), used by sppo-single
-            }
-        )
+        rows.append({
+            "prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids,
+            "w_ids": g.response_ids[w], "l_ids": g.response_ids[l], "w_index": w, "l_index": l,
+            "ref_logp_w": float(g.logps[w]), "ref_logp_l": float(g.logps[l]),
+            "p_w": float(p_hat[w]), "p_l": float(p_hat[l]),
+            "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l)
+        })
     return rows
 
 
-def _sppo_loss(lp, b, cfg):
-    return losses.sppo(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], b["p_w"], b["p_l"], cfg.beta)
+def _all_rows(groups: list[PromptGroup], cfg) -> list[dict]:
+    rows = []
+    for g in groups:
+        p_hat = win_rates(g.prefs[None], include_self=cfg.include_self)[0]
+        if float(p_hat.max() - p_hat.min()) == 0.0:
+            continue
+        for k in range(len(g.response_ids)):
+            rows.append({"prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids, "y_ids": g.response_ids[k],
+                         "y_index": k, "ref_logp_y": float(g.logps[k]), "p": float(p_hat[k])})
+    return rows
 
 
 SPPO = Method(
     name="sppo",
     description="best/worst sample per prompt, loss `sppo`, reference π_t (the SPPO reference recipe)",
     sequences=("w", "l"),
-    rows=_pair_rows,
-    loss=_sppo_loss,
+    rows=best_worst_rows,
+    loss=lambda lp, b, cfg: losses.sppo(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"],
+                                        b["p_w"], b["p_l"], cfg.beta),
+)
+
+SPPO_SINGLE = Method(
+    name="sppo-single",
+    description="best/worst sample per prompt with p = P(y_w ≻ y_l) for both, loss `sppo_single`, reference π_t",
+    sequences=("w", "l"),
+    rows=best_worst_rows,
+    loss=lambda lp, b, cfg: losses.sppo_single(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"],
+                                               b["p"], cfg.beta),
+)
+
+SPPO_ALL = Method(
+    name="sppo-all",
+    description="every sample with its own win rate, loss `sppo_pointwise`, reference π_t",
+    sequences=("y",),
+    rows=_all_rows,
+    loss=lambda lp, b, cfg: losses.sppo_pointwise(lp["y"].logp, b["ref_logp_y"], b["p"], cfg.beta),
 )
