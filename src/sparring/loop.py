@@ -56,6 +56,9 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
             )
     else:
         root.mkdir(parents=True, exist_ok=True)
+    # whatever a killed run was writing is garbage now (its stage reruns); `sparring run` owns the
+    # whole directory, so nothing else can be writing it
+    rd.remove_temporaries()
     write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if not rd.manifest_path.exists():
         write_json(rd.manifest_path, rd.manifest())
@@ -90,7 +93,17 @@ class Context:
 
 
 def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -> Context:
+    from sparring.methods import get_method
+
     train_prompts = load_prompts(prompts_path(cfg.prompts.train))
+    if get_method(cfg.method.name).needs_reference_response:
+        lacking = [r for r in train_prompts if not r.reference_response]
+        if lacking:
+            raise UserError(
+                f"{prompts_path(cfg.prompts.train)}: method {cfg.method.name!r} trains on each prompt's ground-truth "
+                f"'reference_response', but {len(lacking)} of {len(train_prompts)} prompts have none "
+                f"(first: key {lacking[0].key})"
+            )
     heldout = load_prompts(prompts_path(cfg.prompts.heldout))
     if cfg.eval.limit:
         heldout = heldout[: cfg.eval.limit]
@@ -132,6 +145,10 @@ def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]])
         ctx.log(f"[{key}] done already, skipping")
         return
     ctx.log(f"[{key}] starting")
+    # A stage killed mid-write left temporaries in its directory (a half shard in samples.shards
+    # would even make the rerun fail); the stages of one directory (base/, iter_t/) run one after
+    # the other, so whatever is there now is stale.
+    ctx.rd.remove_temporaries(ctx.rd.root / key.split("/")[0])
     ctx.rd.mark_running(key)
     start = time.time()
     outputs, metrics = fn()
@@ -282,9 +299,25 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     prompts, groups = _grouped_samples(ctx, t)
     mats = _prefs_matrices(ctx, t, prompts, ctx.cfg.generation.k)
     method = get_method(ctx.cfg.method.name)
-    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m)
-           for r, g, m in zip(prompts, groups, mats)]
+    refs = [None] * len(prompts)
+    if method.needs_reference_response:
+        from sparring.models import load_tokenizer
+
+        tok = load_tokenizer(policy_at(ctx, t))
+        refs = [tok(r.reference_response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in prompts]
+    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref)
+           for r, g, m, ref in zip(prompts, groups, mats, refs)]
     rows = method.rows(pgs, ctx.cfg.method)
+    if ctx.cfg.method.spin_history and t > 0:
+        import pyarrow.parquet as pq
+
+        # iteration t-1's own pairs (not its history, which would grow without end); their reference
+        # log-probs were under π_{t-1}, so they are recomputed under π_t when training starts
+        old = [r for r in pq.read_table(ctx.rd.iter_dir(t - 1) / "train.parquet").to_pylist() if r.get("prompt_id")]
+        old = [r for r in old if not r.get("from_history")]
+        for r in old:
+            r.update({k: float("nan") for k in r if k.startswith("ref_logp_")}, from_history=True)
+        rows = [{**r, "from_history": False} for r in rows] + old
     out = ctx.rd.iter_dir(t) / "train.parquet"
     write_parquet(out, rows_table(rows))
     return [out], {"rows": len(rows), "prompts": len(prompts)}
@@ -310,13 +343,26 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     else:
         result = {"steps": 0, "rows": 0}
         ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
+    model.config.use_cache = True
+    alpha = ctx.cfg.method.apo_alpha
+    outputs = [d / "policy"]
+    if alpha > 0:
+        # APO: θ̂_{t+1} = θ_{t+1} + α(θ_{t+1} − θ_t) with θ_t the previous *trained* (not extrapolated)
+        # weights; θ̂ becomes the next sampler and reference. Same rule as the game laboratory's.
+        from sparring.apo import extrapolate
+
+        previous = ctx.cfg.model if t == 0 else str(ctx.rd.iter_dir(t - 1) / "policy_trained")
+        theta_t = load_model(previous, "float32").state_dict()
+        with atomic_dir(d / "policy_trained") as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        model.load_state_dict(extrapolate(model.state_dict(), theta_t, alpha))
+        outputs.append(d / "policy_trained")
     with atomic_dir(d / "policy") as tmp:
-        model.config.use_cache = True
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return [d / "policy"], result
+    return outputs, result
 
 
 def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:

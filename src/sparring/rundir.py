@@ -167,3 +167,18 @@ class RunDir:
 
     def leftover_temporaries(self) -> list[Path]:
         return [p for p in self.root.rglob(".*.tmp")]
+
+    def remove_temporaries(self, under: Path | None = None) -> list[Path]:
+        """Delete the temporary files and directories that writers killed mid-write left under
+        `under` (default: the whole run). Only for a process that owns that part of the run: a
+        live writer's temporary would go too."""
+        base = self.root if under is None else Path(under)
+        if not base.is_dir():
+            return []
+        stale = sorted(base.rglob(".*.tmp"))  # a directory sorts before what is inside it
+        for p in stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return stale
