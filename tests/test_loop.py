@@ -179,3 +179,17 @@ def test_score_command(tmp_path, capsys):
     responses.write_text(json.dumps({"prompt": "A?", "response": "x"}) + "\n")
     assert main(["score", "--prompts", str(prompts), "--responses", str(responses)]) == 2
     assert "no response for prompt 2" in capsys.readouterr().err
+
+
+def test_tracking_with_a_missing_tracker_is_a_clear_error(tiny_model, tmp_path):
+    pytest.importorskip("accelerate")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    cfg = config_from_dict(tiny_config(tiny_model, tmp_path, **{"tracking.log_with": "tensorboard"}))
+    rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name)
+    with pytest.raises(UserError, match="tracking.log_with = 'tensorboard'"):
+        make_context(cfg, rd)

@@ -90,6 +90,12 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # metrics.jsonl is always written; this also sends every record through accelerate's trackers
+    log_with: Literal["none", "tensorboard", "wandb", "trackio", "all"] = "none"
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -102,6 +108,7 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -86,10 +86,43 @@ class Context:
     progress: bool = True
     log: Callable[[str], None] = print
 
+    tracker: object = None  # an accelerate Accelerator with trackers, when tracking.log_with is set
+
     def metrics(self, record: dict) -> None:
         """Append one record to metrics.jsonl (a log for people and trackers, not a hand-off file)."""
         with open(self.rd.root / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if self.tracker is not None:
+            stage = record.get("stage", "run")
+            values = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            self.tracker.log(values, step=record.get("step"))
+
+
+def start_tracking(ctx: "Context") -> None:
+    """Send metrics through accelerate's trackers (TensorBoard, W&B, trackio), if configured."""
+    if ctx.cfg.tracking.log_with == "none":
+        return
+    from accelerate import Accelerator
+
+    try:
+        acc = Accelerator(log_with=ctx.cfg.tracking.log_with, project_dir=str(ctx.rd.root / "trackers"))
+        acc.init_trackers(ctx.cfg.name, config=_flat(ctx.cfg.to_dict()))
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"tracking.log_with = {ctx.cfg.tracking.log_with!r}: {exc} (install the tracker's package)") from None
+    if not acc.trackers:  # accelerate only warns when the tracker's package is missing
+        raise UserError(f"tracking.log_with = {ctx.cfg.tracking.log_with!r}, but no such tracker is installed "
+                        "(pip install tensorboard / wandb / trackio)")
+    ctx.tracker = acc
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -> Context:
@@ -107,7 +140,9 @@ def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -
     heldout = load_prompts(prompts_path(cfg.prompts.heldout))
     if cfg.eval.limit:
         heldout = heldout[: cfg.eval.limit]
-    return Context(cfg, rd, train_prompts, heldout, progress, log)
+    ctx = Context(cfg, rd, train_prompts, heldout, progress, log)
+    start_tracking(ctx)
+    return ctx
 
 
 def policy_at(ctx: Context, t: int) -> str:
