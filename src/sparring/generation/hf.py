@@ -77,7 +77,7 @@ def sample_batch(
     - log π(token) of the raw, untempered distribution is accumulated on the fly (no stored logits).
     Returns, per prompt, K (response_ids, logp, finished) triples.
     """
-    from transformers import DynamicCache
+    from sparring.generation.fast import block_cache
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = [ids for ids in prompt_ids for _ in range(k)]
@@ -91,7 +91,7 @@ def sample_batch(
     stops = torch.tensor(stop_token_ids(tokenizer, model))
     gen = torch.Generator().manual_seed(seed)
 
-    cache = DynamicCache(config=model.config)
+    cache = block_cache(model)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1].float()
@@ -222,6 +222,10 @@ def iter_samples(
     batch_size // K prompts), starting at prompt `start`. Batch b covers a fixed slice of prompts
     and is seeded from (seed, first prompt index), so batches can be generated in any order or
     resumed and give the same samples."""
+    if engine == "sparring":
+        from sparring.generation.fast import use_decode_attention
+
+        use_decode_attention(model)
     sampler = sample_batch if engine == "sparring" else sample_batch_generate
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
