@@ -46,7 +46,8 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
     saved = root / "config.yaml"
     if saved.exists():
         rd.manifest()  # a corrupted manifest is an error before anything else
-        old = yaml.safe_load(saved.read_text()) or {}
+        # parsed, so keys a newer sparring added (absent from an older run's file) compare at their defaults
+        old = config_from_dict(yaml.safe_load(saved.read_text()) or {}, str(saved)).to_dict()
         diff = diff_configs(old, cfg.to_dict())
         if diff and not force:
             raise UserError(
