@@ -51,6 +51,17 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one width (decoding appends on the right), with the attention mask."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
 @torch.no_grad()
 def sample_batch(
     model,
@@ -80,14 +91,8 @@ def sample_batch(
     from sparring.generation.fast import block_cache
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = [ids for ids in prompt_ids for _ in range(k)]
-    width = max(len(r) for r in rows)
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
+    input_ids, attention = left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id)
+    n = len(input_ids)
     stops = torch.tensor(stop_token_ids(tokenizer, model))
     gen = torch.Generator().manual_seed(seed)
 
@@ -162,12 +167,8 @@ def sample_batch_generate(
 ) -> list[list[tuple[list[int], float, bool]]]:
     """The same as `sample_batch` through plain `model.generate` (for comparison and benchmarks)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
+    input_ids, attention = left_pad(prompt_ids, pad_id)
+    width = input_ids.shape[1]
     stops = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
     sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
