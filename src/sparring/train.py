@@ -3,6 +3,13 @@
 One epoch (or a few) over the iteration's rows, in a fixed order drawn from the seed, so the same
 rows and seed give the same weights. Reference log-probs come from the rows (recorded at sampling
 time), so no reference model is kept in memory or run in the step.
+
+What makes a step cheap on a CPU (bench/train_vs_trl.py measures each):
+- within an optimizer step, rows are grouped into micro-batches by length, so a forward pass is
+  mostly real tokens, not padding (the step's rows, loss and gradient are unchanged);
+- a row's responses share one pass over its prompt (`packed_logps`: prompt · y_w · y_l with a
+  4-D attention mask), instead of one padded sequence per response;
+- the LM head and the fp32 log-softmax run on response positions only; bf16 autocast.
 """
 
 from __future__ import annotations
@@ -41,6 +48,79 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
     logp = torch.zeros(len(seqs), dtype=token_logp.dtype).index_add(0, rows, token_logp)
     n_tokens = target_mask.sum(1)
     return SeqLogp(logp=logp, n_tokens=n_tokens)
+
+
+def _packed_mask_kind(model) -> str | None:
+    """How a custom 4-D attention mask reaches this model's attention: "bool" (SDPA: True = attend),
+    "additive" (eager: 0 / −inf added to the scores), or None (other kernels: no packing)."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    return {"sdpa": "bool", "eager": "additive"}.get(impl)
+
+
+def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[int]]], pad_id: int) -> list[SeqLogp]:
+    """Summed log π_θ(response | prompt) of several responses per prompt, the prompt run once.
+
+    `responses[s][b]` is the s-th response of row b. Row b is laid out as one sequence
+    prompt · response_0 · response_1 · …; a 4-D attention mask lets each response attend to the
+    prompt and to its own earlier tokens only, and each response's position ids restart where the
+    prompt ends, so every response sees exactly the context it would see after the prompt alone:
+    the result equals `sequence_logps` of each (prompt, response_s) up to float rounding, while the
+    prompt's tokens are computed once instead of once per response (and its gradient is the sum of
+    the responses' contributions, as with separate passes). Rows are right-padded to the longest.
+    Falls back to one `sequence_logps` pass when the attention kernel takes no custom mask.
+    """
+    kind = _packed_mask_kind(model)
+    n_seq, n = len(responses), len(prompt_ids)
+    if kind is None or n_seq == 1:
+        out = sequence_logps(model, prompt_ids * n_seq, [r for resp in responses for r in resp], pad_id)
+        return [SeqLogp(out.logp[i * n : (i + 1) * n], out.n_tokens[i * n : (i + 1) * n]) for i in range(n_seq)]
+    lengths = [len(p) + sum(len(responses[s][b]) for s in range(n_seq)) for b, p in enumerate(prompt_ids)]
+    width = max(lengths)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    pos = np.zeros((n, width), dtype=np.int64)
+    seg = np.full((n, width), -1, dtype=np.int64)  # -1 pad, 0 prompt, s+1 response s
+    pred, tgt, owner = [], [], []  # flat index of the position predicting each response token, token, sequence
+    for b, p in enumerate(prompt_ids):
+        P = len(p)
+        ids[b, :P], pos[b, :P], seg[b, :P] = p, np.arange(P), 0
+        at = P
+        for s in range(n_seq):
+            r = responses[s][b]
+            L = len(r)
+            ids[b, at : at + L], pos[b, at : at + L], seg[b, at : at + L] = r, np.arange(P, P + L), s + 1
+            # token j of the response is predicted from token j−1 of it, the first one from the prompt's last
+            pred.append(np.concatenate([[P - 1], np.arange(at, at + L - 1)]) + b * width if L else np.zeros(0, np.int64))
+            tgt.append(np.asarray(r, dtype=np.int64))
+            owner.append(np.full(L, s * n + b, dtype=np.int64))
+            at += L
+    seg_t = torch.from_numpy(seg)
+    q, k = seg_t[:, :, None], seg_t[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = causal & (k >= 0) & ((k == 0) | (k == q))
+    mask |= torch.eye(width, dtype=torch.bool) & (q < 0)  # padding attends to itself (no empty softmax row)
+    mask = mask[:, None]
+    if kind == "additive":
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    hidden = model.get_decoder()(input_ids=torch.from_numpy(ids), attention_mask=mask,
+                                 position_ids=torch.from_numpy(pos)).last_hidden_state
+    pred_t = torch.from_numpy(np.concatenate(pred))
+    logits = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[pred_t]).float()
+    token_logp = -F.cross_entropy(logits, torch.from_numpy(np.concatenate(tgt)), reduction="none")
+    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype).index_add(0, torch.from_numpy(np.concatenate(owner)), token_logp)
+    n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)])
+    return [SeqLogp(logp[s * n : (s + 1) * n], n_tokens[s * n : (s + 1) * n]) for s in range(n_seq)]
+
+
+def _row_length(row: dict, names: tuple[str, ...]) -> int:
+    return len(row["prompt_ids"]) + sum(len(row[f"{s}_ids"]) for s in names)
+
+
+def _micro_batches(idx: np.ndarray, rows: list[dict], names: tuple[str, ...], micro: int) -> list[np.ndarray]:
+    """Split one optimizer step's rows into micro-batches of rows of similar length (sorted, ties by
+    position), so little of each forward pass is padding. The step's rows, and so its mean loss and
+    gradient, are those the seed drew; only how they are grouped into forward passes changes."""
+    ordered = sorted(idx.tolist(), key=lambda i: _row_length(rows[i], names))
+    return [np.asarray(ordered[s : s + micro]) for s in range(0, len(ordered), micro)]
 
 
 def _batches(n_rows: int, batch_size: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
@@ -103,8 +183,8 @@ def train(
     for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for start in range(0, len(idx), train_cfg.micro_batch_size):
-            micro = [rows[i] for i in idx[start : start + train_cfg.micro_batch_size]]
+        for part in _micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size):
+            micro = [rows[i] for i in part]
             loss = _micro_batch_loss(model, micro, method, method_cfg, pad_id, autocast)
             # mean over the rows of the optimizer step, whatever the micro-batch split
             (loss.sum() / len(idx)).backward()
@@ -136,6 +216,7 @@ def fill_reference_logps(model, rows: list[dict], method: Method, pad_id: int, m
     sequences π_t never sampled (SPIN's ground truth, earlier iterations' pairs). Returns the count."""
     todo = [(r, s) for r in rows for s in method.sequences
             if f"ref_logp_{s}" in r and (r[f"ref_logp_{s}"] is None or math.isnan(r[f"ref_logp_{s}"]))]
+    todo.sort(key=lambda rs: len(rs[0]["prompt_ids"]) + len(rs[0][f"{rs[1]}_ids"]))  # similar lengths: little padding
     was_training = model.training
     model.eval()  # no dropout: the reference is the deterministic π_t
     for start in range(0, len(todo), micro):
@@ -152,10 +233,9 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
     names = method.sequences
     prompts = [r["prompt_ids"] for r in micro]
     with autocast:
-        # every named sequence of the micro-batch in one forward pass
-        out = sequence_logps(model, prompts * len(names), [r[f"{s}_ids"] for s in names for r in micro], pad_id)
-    n = len(micro)
-    logps = {s: SeqLogp(out.logp[i * n : (i + 1) * n], out.n_tokens[i * n : (i + 1) * n]) for i, s in enumerate(names)}
+        # every named sequence of the micro-batch in one forward pass, each prompt computed once
+        out = packed_logps(model, prompts, [[r[f"{s}_ids"] for r in micro] for s in names], pad_id)
+    logps = dict(zip(names, out))
     columns = {
         key: torch.tensor([r[key] for r in micro], dtype=torch.float32)
         for key, value in micro[0].items()
