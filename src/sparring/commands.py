@@ -12,9 +12,6 @@ from pathlib import Path
 
 from sparring.errors import UserError
 
-DEMO_OVERRIDES: list[str] = []  # the demo runs recipes/demo.yaml as shipped
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run SPPO on the embedded SmolLM2-135M and IFEval-style prompts (about 15 min on 2 CPU cores)",
                        description="Two SPPO iterations on the embedded model with the shipped prompt sets; "
@@ -84,7 +81,7 @@ def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | N
 
 def cmd_run(args) -> int:
     from sparring.config import load_config
-    from sparring.loop import load_run, make_context, open_run, run
+    from sparring.loop import load_run
 
     if args.resume:
         if args.config or args.overrides:
@@ -100,24 +97,25 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print_plan(cfg, root)
         return 0
-    rd = open_run(cfg, root, force=args.force)
-    ctx = make_context(cfg, rd, progress=not args.no_progress)
-    summary = run(ctx)
-    print_summary(summary, rd)
-    return 0
+    return run_and_report(cfg, root, force=args.force, progress=not args.no_progress)
 
 
 def cmd_demo(args) -> int:
     from sparring.config import load_config
-    from sparring.loop import make_context, open_run, run
 
     recipe = Path(__file__).parent / "recipes" / "demo.yaml"
-    cfg = load_config(recipe, [*DEMO_OVERRIDES, f"runs_dir={args.runs_dir}", *args.overrides])
+    cfg = load_config(recipe, [f"runs_dir={args.runs_dir}", *args.overrides])
     root = Path(cfg.runs_dir) / cfg.name
     print_plan(cfg, root)
-    rd = open_run(cfg, root)
-    ctx = make_context(cfg, rd)
-    summary = run(ctx)
+    return run_and_report(cfg, root)
+
+
+def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) -> int:
+    """Open (or resume) the run, run every stage not done yet, print the results table."""
+    from sparring.loop import make_context, open_run, run
+
+    rd = open_run(cfg, root, force=force)
+    summary = run(make_context(cfg, rd, progress=progress))
     print_summary(summary, rd)
     return 0
 

@@ -171,7 +171,7 @@ def sample_batch_generate(
     width = input_ids.shape[1]
     stops = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
-    sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention,
@@ -182,7 +182,7 @@ def sample_batch_generate(
         pad_token_id=pad_id,
         return_dict_in_generate=True,
         output_logits=True,
-        **({} if greedy else {k_: v for k_, v in sampling.items() if k_ != "do_sample"}),
+        **sampling,
     )
     new_tokens = out.sequences[:, width:]  # [B*K, T]
     # log π(token) from the raw logits, one step at a time to keep memory at O(B*K*V).
