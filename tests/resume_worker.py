@@ -9,8 +9,9 @@ torch op before forking (no thread pool exists yet), so the children start clean
 Protocol (one JSON object per line):
   stdin  {"argv": [...], "log": PATH, "root": RUN_DIR, "kill": POINT or null, "kill_after": SECONDS or null}
   stdout {"pid": PID}                     as soon as the child is forked (the test may SIGKILL it)
-         {"pid": PID, "code": C, "signal": S, "external": E, "seconds": T}   when it has ended (S: the signal that
-                                                 ended it or null; E: whether the server sent it)
+         {"pid": PID, "code": C, "signal": S, "external": E, "point": R, "seconds": T}   when it has ended (S: the
+                                                 signal that ended it or null; E: whether the server's kill
+                                                 ended it; R: whether the kill point fired)
 
 A kill POINT makes the child SIGKILL *itself* when it reaches a chosen moment of the run, so kills
 land deterministically inside every stage (including the nastiest moments: a temporary file fully
@@ -58,7 +59,14 @@ import sparring.rundir  # noqa: E402
 import sparring.train  # noqa: E402,F401
 
 
+_POINT_MARKER: str | None = None  # file the child creates when its kill point fires
+
+
 def _die() -> None:
+    # Leave a trace first: the server cannot tell from the exit status alone whether its own kill or
+    # the point's ended a child that died just before the server's deadline.
+    if _POINT_MARKER:
+        os.close(os.open(_POINT_MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -120,6 +128,8 @@ def install_kill_point(point: dict, root: Path) -> None:
 
 
 def child(req: dict) -> int:
+    global _POINT_MARKER
+    _POINT_MARKER = req["log"] + ".point"
     log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -171,7 +181,8 @@ def main() -> None:
             _, status = os.waitpid(pid, 0)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        print(json.dumps({"pid": pid, "code": code, "signal": sig, "external": external,
+        point = os.path.exists(req["log"] + ".point")
+        print(json.dumps({"pid": pid, "code": code, "signal": sig, "external": external and not point, "point": point,
                           "seconds": round(time.monotonic() - started, 3)}), file=out, flush=True)
 
 
