@@ -42,7 +42,7 @@ def prompts_with_answers(tmp_path_factory) -> Path:
 def shrink(cfg: dict, model: Path, runs: Path, train_file: Path) -> dict:
     cfg.update(model=str(model), runs_dir=str(runs), iterations=1, seed=1)
     cfg["prompts"] = {**cfg.get("prompts", {}), "train": str(train_file), "per_iteration": 6}
-    cfg["generation"] = {**cfg.get("generation", {}), "k": 3, "max_new_tokens": 8, "batch_size": 9, "dtype": "float32"}
+    cfg["generation"] = {**cfg.get("generation", {}), "k": 4, "max_new_tokens": 8, "batch_size": 12, "dtype": "float32"}
     cfg["train"] = {**cfg.get("train", {}), "lr": 1e-3, "epochs": 1, "batch_size": 2, "micro_batch_size": 2,
                     "precision": "fp32"}
     cfg["eval"] = {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False}

@@ -40,6 +40,8 @@ class MethodConfig:
     spin_history: bool = False  # SPIN: iteration t also trains on iteration t-1's pairs
     # APO (Nesterov momentum between iterations): θ̂_{t+1} = θ_{t+1} + α(θ_{t+1} − θ_t); 0 disables
     apo_alpha: float = field(default=0.0, metadata=_range(0, None))
+    # Nash-MD: opponents drawn from log_softmax((1 − c)·log π_t + c·log μ), c = mixture
+    mixture: float = field(default=0.5, metadata=_range(0, 1))
 
 
 @dataclass
@@ -195,6 +197,9 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         near = difflib.get_close_matches(cfg.method.name, list(METHODS), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise UserError(f"{where}: method.name = {cfg.method.name!r} is not a known method{hint} (known: {', '.join(sorted(METHODS))})")
+    if METHODS[cfg.method.name].mixture_opponents and cfg.generation.k % 2:
+        raise UserError(f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "
+                        "(half of each prompt's samples are the policy's, half the mixture opponents)")
     if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
         raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
 

@@ -209,6 +209,7 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     from tqdm.auto import tqdm
 
     from sparring.generation.hf import iter_samples
+    from sparring.methods import get_method
     from sparring.models import load_model, load_tokenizer
 
     g = ctx.cfg.generation
@@ -221,22 +222,38 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         policy = policy_at(ctx, t)
         tok = load_tokenizer(policy)
         model = load_model(policy, g.dtype).eval()
+        nash = get_method(ctx.cfg.method.name).mixture_opponents
+        # Nash-MD decodes the initial model μ in lockstep, for log μ and the mixture opponents; while
+        # π_t is μ itself (t = 0) the mixture is π_t and log μ = log π_t, so no second model is needed
+        mu = load_model(ctx.cfg.model, g.dtype).eval() if nash and policy != ctx.cfg.model else None
         bar = tqdm(total=len(prompts) * g.k, initial=(n_shards - len(todo)) * g.shard_size * g.k, desc=f"generate π_{t}",
                    unit="sample", disable=not ctx.progress, dynamic_ncols=True)
         for s in todo:
             part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
             rows = []
-            batches = iter_samples(model, tok, [p.prompt for p in part], k=g.k, max_new_tokens=g.max_new_tokens,
-                                   temperature=g.temperature, top_p=g.top_p, batch_size=g.batch_size,
-                                   seed=_seed(ctx.cfg.seed, "generate", t, s))
-            for batch in batches:
-                for smp in batch:
-                    rec = part[smp.prompt_index]
-                    rows.append({"prompt_id": str(rec.key), "prompt_index": s * g.shard_size + smp.prompt_index,
-                                 "sample_index": smp.sample_index, "prompt": rec.prompt, "response": smp.response,
-                                 "prompt_ids": smp.prompt_ids, "response_ids": smp.response_ids,
-                                 "n_tokens": len(smp.response_ids), "logp": smp.logp, "finished": smp.finished})
-                bar.update(len(batch))
+            sampling = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+                        "batch_size": g.batch_size}
+            if nash:  # K/2 own samples (with log μ), then K/2 opponents from the mixture
+                draws = [(iter_samples(model, tok, [p.prompt for p in part], k=g.k // 2, ref_model=mu, **sampling,
+                                       seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False),
+                         (iter_samples(model, tok, [p.prompt for p in part], k=g.k // 2, ref_model=mu,
+                                       mixture=ctx.cfg.method.mixture, **sampling,
+                                       seed=_seed(ctx.cfg.seed, "opponent", t, s)), g.k // 2, True)]
+            else:
+                draws = [(iter_samples(model, tok, [p.prompt for p in part], k=g.k, **sampling,
+                                       seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False)]
+            for batches, offset, opponent in draws:
+                for batch in batches:
+                    for smp in batch:
+                        rec = part[smp.prompt_index]
+                        mu_logp = smp.ref_logp if mu is not None else (smp.logp if nash else None)
+                        rows.append({"prompt_id": str(rec.key), "prompt_index": s * g.shard_size + smp.prompt_index,
+                                     "sample_index": offset + smp.sample_index, "prompt": rec.prompt,
+                                     "response": smp.response, "prompt_ids": smp.prompt_ids,
+                                     "response_ids": smp.response_ids, "n_tokens": len(smp.response_ids),
+                                     "logp": smp.logp, "finished": smp.finished, "opponent": opponent,
+                                     "mu_logp": mu_logp})
+                    bar.update(len(batch))
             write_parquet(shards / f"{s:05d}.parquet", pa.Table.from_pylist(rows, schema=_samples_schema()))
         bar.close()
     table = pa.concat_tables([pq.read_table(shards / f"{s:05d}.parquet") for s in range(n_shards)])
@@ -263,6 +280,8 @@ def _samples_schema():
         ("prompt", pa.string()), ("response", pa.string()), ("prompt_ids", pa.list_(pa.int32())),
         ("response_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32()), ("logp", pa.float64()),
         ("finished", pa.bool_()),
+        ("opponent", pa.bool_()),  # Nash-MD: drawn from the π_t/μ mixture, not from π_t
+        ("mu_logp", pa.float64()),  # Nash-MD: log μ(response) under the initial model; null otherwise
     ])
 
 
@@ -272,13 +291,16 @@ def _grouped_samples(ctx: Context, t: int) -> tuple[list[PromptRecord], list[dic
 
     table = pq.read_table(ctx.rd.iter_dir(t) / "samples.parquet").to_pylist()
     prompts = iteration_prompts(ctx, t)
-    groups: list[dict] = [{"responses": [], "response_ids": [], "logps": [], "prompt_ids": None} for _ in prompts]
+    groups: list[dict] = [{"responses": [], "response_ids": [], "logps": [], "prompt_ids": None, "mu_logps": [],
+                           "n_policy": 0} for _ in prompts]
     for row in sorted(table, key=lambda r: (r["prompt_index"], r["sample_index"])):
         g = groups[row["prompt_index"]]
         g["prompt_ids"] = row["prompt_ids"]
         g["responses"].append(row["response"])
         g["response_ids"].append(row["response_ids"])
         g["logps"].append(row["logp"])
+        g["mu_logps"].append(row.get("mu_logp"))
+        g["n_policy"] += not row.get("opponent", False)
     return prompts, groups
 
 
@@ -341,7 +363,10 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
 
         tok = load_tokenizer(policy_at(ctx, t))
         refs = [tok(r.reference_response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in prompts]
-    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref)
+    nash = method.mixture_opponents
+    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref,
+                       n_policy=g["n_policy"] if nash else None,
+                       mu_logps=np.array(g["mu_logps"], dtype=float) if nash else None)
            for r, g, m, ref in zip(prompts, groups, mats, refs)]
     rows = method.rows(pgs, ctx.cfg.method)
     if ctx.cfg.method.spin_history and t > 0:

@@ -23,6 +23,7 @@ class Sample:
     response: str  # decoded, special tokens skipped
     logp: float  # sum over response_ids of log π(token | prefix), untempered
     finished: bool  # the model stopped by itself (False: cut at max_new_tokens)
+    ref_logp: float | None = None  # log μ(response) under a reference decoded alongside (Nash-MD)
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -62,7 +63,6 @@ def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return input_ids, attention
 
 
-@torch.no_grad()
 def sample_batch(
     model,
     tokenizer,
@@ -88,6 +88,47 @@ def sample_batch(
     - log π(token) of the raw, untempered distribution is accumulated on the fly (no stored logits).
     Returns, per prompt, K (response_ids, logp, finished) triples.
     """
+    out = _decode(model, None, tokenizer, prompt_ids, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, seed=seed, greedy=greedy, candidates=candidates, mixture=0.0)
+    return [[(ids, logp, fin) for ids, logp, fin, _ in per_prompt] for per_prompt in out]
+
+
+def sample_batch_with_reference(
+    model,
+    ref_model,
+    tokenizer,
+    prompt_ids: Sequence[list[int]],
+    *,
+    mixture: float,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    candidates: int = 256,
+) -> list[list[tuple[list[int], float, bool, float]]]:
+    """`sample_batch` with a reference model μ decoded in lockstep (Nash-MD).
+
+    Tokens are drawn from the geometric mixture log_softmax((1 − c)·log π + c·log μ) of the policy π
+    and μ, token by token (c = `mixture`; Munos et al. 2023, the sequence-level Nash-MD opponent);
+    c = 0 draws from π exactly as `sample_batch` with the same seed does. Temperature and top-p
+    apply to the mixture. Both the raw log π and the raw log μ of each response are accumulated.
+    Returns, per prompt, K (response_ids, logp, finished, ref_logp) tuples.
+    """
+    return _decode(model, ref_model, tokenizer, prompt_ids, k=k, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, seed=seed, greedy=False, candidates=candidates,
+                   mixture=mixture)
+
+
+def mixture_logits(logp: torch.Tensor, ref_logp: torch.Tensor, mixture: float) -> torch.Tensor:
+    """Unnormalised log-probabilities of the geometric mixture π^(1−c) μ^c of two next-token
+    distributions (Nash-MD's π_t^μ, one token at a time): softmax of the result is the mixture."""
+    return (1.0 - mixture) * logp + mixture * ref_logp
+
+
+@torch.no_grad()
+def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, temperature, top_p, seed, greedy,
+            candidates, mixture) -> list[list[tuple[list[int], float, bool, float | None]]]:
     from sparring.generation.fast import block_cache
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -95,20 +136,23 @@ def sample_batch(
     n = len(input_ids)
     stops = torch.tensor(stop_token_ids(tokenizer, model))
     gen = torch.Generator().manual_seed(seed)
+    models = [model] if ref_model is None else [model, ref_model]
 
-    cache = block_cache(model)
+    caches = [block_cache(m) for m in models]
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=c,
+                use_cache=True, logits_to_keep=1).logits[:, -1].float() for m, c in zip(models, caches)]
     alive = torch.arange(n)  # original row of each row still in the batch
     next_pos = positions[:, -1] + 1
     out_tokens: list[list[int]] = [[] for _ in range(n)]
-    out_logp = torch.zeros(n, dtype=torch.float64)
+    out_logp = torch.zeros(len(models), n, dtype=torch.float64)  # log π, and log μ when a reference runs
     finished = torch.zeros(n, dtype=torch.bool)
     for step in range(max_new_tokens):
-        logp_all = torch.log_softmax(logits, dim=-1)
-        tok = logp_all.argmax(-1) if greedy else _sample_top_p(logits, temperature, top_p, candidates, gen)
-        out_logp[alive] += logp_all.gather(1, tok[:, None]).squeeze(1).double()
+        logp_all = [torch.log_softmax(x, dim=-1) for x in logits]
+        draw = logits[0] if mixture == 0.0 else mixture_logits(logp_all[0], logp_all[1], mixture)
+        tok = draw.argmax(-1) if greedy else _sample_top_p(draw, temperature, top_p, candidates, gen)
+        for i, lp in enumerate(logp_all):
+            out_logp[i, alive] += lp.gather(1, tok[:, None]).squeeze(1).double()
         for r, t in zip(alive.tolist(), tok.tolist()):
             out_tokens[r].append(t)
         done = torch.isin(tok, stops)
@@ -119,16 +163,18 @@ def sample_batch(
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            for layer in cache.layers:
-                layer.batch_select_indices(keep)
+            for c in caches:
+                for layer in c.layers:
+                    layer.batch_select_indices(keep)
             alive, tok, attention, next_pos = alive[keep], tok[keep], attention[keep], next_pos[keep]
         attention = torch.cat([attention, torch.ones((len(alive), 1), dtype=attention.dtype)], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+        logits = [m(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
+                    past_key_values=c, use_cache=True).logits[:, -1].float() for m, c in zip(models, caches)]
         next_pos = next_pos + 1
-    results: list[list[tuple[list[int], float, bool]]] = [[] for _ in prompt_ids]
+    results: list[list[tuple[list[int], float, bool, float | None]]] = [[] for _ in prompt_ids]
     for r in range(n):
-        results[r // k].append((out_tokens[r], float(out_logp[r]), bool(finished[r])))
+        ref = float(out_logp[1, r]) if ref_model is not None else None
+        results[r // k].append((out_tokens[r], float(out_logp[0, r]), bool(finished[r]), ref))
     return results
 
 
@@ -218,16 +264,31 @@ def iter_samples(
     greedy: bool = False,
     start: int = 0,
     engine: str = "sparring",
+    ref_model=None,
+    mixture: float = 0.0,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of consecutive batches of prompts (`batch_size` sequences per batch, i.e.
     batch_size // K prompts), starting at prompt `start`. Batch b covers a fixed slice of prompts
     and is seeded from (seed, first prompt index), so batches can be generated in any order or
-    resumed and give the same samples."""
+    resumed and give the same samples.
+
+    With `ref_model`, each sample also carries its log-prob under that reference, and tokens are
+    drawn from the geometric mixture of policy and reference with coefficient `mixture`
+    (`sample_batch_with_reference`)."""
     if engine == "sparring":
         from sparring.generation.fast import use_decode_attention
 
-        use_decode_attention(model)
-    sampler = sample_batch if engine == "sparring" else sample_batch_generate
+        for m in (model, ref_model):
+            if m is not None:
+                use_decode_attention(m)
+    if ref_model is not None:
+        if engine != "sparring" or greedy:
+            raise ValueError("a reference model needs engine='sparring' and sampling (not greedy)")
+
+        def sampler(model, tokenizer, prompt_ids, greedy, **kw):
+            return sample_batch_with_reference(model, ref_model, tokenizer, prompt_ids, mixture=mixture, **kw)
+    else:
+        sampler = sample_batch if engine == "sparring" else sample_batch_generate
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     for first in range(start, len(prompts), per_batch):
@@ -245,7 +306,7 @@ def iter_samples(
         )
         batch = []
         for i, per_prompt in zip(idx, outs):
-            for j, (resp, logp, finished) in enumerate(per_prompt):
+            for j, (resp, logp, finished, *ref) in enumerate(per_prompt):
                 text = tokenizer.decode(resp, skip_special_tokens=True).strip()
-                batch.append(Sample(i, j, ids[i], resp, text, logp, finished))
+                batch.append(Sample(i, j, ids[i], resp, text, logp, finished, ref[0] if ref else None))
         yield batch

@@ -19,6 +19,10 @@ class PromptGroup:
     logps: np.ndarray  # [K] log π_t(y_k | x): the reference log-probs
     prefs: np.ndarray  # [K, K] P(y_i ≻ y_j | x)
     reference_ids: list[int] | None = None  # the prompt's ground-truth response, tokenized (SPIN)
+    # Nash-MD: the first `n_policy` samples are π_t's own, the rest opponents from the mixture;
+    # mu_logps[k] = log μ(y_k | x) under the run's fixed initial model μ
+    n_policy: int | None = None
+    mu_logps: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -44,3 +48,6 @@ class Method:
     # loss(logps: {seq name: SeqLogp}, batch: {column: tensor}, method_config) -> per-row loss [B]
     loss: Callable[[dict[str, SeqLogp], dict[str, torch.Tensor], object], torch.Tensor]
     needs_reference_response: bool = False  # prompts must carry `reference_response` (SPIN)
+    # Half of each prompt's K samples are drawn from the geometric mixture of π_t and the initial
+    # model μ (coefficient `method.mixture`) as opponents, and every sample carries log μ (Nash-MD)
+    mixture_opponents: bool = False
