@@ -114,9 +114,12 @@ def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) 
     """Open (or resume) the run, run every stage not done yet, print the results table."""
     from sparring.loop import make_context, open_run, run
 
+    from sparring.dist import current
+
     rd = open_run(cfg, root, force=force)
     summary = run(make_context(cfg, rd, progress=progress))
-    print_summary(summary, rd)
+    if current().is_main:  # under `accelerate launch`, one table, not one per rank
+        print_summary(summary, rd)
     return 0
 
 
