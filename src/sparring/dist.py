@@ -6,9 +6,11 @@ shared files (rank 0), and wait for the others / gather their results. Started b
 so a one-process run does exactly what it did before this module existed (no process group, no
 accelerate state).
 
-Under `accelerate launch` the process group comes from accelerate's `PartialState`: NCCL on GPUs,
-gloo on a CPU-only machine (accelerate picks gloo only when told the run is on CPU, hence
-`cpu=not cuda`).
+Under `accelerate launch` the process group comes from accelerate's `PartialState`, with the gloo
+backend: sparring's models and tensors live on the CPU today (generation, judging and training all
+run there), so what the ranks exchange are CPU tensors and pickled results, which NCCL cannot carry.
+Every rank holds the whole model (training sums gradients over the ranks, see sparring.train), so
+FSDP and DeepSpeed launches are refused rather than silently run unsharded.
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ class Dist:
         self._state = None
         self.rank, self.world = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch
             from accelerate import PartialState
 
-            self._state = PartialState(cpu=not torch.cuda.is_available())
+            from sparring.errors import UserError
+
+            for flag, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+                if os.environ.get(flag, "false").lower() in ("1", "true"):
+                    raise UserError(f"this is a {what} launch, but sparring's training keeps a whole model on every "
+                                    "rank and does not shard it yet; launch with accelerate/ddp.yaml or "
+                                    "accelerate/cpu-2proc.yaml (see docs/distributed.md)")
+            # cpu=True: gloo, which carries the CPU tensors sparring exchanges (see the module docstring)
+            self._state = PartialState(cpu=True)
             self.rank, self.world = self._state.process_index, self._state.num_processes
 
     @property
