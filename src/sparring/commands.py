@@ -221,7 +221,8 @@ def cmd_eval(args) -> int:
     metrics = evaluate_model(args.model, prompts, Path(args.out), max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, dtype=args.dtype, judge=IFEvalJudge(),
                              progress=not args.no_progress)
-    print(json.dumps(metrics, sort_keys=True))
+    if metrics:  # the other ranks of an `accelerate launch` return none
+        print(json.dumps(metrics, sort_keys=True))
     return 0
 
 

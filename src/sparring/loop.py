@@ -500,7 +500,8 @@ def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_n
     dist = dist or current()
     batches = dist.mine([prompts[b : b + batch_size] for b in range(0, len(prompts), batch_size)])
     done = []  # this rank's batches of samples
-    with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
+              dynamic_ncols=True) as bar:
         for part in batches:
             (batch,) = iter_samples(model, tok, [p.prompt for p in part], k=1, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, greedy=True)
