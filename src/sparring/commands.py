@@ -114,9 +114,12 @@ def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) 
     """Open (or resume) the run, run every stage not done yet, print the results table."""
     from sparring.loop import make_context, open_run, run
 
+    from sparring.dist import current
+
     rd = open_run(cfg, root, force=force)
     summary = run(make_context(cfg, rd, progress=progress))
-    print_summary(summary, rd)
+    if current().is_main:  # under `accelerate launch`, one table, not one per rank
+        print_summary(summary, rd)
     return 0
 
 
@@ -218,7 +221,8 @@ def cmd_eval(args) -> int:
     metrics = evaluate_model(args.model, prompts, Path(args.out), max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, dtype=args.dtype, judge=IFEvalJudge(),
                              progress=not args.no_progress)
-    print(json.dumps(metrics, sort_keys=True))
+    if metrics:  # the other ranks of an `accelerate launch` return none
+        print(json.dumps(metrics, sort_keys=True))
     return 0
 
 

@@ -11,6 +11,10 @@
 
 Each stage reads the files of the stages before it, writes its own atomically, and is recorded in
 manifest.json; a resumed run skips every stage recorded as done.
+
+Under `accelerate launch --num_processes N` every rank runs this same recipe (see sparring.dist and
+docs/distributed.md): each stage splits its work across the ranks, rank 0 alone writes the shared
+files and the manifest, and the ranks meet at every stage boundary, so they agree on what is done.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sparring.config import RunConfig, config_from_dict, diff_configs
 from sparring.data import PromptRecord, load_prompts, shipped_prompts
+from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
 from sparring.rundir import RunDir, atomic_dir, write_json, write_parquet, write_text
 
@@ -55,14 +60,17 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
                 + "\n  ".join(diff)
                 + "\nUse the same config to resume, a new --name for a new run, or --force to continue anyway."
             )
-    else:
+    # every rank checks the config (so every rank stops on a mismatch); rank 0 alone writes
+    dist = current()
+    if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
-    # whatever a killed run was writing is garbage now (its stage reruns); `sparring run` owns the
-    # whole directory, so nothing else can be writing it
-    rd.remove_temporaries()
-    write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if not rd.manifest_path.exists():
-        write_json(rd.manifest_path, rd.manifest())
+        # whatever a killed run was writing is garbage now (its stage reruns); `sparring run` owns the
+        # whole directory, so nothing else can be writing it (the other ranks wait at the barrier)
+        rd.remove_temporaries()
+        write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if not rd.manifest_path.exists():
+            write_json(rd.manifest_path, rd.manifest())
+    dist.barrier()
     return rd
 
 
@@ -88,9 +96,12 @@ class Context:
     log: Callable[[str], None] = print
 
     tracker: object = None  # an accelerate Accelerator with trackers, when tracking.log_with is set
+    dist: Dist = field(default_factory=current)  # this process's rank among those of the run
 
     def metrics(self, record: dict) -> None:
         """Append one record to metrics.jsonl (a log for people and trackers, not a hand-off file)."""
+        if not self.dist.is_main:
+            return
         with open(self.rd.root / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
         if self.tracker is not None:
@@ -141,9 +152,15 @@ def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -
     heldout = load_prompts(prompts_path(cfg.prompts.heldout))
     if cfg.eval.limit:
         heldout = heldout[: cfg.eval.limit]
-    ctx = Context(cfg, rd, train_prompts, heldout, progress, log)
+    dist = current()
+    # progress bars and log lines from rank 0 only: N copies of each would say nothing more
+    ctx = Context(cfg, rd, train_prompts, heldout, progress and dist.is_main, log if dist.is_main else _quiet, dist=dist)
     start_tracking(ctx)
     return ctx
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def policy_at(ctx: Context, t: int) -> str:
@@ -172,23 +189,34 @@ def run(ctx: Context) -> dict:
         for name in STAGES:
             run_stage(ctx, f"iter_{t}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, t))
     summary = build_summary(ctx)
-    write_json(ctx.rd.root / "summary.json", summary)
+    if ctx.dist.is_main:
+        write_json(ctx.rd.root / "summary.json", summary)
+    ctx.dist.barrier()
     return summary
 
 
 def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]]) -> None:
+    dist = ctx.dist
+    # Every rank reads the manifest after this barrier, when rank 0 has recorded the previous stage:
+    # all ranks make the same skip-or-run decision, so none waits at a barrier the others skip.
+    dist.barrier()
     if ctx.rd.is_done(key):
         ctx.log(f"[{key}] done already, skipping")
         return
     ctx.log(f"[{key}] starting")
-    # A stage killed mid-write left temporaries in its directory (a half shard in samples.shards
-    # would even make the rerun fail); the stages of one directory (base/, iter_t/) run one after
-    # the other, so whatever is there now is stale.
-    ctx.rd.remove_temporaries(ctx.rd.root / key.split("/")[0])
-    ctx.rd.mark_running(key)
+    if dist.is_main:
+        # A stage killed mid-write left temporaries in its directory (a half shard in samples.shards
+        # would even make the rerun fail); the stages of one directory (base/, iter_t/) run one after
+        # the other, so whatever is there now is stale. Rank 0 removes them before any rank starts
+        # writing (the barrier below), so no live rank's temporary goes with them.
+        ctx.rd.remove_temporaries(ctx.rd.root / key.split("/")[0])
+        ctx.rd.mark_running(key)
+    dist.barrier()
     start = time.time()
-    outputs, metrics = fn()
+    outputs, metrics = fn()  # on ranks other than 0: their share of the work, nothing to record
     seconds = time.time() - start
+    if not dist.is_main:
+        return
     ctx.rd.mark_done(key, outputs, seconds, metrics)
     ctx.metrics({"stage": key, "seconds": round(seconds, 3), **(metrics or {})})
     ctx.log(f"[{key}] done in {seconds:.1f}s" + (f"  {_fmt(metrics)}" if metrics else ""))
@@ -203,7 +231,11 @@ def _fmt(metrics: dict) -> str:
 
 def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     """K samples per prompt from π_t, with log π_t of each. Written in shards of `shard_size`
-    prompts as it goes, so a kill loses at most the shard being generated."""
+    prompts as it goes, so a kill loses at most the shard being generated.
+
+    With N ranks, shard s is rank s mod N's: each rank writes its own shard files, and rank 0 joins
+    them once all are written. A shard's samples depend only on its prompts and its seed (from the
+    shard's index, see `batch_seed`), not on which rank draws it, so N ranks give the bits of one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
@@ -217,7 +249,8 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     shards = d / "samples.shards"
     prompts = iteration_prompts(ctx, t)
     n_shards = -(-len(prompts) // g.shard_size)
-    todo = [s for s in range(n_shards) if not (shards / f"{s:05d}.parquet").exists()]
+    mine = ctx.dist.mine(range(n_shards))  # every shard, with one rank
+    todo = [s for s in mine if not (shards / f"{s:05d}.parquet").exists()]
     if todo:
         policy = policy_at(ctx, t)
         tok = load_tokenizer(policy)
@@ -226,7 +259,8 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         # Nash-MD decodes the initial model μ in lockstep, for log μ and the mixture opponents; while
         # π_t is μ itself (t = 0) the mixture is π_t and log μ = log π_t, so no second model is needed
         mu = load_model(ctx.cfg.model, g.dtype).eval() if nash and policy != ctx.cfg.model else None
-        bar = tqdm(total=len(prompts) * g.k, initial=(n_shards - len(todo)) * g.shard_size * g.k, desc=f"generate π_{t}",
+        size = lambda s: len(prompts[s * g.shard_size : (s + 1) * g.shard_size]) * g.k  # noqa: E731
+        bar = tqdm(total=sum(map(size, mine)), initial=sum(size(s) for s in mine if s not in todo), desc=f"generate π_{t}",
                    unit="sample", disable=not ctx.progress, dynamic_ncols=True)
         for s in todo:
             part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
@@ -256,6 +290,9 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
                     bar.update(len(batch))
             write_parquet(shards / f"{s:05d}.parquet", pa.Table.from_pylist(rows, schema=_samples_schema()))
         bar.close()
+    ctx.dist.barrier()  # every rank's shards are written
+    if not ctx.dist.is_main:
+        return [], {}
     table = pa.concat_tables([pq.read_table(shards / f"{s:05d}.parquet") for s in range(n_shards)])
     write_parquet(d / "samples.parquet", table)
     for s in range(n_shards):
@@ -311,20 +348,35 @@ def make_judge(ctx: Context):
 
 
 def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    """Every pair of each prompt's samples. With N ranks, prompt n is judged by rank n mod N, all
+    through the one judge cache (SQLite in WAL mode: concurrent readers, writers serialised by its
+    lock), and rank 0 gathers the matrices and writes them in prompt order."""
     import pyarrow as pa
 
+    dist = ctx.dist
     prompts, groups = _grouped_samples(ctx, t)
     judge = make_judge(ctx)
-    responses = [g["responses"] for g in groups]
+    mine = dist.mine(range(len(prompts)))
+    records, responses = [prompts[n] for n in mine], [groups[n]["responses"] for n in mine]
     if ctx.cfg.judge.cache:
-        from sparring.judges.cache import CachedJudge
+        from sparring.judges.cache import CachedJudge, JudgeCache
 
-        with CachedJudge(judge, ctx.rd.root / "judge_cache.sqlite") as cached:
-            mats = cached.preferences_many(prompts, responses, progress=ctx.progress)
+        path = ctx.rd.root / "judge_cache.sqlite"
+        if dist.active:
+            if dist.is_main:  # create the file (WAL mode, table) before N processes open it at once
+                JudgeCache(path).close()
+            dist.barrier()
+        with CachedJudge(judge, path) as cached:
+            mats = cached.preferences_many(records, responses, progress=ctx.progress)
             hits = cached.hits
     else:
-        mats = [judge.preferences(r, resp) for r, resp in zip(prompts, responses)]
+        mats = [judge.preferences(r, resp) for r, resp in zip(records, responses)]
         hits = 0
+    parts = dist.all_gather((mats, judge.calls, hits))
+    if not dist.is_main:
+        return [], {}
+    mats = merge_round_robin([p[0] for p in parts])
+    calls, hits = sum(p[1] for p in parts), sum(p[2] for p in parts)
     rows = {"prompt_id": [], "i": [], "j": [], "p": []}
     for rec, mat in zip(prompts, mats):
         k = mat.shape[0]
@@ -337,7 +389,7 @@ def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     out = ctx.rd.iter_dir(t) / "preferences.parquet"
     write_parquet(out, pa.table(rows, schema=pa.schema([("prompt_id", pa.string()), ("i", pa.int32()),
                                                          ("j", pa.int32()), ("p", pa.float64())])))
-    return [out], {"pairs": len(rows["p"]), "judge_calls": judge.calls, "cache_hits": hits}
+    return [out], {"pairs": len(rows["p"]), "judge_calls": calls, "cache_hits": hits}
 
 
 def _prefs_matrices(ctx: Context, t: int, prompts: list[PromptRecord], k: int) -> list[np.ndarray]:
@@ -354,6 +406,8 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     from sparring.methods import PromptGroup, get_method
     from sparring.train import rows_table
 
+    if not ctx.dist.is_main:  # a second's work on one rank; the others wait at the next stage's barrier
+        return [], {}
     prompts, groups = _grouped_samples(ctx, t)
     mats = _prefs_matrices(ctx, t, prompts, ctx.cfg.generation.k)
     method = get_method(ctx.cfg.method.name)
@@ -400,11 +454,14 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     if rows and "prompt_ids" in rows[0]:
         result = train(model, rows, get_method(ctx.cfg.method.name), ctx.cfg.method, ctx.cfg.train,
                        pad_id=tok.pad_token_id, seed=_seed(ctx.cfg.seed, "train", t) % (2**31),
-                       on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}), progress=ctx.progress)
+                       on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}), progress=ctx.progress,
+                       dist=ctx.dist)
     else:
         result = {"steps": 0, "rows": 0}
         ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
     model.config.use_cache = True
+    if not ctx.dist.is_main:  # every rank holds the same weights after the last step; rank 0 saves them
+        return [], {}
     alpha = ctx.cfg.method.apo_alpha
     outputs = [d / "policy"]
     if alpha > 0:
@@ -434,7 +491,9 @@ def eval_stage(ctx: Context, policy: str, out: Path) -> tuple[list[Path], dict]:
     metrics = evaluate_model(policy, ctx.heldout, out, max_new_tokens=ctx.cfg.eval.max_new_tokens,
                              batch_size=ctx.cfg.eval.batch_size, dtype=ctx.cfg.generation.dtype,
                              judge=make_judge(ctx), progress=ctx.progress,
-                             baseline=ctx.rd.root / "base" / "eval" / "responses.jsonl")
+                             baseline=ctx.rd.root / "base" / "eval" / "responses.jsonl", dist=ctx.dist)
+    if not ctx.dist.is_main:
+        return [], {}
     return [out], metrics
 
 
@@ -446,9 +505,15 @@ STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_st
 
 
 def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_new_tokens: int, batch_size: int,
-                   dtype: str = "bfloat16", judge=None, progress: bool = True, baseline: Path | None = None) -> dict:
+                   dtype: str = "bfloat16", judge=None, progress: bool = True, baseline: Path | None = None,
+                   dist: Dist | None = None) -> dict:
     """Greedy responses to `prompts` -> out/responses.jsonl (IFEval input_response_data) and
-    out/metrics.json (IFEval accuracies, mean length, and win rate against `baseline` responses)."""
+    out/metrics.json (IFEval accuracies, mean length, and win rate against `baseline` responses).
+
+    With N ranks (`dist`), batch b of `batch_size` prompts is rank b mod N's; rank 0 gathers the
+    responses in prompt order, scores and writes them, and returns the metrics (the other ranks
+    return {}). Whole batches move, so every prompt is decoded in the batch (same padding, same
+    arithmetic) it has in one process: the responses are the same bits."""
     from tqdm.auto import tqdm
 
     from sparring.generation.hf import iter_samples
@@ -457,12 +522,20 @@ def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_n
 
     tok = load_tokenizer(policy)
     model = load_model(policy, dtype).eval()
-    samples = []
-    with tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in iter_samples(model, tok, [p.prompt for p in prompts], k=1, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, greedy=True):
-            samples += batch
+    dist = dist or current()
+    batches = dist.mine([prompts[b : b + batch_size] for b in range(0, len(prompts), batch_size)])
+    done = []  # this rank's batches of samples
+    with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
+              dynamic_ncols=True) as bar:
+        for part in batches:
+            (batch,) = iter_samples(model, tok, [p.prompt for p in part], k=1, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, greedy=True)
+            done.append(batch)
             bar.update(len(batch))
+    del model
+    samples = [s for batch in merge_round_robin(dist.all_gather(done)) for s in batch]
+    if not dist.is_main:
+        return {}
     responses = [s.response for s in samples]
     metrics = evaluate(prompts, responses)
     metrics["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))

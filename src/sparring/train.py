@@ -10,6 +10,14 @@ What makes a step cheap on a CPU (bench/train_vs_trl.py measures each):
 - a row's responses share one pass over its prompt (`packed_logps`: prompt · y_w · y_l with a
   4-D attention mask), instead of one padded sequence per response;
 - the LM head and the fp32 log-softmax run on response positions only; bf16 autocast.
+
+With N ranks (`accelerate launch`, see sparring.dist), every rank holds the whole model and draws
+the same steps from the seed; micro-batch m of a step is rank m mod N's. Each rank backpropagates
+its micro-batches' loss sum divided by the number of rows in the *whole* step, and the gradients
+are then summed over the ranks with one all-reduce (torch.distributed, not DDP's averaging, which
+would divide by N once more): the sum is the single-process gradient of the step's mean loss, up
+to the order of float additions. Every rank then takes the same optimizer step on the same sum, so
+the ranks' weights stay identical without being broadcast.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sparring.dist import Dist, current
 from sparring.methods.base import Method, SeqLogp
 
 
@@ -162,10 +171,13 @@ def train(
     seed: int,
     on_step: Callable[[dict], None] | None = None,
     progress: bool = True,
+    dist: Dist | None = None,
 ) -> dict:
-    """Train `model` in place on `rows`. Returns summary metrics."""
+    """Train `model` in place on `rows` (with `dist`: this rank's share of each step; see the module
+    docstring). Returns summary metrics."""
     from tqdm.auto import tqdm
 
+    dist = dist or current()
     torch.manual_seed(seed)
     model.train()
     model.config.use_cache = False
@@ -183,12 +195,14 @@ def train(
     for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for part in _micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size):
+        for part in dist.mine(_micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size)):
             micro = [rows[i] for i in part]
             loss = _micro_batch_loss(model, micro, method, method_cfg, pad_id, autocast)
-            # mean over the rows of the optimizer step, whatever the micro-batch split
+            # mean over the rows of the optimizer step, whatever the micro-batch split (and the ranks)
             (loss.sum() / len(idx)).backward()
             step_loss += float(loss.detach().sum())
+        if dist.active:
+            step_loss = _sum_over_ranks(model, step_loss, dist)
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
             if train_cfg.max_grad_norm > 0
@@ -207,6 +221,21 @@ def train(
     return {"steps": len(losses_seen), "rows": len(rows), "loss_first": losses_seen[0] if losses_seen else None,
             "loss_last": losses_seen[-1] if losses_seen else None,
             "loss_mean": float(np.mean(losses_seen)) if losses_seen else None}
+
+
+@torch.no_grad()
+def _sum_over_ranks(model, step_loss: float, dist: Dist) -> float:
+    """Sum every gradient (and the step's loss) over the ranks, in one flat all-reduce. A rank with
+    no micro-batch in this step contributes zeros (its grads are None after zero_grad)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = dist.all_reduce_sum_(torch.cat([g.reshape(-1) for g in grads]))
+    at = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[at : at + n].view_as(p).clone()
+        at += n
+    return float(dist.all_reduce_sum_(torch.tensor([step_loss], dtype=torch.float64)))
 
 
 @torch.no_grad()

@@ -1,0 +1,191 @@
+"""A run under `accelerate launch` with 2 processes on the CPU (issue 8) gives the files of a
+one-process run, and resumes after a kill like one.
+
+- samples, preferences and training rows: the same tables, bit for bit (generation shards and eval
+  batches are seeded / decoded exactly as in one process, only by another rank);
+- the trained weights: within WEIGHT_ATOL. Each optimizer step's gradient is summed over the ranks,
+  so float additions happen in another order than in one process: step 0 of this config splits its
+  3 micro-batches 2 + 1 over the ranks, (g1 + g3) + g2 instead of (g1 + g2) + g3. Measured on this
+  config: a max abs difference of 1.2e-7, where training moved a weight by up to 1.2e-2. WEIGHT_ATOL
+  = 1e-5 leaves a margin of ~80x over the measurement and is still ~1000x below the update, so a
+  wrong gradient scale (e.g. averaged over the ranks once more: half the update) fails it;
+- a 2-process run SIGKILLed while generating (some shards written), resumed with --resume under 2
+  processes, ends with exactly the files of the uninterrupted 2-process run.
+
+The launches use the shipped accelerate/cpu-2proc.yaml, on a free port, one thread per process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from tiny import make_tiny_model  # noqa: E402
+
+from sparring.config import config_from_dict  # noqa: E402
+from sparring.loop import make_context, open_run, run  # noqa: E402
+from sparring.rundir import RunDir  # noqa: E402
+
+WEIGHT_ATOL = 1e-5
+LAUNCH_TIMEOUT = 300  # seconds for one launch; generous, a launch takes ~20 s on a busy 2-core machine
+
+
+def dist_config(model: Path, runs_dir: Path) -> dict:
+    """One SPPO iteration. Seed 5 and 24 prompts give 6 training rows (most tiny-model samples tie);
+    batch 3 with micro-batch 1 puts 3 micro-batches in each step, so the ranks split a step unevenly.
+    8 generation shards and 3 eval batches: both ranks get work in every stage."""
+    return {
+        "name": "d", "seed": 5, "iterations": 1, "model": str(model), "runs_dir": str(runs_dir),
+        "method": {"name": "sppo", "beta": 0.1},
+        "prompts": {"per_iteration": 24},
+        "generation": {"k": 4, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": 3},
+        # plain SGD, no clipping: the update is lr × the summed gradient, so a gradient off by a factor
+        # (averaged over the ranks once too often) moves the weights far outside WEIGHT_ATOL; AdamW and
+        # clipping would hide a scale error
+        "train": {"optimizer": "sgd", "lr": 1e-3, "max_grad_norm": 0.0, "batch_size": 3, "micro_batch_size": 1,
+                  "epochs": 2, "precision": "fp32"},
+        "eval": {"max_new_tokens": 6, "limit": 6, "batch_size": 2},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list[str], log: Path) -> subprocess.Popen:
+    """`accelerate launch --config_file accelerate/cpu-2proc.yaml -m sparring.cli <argv>`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false",
+           # the sparring under test, wherever it is checked out
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / "cpu-2proc.yaml"),
+           "--main_process_port", str(free_port()), "-m", "sparring.cli", *argv]
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def launch_and_wait(argv: list[str], log: Path) -> None:
+    proc = launch(argv, log)
+    try:
+        code = proc.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        raise AssertionError(f"launch timed out:\n{log.read_text()[-3000:]}") from None
+    assert code == 0, log.read_text()[-3000:]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process under it. torchrun starts each rank in a session of
+    its own, so killing the launcher's process group would leave the ranks running."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+    psutil.wait_procs(procs, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model, tmp_path_factory) -> Path:
+    """The one-process run, in this process (one thread, as the launched ranks)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = config_from_dict(dist_config(tiny_model, tmp_path_factory.mktemp("single")))
+        rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name)
+        run(make_context(cfg, rd, progress=False, log=lambda line: None))
+    finally:
+        torch.set_num_threads(before)
+    return rd.root
+
+
+@pytest.fixture(scope="module")
+def two_procs(tiny_model, tmp_path_factory) -> Path:
+    """The same recipe under `accelerate launch` with 2 processes, uninterrupted."""
+    base = tmp_path_factory.mktemp("two")
+    recipe = base / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dist_config(tiny_model, base / "runs")))
+    launch_and_wait(["run", str(recipe), "--no-progress"], base / "launch.log")
+    return base / "runs" / "d"
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(p) if p.suffix else load_file(p / "iter_0/policy/model.safetensors") for p in (a, b))
+    assert ta.keys() == tb.keys()
+    return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
+
+
+def test_two_processes_give_the_files_of_one(tiny_model, single, two_procs):
+    for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
+        assert pq.read_table(two_procs / rel).equals(pq.read_table(single / rel)), f"{rel} differs"
+    for rel in ("base/eval/responses.jsonl", "iter_0/eval/responses.jsonl", "iter_0/eval/metrics.json"):
+        assert (two_procs / rel).read_text() == (single / rel).read_text(), f"{rel} differs"
+    one, two = RunDir(single).manifest()["stages"], RunDir(two_procs).manifest()["stages"]
+    assert sorted(one) == sorted(two) and all(e["status"] == "done" for e in two.values())
+    assert two["iter_0/train"]["metrics"]["steps"] == one["iter_0/train"]["metrics"]["steps"] >= 2
+    # the judge stage's counts are the sums over the ranks: the same as one process's
+    assert two["iter_0/judge"]["metrics"] == one["iter_0/judge"]["metrics"]
+    diff = max_weight_difference(single, two_procs)
+    update = max_weight_difference(tiny_model / "model.safetensors", single)
+    print(f"max abs weight difference, 2 processes vs 1: {diff:.3g} (largest update of a weight: {update:.3g})")
+    assert diff <= WEIGHT_ATOL
+    assert update >= 100 * WEIGHT_ATOL  # the tolerance is far below what training moved
+    assert (two_procs / "summary.json").exists()
+    assert RunDir(two_procs).leftover_temporaries() == []
+
+
+def test_two_processes_killed_while_generating_resume_to_the_same_files(tiny_model, two_procs, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dist_config(tiny_model, tmp_path / "runs")))
+    root = tmp_path / "runs" / "d"
+    proc = launch(["run", str(recipe), "--no-progress"], tmp_path / "killed.log")
+    # kill every process of the launch once some (not necessarily all) generation shards are written
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    shards = root / "iter_0" / "samples.shards"
+    while not (shards.is_dir() and any(shards.glob("0*.parquet"))) and not (root / "iter_0" / "samples.parquet").exists():
+        assert proc.poll() is None, "the run ended before it was killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no generation shard appeared"
+        time.sleep(0.02)
+    kill_tree(proc)
+    rd = RunDir(root)
+    assert not rd.is_done("iter_0/train") and not (root / "summary.json").exists(), "the kill came too late"
+
+    launch_and_wait(["run", "--resume", str(root), "--no-progress"], tmp_path / "resumed.log")
+    assert rd.leftover_temporaries() == [] and not shards.exists()
+    for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
+        assert pq.read_table(root / rel).equals(pq.read_table(two_procs / rel)), f"{rel} differs"
+    for rel in ("base/eval/responses.jsonl", "iter_0/eval/responses.jsonl", "iter_0/eval/metrics.json",
+                "iter_0/policy/model.safetensors"):
+        assert (root / rel).read_bytes() == (two_procs / rel).read_bytes(), f"{rel} differs"
+    outputs = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
+    assert outputs == {k: e["outputs"] for k, e in RunDir(two_procs).manifest()["stages"].items()}
