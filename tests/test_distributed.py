@@ -10,9 +10,12 @@ one-process run, and resumes after a kill like one.
   = 1e-5 leaves a margin of ~80x over the measurement and is still ~1000x below the update, so a
   wrong gradient scale (e.g. averaged over the ranks once more: half the update) fails it;
 - a 2-process run SIGKILLed while generating (some shards written), resumed with --resume under 2
-  processes, ends with exactly the files of the uninterrupted 2-process run.
+  processes, ends with exactly the files of the uninterrupted 2-process run;
+- an FSDP launch (the shipped accelerate/fsdp.yaml, 2 processes, gloo): the same samples, preferences
+  and rows bit for bit, and trained weights within FSDP_ATOL of one process's (see that test).
 
-The launches use the shipped accelerate/cpu-2proc.yaml, on a free port, one thread per process.
+The launches use the shipped accelerate/cpu-2proc.yaml (fsdp.yaml for FSDP), on a free port, one
+thread per process.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from sparring.loop import make_context, open_run, run  # noqa: E402
 from sparring.rundir import RunDir  # noqa: E402
 
 WEIGHT_ATOL = 1e-5
+# FSDP: each rank's gradient shard is reduce-scattered per backward pass and averaged over the ranks
+# (the loss is scaled by 2 to undo it, exact in binary), so again only the order of float additions
+# differs from one process. Measured: see test_fsdp_two_processes_train_like_one. Same bound as above.
+FSDP_ATOL = 1e-5
 LAUNCH_TIMEOUT = 300  # seconds for one launch; generous, a launch takes ~20 s on a busy 2-core machine
 
 
@@ -66,20 +73,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: list[str], log: Path) -> subprocess.Popen:
-    """`accelerate launch --config_file accelerate/cpu-2proc.yaml -m sparring.cli <argv>`."""
+def launch(argv: list[str], log: Path, config: str = "cpu-2proc.yaml", extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`accelerate launch --config_file accelerate/<config> <extra> -m sparring.cli <argv>`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false",
            # the sparring under test, wherever it is checked out
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / "cpu-2proc.yaml"),
-           "--main_process_port", str(free_port()), "-m", "sparring.cli", *argv]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / config),
+           *extra, "--main_process_port", str(free_port()), "-m", "sparring.cli", *argv]
     with open(log, "w") as fh:
         return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def launch_and_wait(argv: list[str], log: Path) -> None:
-    proc = launch(argv, log)
+def launch_and_wait(argv: list[str], log: Path, **kw) -> None:
+    proc = launch(argv, log, **kw)
     try:
         code = proc.wait(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -189,3 +196,26 @@ def test_two_processes_killed_while_generating_resume_to_the_same_files(tiny_mod
         assert (root / rel).read_bytes() == (two_procs / rel).read_bytes(), f"{rel} differs"
     outputs = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
     assert outputs == {k: e["outputs"] for k, e in RunDir(two_procs).manifest()["stages"].items()}
+
+
+def test_fsdp_two_processes_train_like_one(tiny_model, single, tmp_path):
+    """accelerate/fsdp.yaml with 2 processes on the CPU: training shards the model with FSDP2 (step 0
+    has 3 micro-batches, so rank 1 runs a weight-0 repeat to match rank 0's 2 passes), rank 0 saves
+    the gathered full state dict. Everything before training is bitwise the one-process run's."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dist_config(tiny_model, tmp_path / "runs")))
+    launch_and_wait(["run", str(recipe), "--no-progress"], tmp_path / "launch.log", config="fsdp.yaml",
+                    extra=("--num_processes", "2"))
+    root = tmp_path / "runs" / "d"
+    assert "FSDP: the training model was sharded over 2 ranks" in (tmp_path / "launch.log").read_text()
+    for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
+        assert pq.read_table(root / rel).equals(pq.read_table(single / rel)), f"{rel} differs"
+    one, fsdp = RunDir(single).manifest()["stages"], RunDir(root).manifest()["stages"]
+    assert fsdp["iter_0/train"]["metrics"]["steps"] == one["iter_0/train"]["metrics"]["steps"] >= 2
+    assert abs(fsdp["iter_0/train"]["metrics"]["loss_mean"] - one["iter_0/train"]["metrics"]["loss_mean"]) < 1e-6
+    diff = max_weight_difference(single, root)
+    update = max_weight_difference(tiny_model / "model.safetensors", single)
+    print(f"max abs weight difference, FSDP 2 processes vs 1: {diff:.3g} (largest update of a weight: {update:.3g})")
+    assert diff <= FSDP_ATOL
+    assert update >= 100 * FSDP_ATOL
+    assert (root / "summary.json").exists()

@@ -254,11 +254,11 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     if todo:
         policy = policy_at(ctx, t)
         tok = load_tokenizer(policy)
-        model = load_model(policy, g.dtype).eval()
+        model = load_model(policy, g.dtype).to(ctx.dist.device).eval()
         nash = get_method(ctx.cfg.method.name).mixture_opponents
         # Nash-MD decodes the initial model μ in lockstep, for log μ and the mixture opponents; while
         # π_t is μ itself (t = 0) the mixture is π_t and log μ = log π_t, so no second model is needed
-        mu = load_model(ctx.cfg.model, g.dtype).eval() if nash and policy != ctx.cfg.model else None
+        mu = load_model(ctx.cfg.model, g.dtype).to(ctx.dist.device).eval() if nash and policy != ctx.cfg.model else None
         size = lambda s: len(prompts[s * g.shard_size : (s + 1) * g.shard_size]) * g.k  # noqa: E731
         bar = tqdm(total=sum(map(size, mine)), initial=sum(size(s) for s in mine if s not in todo), desc=f"generate π_{t}",
                    unit="sample", disable=not ctx.progress, dynamic_ncols=True)
@@ -450,7 +450,7 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     rows = pq.read_table(d / "train.parquet").to_pylist()
     policy = policy_at(ctx, t)
     tok = load_tokenizer(policy)
-    model = load_model(policy, "float32")
+    model = load_model(policy, "float32").to(ctx.dist.device)
     if rows and "prompt_ids" in rows[0]:
         result = train(model, rows, get_method(ctx.cfg.method.name), ctx.cfg.method, ctx.cfg.train,
                        pad_id=tok.pad_token_id, seed=_seed(ctx.cfg.seed, "train", t) % (2**31),
@@ -459,9 +459,18 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     else:
         result = {"steps": 0, "rows": 0}
         ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
-    model.config.use_cache = True
+    if ctx.dist.fsdp:
+        ctx.log(f"[iter_{t}/train] FSDP: the training model was sharded over {ctx.dist.world} ranks")
+        # the trained weights are spread over the ranks (training sharded them): gather them, and rank 0
+        # puts them into an unsharded copy to save (the gather is a collective: every rank calls it)
+        state = ctx.dist.full_state_dict(model)
+        del model
+        if ctx.dist.is_main:
+            model = load_model(policy, "float32")
+            model.load_state_dict(state)
     if not ctx.dist.is_main:  # every rank holds the same weights after the last step; rank 0 saves them
         return [], {}
+    model.config.use_cache = True
     alpha = ctx.cfg.method.apo_alpha
     outputs = [d / "policy"]
     if alpha > 0:
@@ -520,9 +529,9 @@ def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_n
     from sparring.judges.ifeval import evaluate
     from sparring.models import load_model, load_tokenizer
 
-    tok = load_tokenizer(policy)
-    model = load_model(policy, dtype).eval()
     dist = dist or current()
+    tok = load_tokenizer(policy)
+    model = load_model(policy, dtype).to(dist.device).eval()
     batches = dist.mine([prompts[b : b + batch_size] for b in range(0, len(prompts), batch_size)])
     done = []  # this rank's batches of samples
     with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),

@@ -18,6 +18,14 @@ are then summed over the ranks with one all-reduce (torch.distributed, not DDP's
 would divide by N once more): the sum is the single-process gradient of the step's mean loss, up
 to the order of float additions. Every rank then takes the same optimizer step on the same sum, so
 the ranks' weights stay identical without being broadcast.
+
+Under an FSDP launch (sparring.dist) the model is sharded over the ranks instead: FSDP2 reduce-scatters
+each backward pass's gradient, *averaging* it over the ranks, so each rank's loss is scaled by N to
+keep the sum; and since FSDP's gathers are collectives, a rank with fewer micro-batches than the
+busiest one runs the step's first micro-batch again with weight 0 (a zero gradient) to keep pace.
+
+Tensors are made on the model's device (the rank's GPU when there is one; see Dist.device); on the
+CPU every operation is the one it was before devices were considered, so CPU results keep their bits.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -32,6 +41,32 @@ import torch.nn.functional as F
 
 from sparring.dist import Dist, current
 from sparring.methods.base import Method, SeqLogp
+
+
+def response_logits(model, pick: torch.Tensor, **inputs) -> torch.Tensor:
+    """float32 LM-head logits at the flat positions `pick` (a bool mask or indices into the
+    batch × length positions) of the decoder's last hidden states for `inputs`.
+
+    The decoder and the head are called separately so the head runs on response positions only.
+    Under FSDP that bypasses the root module's forward, which is where FSDP gathers the root's
+    parameters (embeddings, norm, the tied head): `prepare_fsdp` registers this function as an FSDP
+    forward method of the model, and `_logits` calls it through that registration."""
+    hidden = model.get_decoder()(**inputs).last_hidden_state
+    return model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[pick]).float()
+
+
+def _logits(model):
+    return getattr(model, "sparring_response_logits", None) or partial(response_logits, model)
+
+
+def prepare_fsdp(model, dist: Dist):
+    """Shard `model` (on dist.device) for an FSDP launch and route `response_logits` through FSDP."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    dist.shard(model)
+    model.sparring_response_logits = partial(response_logits, model)
+    register_fsdp_forward_method(model, "sparring_response_logits")
+    return model
 
 
 def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SeqLogp:
@@ -49,12 +84,14 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
         input_ids[row, : len(s)] = torch.tensor(s)
         attention[row, : len(s)] = 1
         target_mask[row, len(p) - 1 : len(s) - 1] = True
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    # built on the CPU (row by row), then moved once; a no-op on the CPU
+    device = model.device
+    input_ids, attention, target_mask = input_ids.to(device), attention.to(device), target_mask.to(device)
+    logits = _logits(model)(target_mask.reshape(-1), input_ids=input_ids, attention_mask=attention)
     targets = input_ids[:, 1:][target_mask[:, :-1]]
-    logits = model.get_output_embeddings()(hidden[target_mask]).float()
     token_logp = -F.cross_entropy(logits, targets, reduction="none")
-    rows = torch.arange(len(seqs)).unsqueeze(1).expand(-1, width)[target_mask]
-    logp = torch.zeros(len(seqs), dtype=token_logp.dtype).index_add(0, rows, token_logp)
+    rows = torch.arange(len(seqs), device=device).unsqueeze(1).expand(-1, width)[target_mask]
+    logp = torch.zeros(len(seqs), dtype=token_logp.dtype, device=device).index_add(0, rows, token_logp)
     n_tokens = target_mask.sum(1)
     return SeqLogp(logp=logp, n_tokens=n_tokens)
 
@@ -102,21 +139,20 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
             tgt.append(np.asarray(r, dtype=np.int64))
             owner.append(np.full(L, s * n + b, dtype=np.int64))
             at += L
-    seg_t = torch.from_numpy(seg)
+    device = model.device
+    seg_t = torch.from_numpy(seg).to(device)
     q, k = seg_t[:, :, None], seg_t[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     mask = causal & (k >= 0) & ((k == 0) | (k == q))
-    mask |= torch.eye(width, dtype=torch.bool) & (q < 0)  # padding attends to itself (no empty softmax row)
+    mask |= torch.eye(width, dtype=torch.bool, device=device) & (q < 0)  # padding attends to itself (no empty softmax row)
     mask = mask[:, None]
     if kind == "additive":
-        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-    hidden = model.get_decoder()(input_ids=torch.from_numpy(ids), attention_mask=mask,
-                                 position_ids=torch.from_numpy(pos)).last_hidden_state
-    pred_t = torch.from_numpy(np.concatenate(pred))
-    logits = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[pred_t]).float()
-    token_logp = -F.cross_entropy(logits, torch.from_numpy(np.concatenate(tgt)), reduction="none")
-    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype).index_add(0, torch.from_numpy(np.concatenate(owner)), token_logp)
-    n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)])
+        mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    on = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    logits = _logits(model)(on(np.concatenate(pred)), input_ids=on(ids), attention_mask=mask, position_ids=on(pos))
+    token_logp = -F.cross_entropy(logits, on(np.concatenate(tgt)), reduction="none")
+    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(0, on(np.concatenate(owner)), token_logp)
+    n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)], device=device)
     return [SeqLogp(logp[s * n : (s + 1) * n], n_tokens[s * n : (s + 1) * n]) for s in range(n_seq)]
 
 
@@ -178,6 +214,8 @@ def train(
     from tqdm.auto import tqdm
 
     dist = dist or current()
+    if dist.fsdp:
+        prepare_fsdp(model, dist)
     torch.manual_seed(seed)
     model.train()
     model.config.use_cache = False
@@ -195,13 +233,22 @@ def train(
     for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for part in dist.mine(_micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size)):
+        parts = _micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size)
+        mine = [(part, 1.0) for part in dist.mine(parts)]
+        if dist.fsdp:  # as many passes as the busiest rank: weight-0 repeats (see the module docstring)
+            mine += [(parts[0], 0.0)] * (-(-len(parts) // dist.world) - len(mine))
+        for part, weight in mine:
             micro = [rows[i] for i in part]
             loss = _micro_batch_loss(model, micro, method, method_cfg, pad_id, autocast)
             # mean over the rows of the optimizer step, whatever the micro-batch split (and the ranks)
-            (loss.sum() / len(idx)).backward()
-            step_loss += float(loss.detach().sum())
-        if dist.active:
+            objective = loss.sum() / len(idx)
+            if dist.fsdp:  # FSDP averages the ranks' gradients; × N makes that average their sum
+                objective = objective * (weight * dist.world)
+            objective.backward()
+            step_loss += weight * float(loss.detach().sum())
+        if dist.fsdp:
+            step_loss = float(dist.all_reduce_sum_(torch.tensor([step_loss], dtype=torch.float64, device=dist.device)))
+        elif dist.active:
             step_loss = _sum_over_ranks(model, step_loss, dist)
         grad_norm = (
             float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
@@ -235,7 +282,7 @@ def _sum_over_ranks(model, step_loss: float, dist: Dist) -> float:
         n = p.numel()
         p.grad = flat[at : at + n].view_as(p).clone()
         at += n
-    return float(dist.all_reduce_sum_(torch.tensor([step_loss], dtype=torch.float64)))
+    return float(dist.all_reduce_sum_(torch.tensor([step_loss], dtype=torch.float64, device=flat.device)))
 
 
 @torch.no_grad()
@@ -266,7 +313,7 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
         out = packed_logps(model, prompts, [[r[f"{s}_ids"] for r in micro] for s in names], pad_id)
     logps = dict(zip(names, out))
     columns = {
-        key: torch.tensor([r[key] for r in micro], dtype=torch.float32)
+        key: torch.tensor([r[key] for r in micro], dtype=torch.float32, device=model.device)
         for key, value in micro[0].items()
         if isinstance(value, float) and not isinstance(value, bool)
     }

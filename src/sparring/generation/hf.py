@@ -132,21 +132,25 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, tempe
     from sparring.generation.fast import block_cache
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, attention = left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id)
+    # every tensor lives on the model's device (a reference model is on the same one); the generator
+    # too, since multinomial draws with a generator of its own device: on the CPU this is the CPU
+    # generator it always was (same bits), on a GPU the draws are the GPU's, not the CPU's
+    device = model.device
+    input_ids, attention = (t.to(device) for t in left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id))
     n = len(input_ids)
-    stops = torch.tensor(stop_token_ids(tokenizer, model))
-    gen = torch.Generator().manual_seed(seed)
+    stops = torch.tensor(stop_token_ids(tokenizer, model), device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     models = [model] if ref_model is None else [model, ref_model]
 
     caches = [block_cache(m) for m in models]
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=c,
                 use_cache=True, logits_to_keep=1).logits[:, -1].float() for m, c in zip(models, caches)]
-    alive = torch.arange(n)  # original row of each row still in the batch
+    alive = torch.arange(n, device=device)  # original row of each row still in the batch
     next_pos = positions[:, -1] + 1
     out_tokens: list[list[int]] = [[] for _ in range(n)]
-    out_logp = torch.zeros(len(models), n, dtype=torch.float64)  # log π, and log μ when a reference runs
-    finished = torch.zeros(n, dtype=torch.bool)
+    out_logp = torch.zeros(len(models), n, dtype=torch.float64, device=device)  # log π, and log μ when a reference runs
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         logp_all = [torch.log_softmax(x, dim=-1) for x in logits]
         draw = logits[0] if mixture == 0.0 else mixture_logits(logp_all[0], logp_all[1], mixture)
@@ -167,7 +171,7 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, tempe
                 for layer in c.layers:
                     layer.batch_select_indices(keep)
             alive, tok, attention, next_pos = alive[keep], tok[keep], attention[keep], next_pos[keep]
-        attention = torch.cat([attention, torch.ones((len(alive), 1), dtype=attention.dtype)], dim=1)
+        attention = torch.cat([attention, torch.ones((len(alive), 1), dtype=attention.dtype, device=device)], dim=1)
         logits = [m(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
                     past_key_values=c, use_cache=True).logits[:, -1].float() for m, c in zip(models, caches)]
         next_pos = next_pos + 1
@@ -213,7 +217,7 @@ def sample_batch_generate(
 ) -> list[list[tuple[list[int], float, bool]]]:
     """The same as `sample_batch` through plain `model.generate` (for comparison and benchmarks)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, attention = left_pad(prompt_ids, pad_id)
+    input_ids, attention = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
     width = input_ids.shape[1]
     stops = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
