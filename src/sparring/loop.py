@@ -240,9 +240,9 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from sparring.generation.hf import iter_samples
+    from sparring.generation import load_sampler
     from sparring.methods import get_method
-    from sparring.models import load_model, load_tokenizer
+    from sparring.models import load_model
 
     g = ctx.cfg.generation
     d = ctx.rd.iter_dir(t)
@@ -253,8 +253,7 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     todo = [s for s in mine if not (shards / f"{s:05d}.parquet").exists()]
     if todo:
         policy = policy_at(ctx, t)
-        tok = load_tokenizer(policy)
-        model = load_model(policy, g.dtype).to(ctx.dist.device).eval()
+        tok, model, iter_samples = load_sampler(policy, g.backend, g.dtype, ctx.cfg.seed, device=ctx.dist.device)
         nash = get_method(ctx.cfg.method.name).mixture_opponents
         # Nash-MD decodes the initial model μ in lockstep, for log μ and the mixture opponents; while
         # π_t is μ itself (t = 0) the mixture is π_t and log μ = log π_t, so no second model is needed
@@ -499,6 +498,7 @@ def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:
 def eval_stage(ctx: Context, policy: str, out: Path) -> tuple[list[Path], dict]:
     metrics = evaluate_model(policy, ctx.heldout, out, max_new_tokens=ctx.cfg.eval.max_new_tokens,
                              batch_size=ctx.cfg.eval.batch_size, dtype=ctx.cfg.generation.dtype,
+                             backend=ctx.cfg.generation.backend,
                              judge=make_judge(ctx), progress=ctx.progress,
                              baseline=ctx.rd.root / "base" / "eval" / "responses.jsonl", dist=ctx.dist)
     if not ctx.dist.is_main:
@@ -515,7 +515,7 @@ STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_st
 
 def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_new_tokens: int, batch_size: int,
                    dtype: str = "bfloat16", judge=None, progress: bool = True, baseline: Path | None = None,
-                   dist: Dist | None = None) -> dict:
+                   dist: Dist | None = None, backend: str = "hf") -> dict:
     """Greedy responses to `prompts` -> out/responses.jsonl (IFEval input_response_data) and
     out/metrics.json (IFEval accuracies, mean length, and win rate against `baseline` responses).
 
@@ -525,20 +525,18 @@ def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_n
     arithmetic) it has in one process: the responses are the same bits."""
     from tqdm.auto import tqdm
 
-    from sparring.generation.hf import iter_samples
+    from sparring.generation import load_sampler
     from sparring.judges.ifeval import evaluate
-    from sparring.models import load_model, load_tokenizer
 
     dist = dist or current()
-    tok = load_tokenizer(policy)
-    model = load_model(policy, dtype).to(dist.device).eval()
+    tok, model, iter_samples = load_sampler(policy, backend, dtype, device=dist.device)
     batches = dist.mine([prompts[b : b + batch_size] for b in range(0, len(prompts), batch_size)])
     done = []  # this rank's batches of samples
     with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
               dynamic_ncols=True) as bar:
         for part in batches:
-            (batch,) = iter_samples(model, tok, [p.prompt for p in part], k=1, max_new_tokens=max_new_tokens,
-                                    batch_size=batch_size, greedy=True)
+            batch = [smp for b in iter_samples(model, tok, [p.prompt for p in part], k=1, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, greedy=True) for smp in b]
             done.append(batch)
             bar.update(len(batch))
     del model
