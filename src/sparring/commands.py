@@ -137,7 +137,7 @@ def print_plan(cfg, root: Path) -> None:
         f"judge         : {cfg.judge.name} (tau={cfg.judge.tau}, cache={'on' if cfg.judge.cache else 'off'})",
         f"prompts       : {cfg.prompts.train} ({cfg.prompts.per_iteration} per iteration), held-out {cfg.prompts.heldout}"
         + (f" (first {cfg.eval.limit})" if cfg.eval.limit else ""),
-        f"generation    : K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, top_p={g.top_p}, {g.dtype}",
+        f"generation    : {g.backend} backend, K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, top_p={g.top_p}, {g.dtype}",
         f"training      : {tr.optimizer} lr={tr.lr}, batch {tr.batch_size}, {tr.epochs} epoch(s), {tr.precision}",
         f"iterations    : {cfg.iterations}, seed {cfg.seed}",
         "stages        : " + ("base/eval, " if cfg.eval.base else "")
