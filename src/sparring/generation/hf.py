@@ -8,6 +8,7 @@ log-probability ref_logp of SPPO's loss (reference = π_t), so training keeps no
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -143,9 +144,10 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, tempe
     models = [model] if ref_model is None else [model, ref_model]
 
     caches = [block_cache(m) for m in models]
+    with_cache = [{cache_kwarg(m): c, "use_cache": True} for m, c in zip(models, caches)]  # forward kwargs
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=c,
-                use_cache=True, logits_to_keep=1).logits[:, -1].float() for m, c in zip(models, caches)]
+    logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
+                **kw).logits[:, -1].float() for m, kw in zip(models, with_cache)]
     alive = torch.arange(n, device=device)  # original row of each row still in the batch
     next_pos = positions[:, -1] + 1
     out_tokens: list[list[int]] = [[] for _ in range(n)]
@@ -173,13 +175,19 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, tempe
             alive, tok, attention, next_pos = alive[keep], tok[keep], attention[keep], next_pos[keep]
         attention = torch.cat([attention, torch.ones((len(alive), 1), dtype=attention.dtype, device=device)], dim=1)
         logits = [m(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
-                    past_key_values=c, use_cache=True).logits[:, -1].float() for m, c in zip(models, caches)]
+                    **kw).logits[:, -1].float() for m, kw in zip(models, with_cache)]
         next_pos = next_pos + 1
     results: list[list[tuple[list[int], float, bool, float | None]]] = [[] for _ in prompt_ids]
     for r in range(n):
         ref = float(out_logp[1, r]) if ref_model is not None else None
         results[r // k].append((out_tokens[r], float(out_logp[0, r]), bool(finished[r]), ref))
     return results
+
+
+def cache_kwarg(model) -> str:
+    """The name under which this model's forward takes a KV cache: `cache` from transformers 5.24 on
+    (where `past_key_values` still works but warns at every call), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def _sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, candidates: int, gen) -> torch.Tensor:
