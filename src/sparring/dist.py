@@ -65,6 +65,13 @@ class Dist:
         return self.world > 1
 
     @property
+    def one_node(self) -> bool:
+        """All ranks run on this machine (torchrun's LOCAL_WORLD_SIZE equals WORLD_SIZE). Files that need
+        one host, such as the judge cache (SQLite's WAL mode shares memory between its users), may be
+        opened by every rank only then."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world)) >= self.world
+
+    @property
     def device(self):
         """Where this rank's models and tensors go: its GPU when CUDA is available (cuda:LOCAL_RANK
         under a launch, cuda:0 alone), else the CPU. CUDA_VISIBLE_DEVICES= keeps a run on the CPU."""

@@ -347,15 +347,21 @@ def make_judge(ctx: Context):
 
 
 def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
-    """Every pair of each prompt's samples. With N ranks, prompt n is judged by rank n mod N, all
-    through the one judge cache (SQLite in WAL mode: concurrent readers, writers serialised by its
-    lock), and rank 0 gathers the matrices and writes them in prompt order."""
+    """Every pair of each prompt's samples. With N ranks on one node, prompt n is judged by rank
+    n mod N, all through the one judge cache (SQLite in WAL mode: concurrent readers, writers
+    serialised by its lock), and rank 0 gathers the matrices and writes them in prompt order. With
+    ranks on several nodes, rank 0 judges alone (WAL needs one host)."""
     import pyarrow as pa
 
     dist = ctx.dist
     prompts, groups = _grouped_samples(ctx, t)
     judge = make_judge(ctx)
-    mine = dist.mine(range(len(prompts)))
+    # SQLite's WAL mode works only among processes of one host (not over a network file system):
+    # across nodes, rank 0 judges every prompt through the cache and the other ranks wait
+    split = dist.one_node or not ctx.cfg.judge.cache
+    if not split:
+        ctx.log(f"[iter_{t}/judge] ranks on several nodes: rank 0 judges every prompt through the judge cache")
+    mine = dist.mine(range(len(prompts))) if split else range(len(prompts)) if dist.is_main else []
     records, responses = [prompts[n] for n in mine], [groups[n]["responses"] for n in mine]
     if ctx.cfg.judge.cache:
         from sparring.judges.cache import CachedJudge, JudgeCache
@@ -365,16 +371,18 @@ def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
             if dist.is_main:  # create the file (WAL mode, table) before N processes open it at once
                 JudgeCache(path).close()
             dist.barrier()
-        with CachedJudge(judge, path) as cached:
-            mats = cached.preferences_many(records, responses, progress=ctx.progress)
-            hits = cached.hits
+        mats, hits = [], 0
+        if records:
+            with CachedJudge(judge, path) as cached:
+                mats = cached.preferences_many(records, responses, progress=ctx.progress)
+                hits = cached.hits
     else:
         mats = [judge.preferences(r, resp) for r, resp in zip(records, responses)]
         hits = 0
     parts = dist.all_gather((mats, judge.calls, hits))
     if not dist.is_main:
         return [], {}
-    mats = merge_round_robin([p[0] for p in parts])
+    mats = merge_round_robin([p[0] for p in parts]) if split else parts[0][0]
     calls, hits = sum(p[1] for p in parts), sum(p[2] for p in parts)
     rows = {"prompt_id": [], "i": [], "j": [], "p": []}
     for rec, mat in zip(prompts, mats):
