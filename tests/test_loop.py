@@ -193,3 +193,25 @@ def test_tracking_with_a_missing_tracker_is_a_clear_error(tiny_model, tmp_path):
     rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name)
     with pytest.raises(UserError, match="tracking.log_with = 'tensorboard'"):
         make_context(cfg, rd)
+
+
+def test_results_table_shows_every_stage_time(tmp_path, capsys):
+    """The demo's closing table: each iteration's seconds per stage in full (they wrap inside their
+    cell rather than being cut off), in stage order, with their total."""
+    from sparring.commands import print_summary
+
+    seconds = {"generate": 110.2, "judge": 0.01, "rows": 0.02, "train": 207.1, "eval": 54.3}
+    summary = {"method": "sppo", "model": "m", "iterations": [
+        {"iteration": 0, "prompt_strict": 0.3917, "instruction_strict": 0.4615, "win_rate_vs_base": 0.5,
+         "mean_response_tokens": 87.7, "seconds": {"eval": 61.0}},
+        {"iteration": 1, "prompt_strict": 0.425, "instruction_strict": 0.5, "win_rate_vs_base": 0.5207,
+         "mean_response_tokens": 80.0, "seconds": seconds}]}
+    rd = type("RD", (), {"root": tmp_path})()
+    print_summary(summary, rd)
+    out = capsys.readouterr().out
+    assert "39.2%" in out and "42.5%" in out and "52.1%" in out
+    cells = " ".join(out.split())  # the per-stage cell may wrap over two lines
+    for text in ("generate=110", "judge=0", "rows=0", "train=207", "eval=54"):
+        assert text in cells
+    assert cells.index("generate=110") < cells.index("train=207") < cells.index("eval=54")
+    assert " 372 " in cells  # 110.2 + 0.01 + 0.02 + 207.1 + 54.3, rounded

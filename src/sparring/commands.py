@@ -151,18 +151,23 @@ def print_summary(summary: dict, rd) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sparring.loop import STAGES
+
     table = Table(title=f"{summary['method']} on {summary['model']} — held-out results")
-    for col in ("iter", "prompt strict", "instr. strict", "win rate vs base", "mean tokens", "time per stage (s)"):
-        table.add_column(col, justify="right" if col != "time per stage (s)" else "left", no_wrap=True)
+    for col in ("iter", "prompt strict", "instr. strict", "win rate vs base", "mean tokens", "seconds"):
+        table.add_column(col, justify="right", no_wrap=True)
+    # the stages' own seconds may wrap inside their cell: cut off, they would hide the slowest stage
+    table.add_column("seconds per stage", justify="left")
     for row in summary["iterations"]:
-        secs = row["seconds"]
+        secs = {k: row["seconds"][k] for k in STAGES if row["seconds"].get(k) is not None}
         table.add_row(
             str(row["iteration"]),
             _pct(row.get("prompt_strict")),
             _pct(row.get("instruction_strict")),
             _pct(row.get("win_rate_vs_base")),
             f"{row['mean_response_tokens']:.0f}" if row.get("mean_response_tokens") is not None else "-",
-            " ".join(f"{k} {v:.0f}" for k, v in secs.items() if v is not None),
+            f"{sum(secs.values()):.0f}",
+            " ".join(f"{k}={v:.0f}" for k, v in secs.items()),
         )
     Console(width=max(120, Console().width)).print(table)
     print(f"summary: {rd.root / 'summary.json'}")
