@@ -12,7 +12,9 @@ one-process run, and resumes after a kill like one.
 - a 2-process run SIGKILLed while generating (some shards written), resumed with --resume under 2
   processes, ends with exactly the files of the uninterrupted 2-process run;
 - an FSDP launch (the shipped accelerate/fsdp.yaml, 2 processes, gloo): the same samples, preferences
-  and rows bit for bit, and trained weights within FSDP_ATOL of one process's (see that test).
+  and rows bit for bit, and trained weights within FSDP_ATOL of one process's (see that test);
+- two "nodes" of one process each on this machine (--num_machines 2): the files of one process, with
+  rank 0 judging alone, as it must across hosts.
 
 The launches use the shipped accelerate/cpu-2proc.yaml (fsdp.yaml for FSDP), on a free port, one
 thread per process.
