@@ -36,7 +36,11 @@ HIDDEN = 128
 # layers vs HF's eager attention), so a 10-token sum agrees to ~1e-5, not bit for bit.
 ATOL = 1e-3
 # The same bound holds on the embedded SmolLM2-135M in fp32 (30 layers, 24-token responses):
-# measured max |vLLM - HF| = 6.9e-5 there (test_embedded_model_logps_and_reload_equal_a_fresh_engine).
+# measured max |vLLM - HF| = 6.0e-5 and 6.9e-5 there (test_embedded_model_logps_and_reload_equal_a_fresh_engine).
+# A reloaded engine against a freshly started one, same weights and kernels: float rounding only
+# (max difference measured: 0 in two runs, 7.1e-6 in a third; a fourth, in CI, failed an exact-equality
+# check whose difference was not recorded).
+RELOAD_ATOL = 1e-4
 
 
 def fresh_logps(path: Path, samples) -> torch.Tensor:
@@ -157,7 +161,8 @@ def test_sparring_run_with_the_vllm_backend(models, tmp_path):
 def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
     """On the embedded SmolLM2-135M (fp32; its LM head is tied to the embedding, the case
     `WorkerReload` repairs): recorded log-probs equal an HF forward pass within ATOL, and an
-    engine that reloaded π_1 into itself decodes π_1 exactly as an engine started fresh on π_1."""
+    engine that reloaded π_1 into itself decodes π_1 as an engine started fresh on π_1 does: the same
+    tokens, log-probs within RELOAD_ATOL."""
     from sparring.generation.vllm import VLLMEngine, iter_samples
 
     prompts = ["Write a short poem about rain.", "Give two tips for learning to cook, in a list."]
@@ -193,7 +198,14 @@ def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
         fresh_greedy = [s for b in iter_samples(started, tok, prompts, **{**args, "k": 1}, greedy=True) for s in b]
     finally:
         started.close()
-    assert reloaded == fresh_samples and reloaded_greedy == fresh_greedy  # tokens and log-probs, exactly
+    # the same tokens, and log-probs equal up to float rounding (see RELOAD_ATOL); a stale head (what
+    # WorkerReload repairs) moves them by more than 0.1
+    got, want = reloaded + reloaded_greedy, fresh_samples + fresh_greedy
+    assert [(s.prompt_index, s.sample_index, s.response_ids) for s in got] == \
+        [(s.prompt_index, s.sample_index, s.response_ids) for s in want]
+    gap = max(abs(a.logp - b.logp) for a, b in zip(got, want))
+    print("reloaded vs fresh engine, max |logp difference|:", gap)
+    assert gap <= RELOAD_ATOL
     # and π_1 is not π_0: the same tokens are scored differently by the reloaded weights
     moved = (torch.tensor([s.logp for s in reloaded], dtype=torch.float64) - fresh_logps(base, reloaded)).abs().max()
     assert moved > 0.1
