@@ -62,3 +62,16 @@ def test_nucleus_keeps_smallest_prefix_reaching_top_p():
     assert draws == {0, 1}  # 0.5 < 0.75 so the second token is needed; 0.8 ≥ 0.75 so not the third
     draws = {int(_nucleus_draw(probs, 0.5, gen)) for _ in range(100)}
     assert draws == {0}
+
+
+def test_loading_a_model_prints_no_weight_loading_bar_and_restores_the_setting(tmp_path, capfd):
+    """A run loads a model at every stage; transformers' "Loading weights" bar each time would bury
+    the stage's own progress bar, so load_model hides it, and only while it loads."""
+    from transformers.utils import logging as hf_logging
+
+    path = make_tiny_model(tmp_path / "m", seed=3)
+    capfd.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(str(path))
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # other transformers bars (a download, say) still show

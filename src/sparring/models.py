@@ -135,4 +135,20 @@ def load_model(name: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[dtype]
-    return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch_dtype)
+    with _quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch_dtype)
+
+
+@contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" bar: a run loads a model at every stage, and
+    a second-long bar each time would bury the stage's own progress bar and log lines."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
