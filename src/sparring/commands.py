@@ -14,7 +14,7 @@ from sparring.errors import UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run SPPO on the embedded SmolLM2-135M and IFEval-style prompts (about 15 min on 2 CPU cores)",
-                       description="Two SPPO iterations on the embedded model with the shipped prompt sets; "
+                       description="Three SPPO iterations on the embedded model with the shipped prompt sets; "
                        "prints a table of held-out accuracy per iteration and writes runs/demo/summary.json.")
     p.add_argument("--runs-dir", default="runs", help="where the run directory goes (default: runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. iterations=1")
