@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from sparring.data import load_prompts, shipped_prompts
+from sparring.prompts import load_prompts
 from sparring.generation.hf import iter_samples
 from sparring.models import load_model, load_tokenizer
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     tok = load_tokenizer(args.model)
     model = load_model(args.model, args.dtype).eval()
-    prompts = [r.prompt for r in load_prompts(shipped_prompts("train"))[: args.prompts]]
+    prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts]]
     timed(model, tok, prompts[:2], "sparring", argparse.Namespace(**{**vars(args), "max_new_tokens": 4}))  # warm-up
     best = {}
     for _ in range(args.repeats):

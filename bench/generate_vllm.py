@@ -38,10 +38,10 @@ def main() -> None:
 
     import torch
 
-    from sparring.data import load_prompts, shipped_prompts
+    from sparring.prompts import load_prompts
     from sparring.generation import load_sampler
 
-    prompts = [r.prompt for r in load_prompts(shipped_prompts("train"))[: args.prompts]]
+    prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts]]
     out = {"bench": "generate_vllm", "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "k": args.k,
            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
            "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "(sparring default: all cores)"),

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from sparring.config import MethodConfig, TrainConfig
-from sparring.data import load_prompts, shipped_prompts
+from sparring.prompts import load_prompts
 from sparring.methods import METHODS
 from sparring.models import load_model, load_tokenizer, resolve_model
 from sparring.train import _batches, _micro_batches, fill_reference_logps, packed_logps, sequence_logps, train
@@ -59,9 +59,9 @@ def build_pairs(tok, n: int, seed: int, lo: int = 60, hi: int = 150) -> list[dic
     """n conversational preference pairs from the shipped training prompts. Each response is the
     prompt's template `reference_response` (chosen) or another prompt's (rejected), extended with
     further reference responses and cut to a length drawn uniformly in [lo, hi] tokens."""
-    records = load_prompts(shipped_prompts("train"))
+    records = load_prompts("shipped:train")
     rng = np.random.default_rng(seed)
-    texts = [r.reference_response for r in records]
+    texts = [r.reference for r in records]
 
     def response(start: int, n_tokens: int) -> str:
         ids: list[int] = []
@@ -76,7 +76,7 @@ def build_pairs(tok, n: int, seed: int, lo: int = 60, hi: int = 150) -> list[dic
         rec = records[i % len(records)]
         other = int(rng.integers(1, len(records)))
         pairs.append({
-            "prompt": [{"role": "user", "content": rec.prompt}],
+            "prompt": [{"role": "user", "content": rec.text}],
             "chosen": [{"role": "assistant", "content": response(i, int(rng.integers(lo, hi + 1)))}],
             "rejected": [{"role": "assistant", "content": response(i + other, int(rng.integers(lo, hi + 1)))}],
         })

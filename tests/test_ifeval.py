@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from sparring.data.prompts import PromptRecord
+from sparring.records import user_prompt
+
+
+def PromptRecord(key, prompt, instruction_id_list, kwargs, reference_response=None):  # noqa: N802
+    return user_prompt(str(key), prompt, reference=reference_response, instruction_id_list=list(instruction_id_list),
+                       kwargs=list(kwargs))
+
+
 from sparring.judges import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions
 from sparring.judges.ifeval import loose_variants
 from sparring.judges.ifeval_checks import (
@@ -289,7 +296,7 @@ def test_evaluate_hand_computed():
         "n": 4,
     }
     assert evaluate(records, responses) == pytest.approx(expected)
-    by_prompt = {r.prompt: resp for r, resp in zip(records, responses)}
+    by_prompt = {r.text: resp for r, resp in zip(records, responses)}
     assert evaluate(records, by_prompt) == pytest.approx(expected)
     with pytest.raises(ValueError, match="aligned"):
         evaluate(records, responses[:3])

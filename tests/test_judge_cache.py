@@ -16,30 +16,19 @@ import time
 import numpy as np
 import pytest
 
-from sparring.data.prompts import PromptRecord
 from sparring.errors import UserError
 from sparring.judges import IFEvalJudge
 from sparring.judges.cache import KEY_VERSION, CachedJudge, JudgeCache, _PromptKeyer, pair_key
+from sparring.records import fingerprint, user_prompt
 
-RECORD = PromptRecord(
-    key=1,
-    prompt="Tell me about cats.",
-    instruction_id_list=("punctuation:no_comma", "length_constraints:number_words"),
-    kwargs=({}, {"num_words": 5, "relation": "less than"}),
-)
+RECORD = user_prompt("1", "Tell me about cats.",
+                     instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+                     kwargs=[{}, {"num_words": 5, "relation": "less than"}])
 # Same prompt text, one kwarg changed: responses of 5 words now pass the word limit.
-RECORD_6 = PromptRecord(
-    key=2,
-    prompt="Tell me about cats.",
-    instruction_id_list=("punctuation:no_comma", "length_constraints:number_words"),
-    kwargs=({}, {"num_words": 6, "relation": "less than"}),
-)
-OTHER = PromptRecord(
-    key=3,
-    prompt="Shout about dogs.",
-    instruction_id_list=("change_case:english_capital",),
-    kwargs=({},),
-)
+RECORD_6 = user_prompt("2", "Tell me about cats.",
+                       instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+                       kwargs=[{}, {"num_words": 6, "relation": "less than"}])
+OTHER = user_prompt("3", "Shout about dogs.", instruction_id_list=["punctuation:no_comma"], kwargs=[{}])
 # Scores under RECORD: 1.0, 0.5 (comma), 0.5 (too long), 0.0 (both), 1.0 (5 words would fail
 # RECORD's "< 5"; this one has 4), and a duplicate of the first.
 RESPONSES = [
@@ -50,7 +39,7 @@ RESPONSES = [
     "one two three four",
     "Cats purr a lot",
 ]
-OTHER_RESPONSES = ["DOGS BARK!", "Dogs bark.", "DOGS RULE"]
+OTHER_RESPONSES = ["DOGS BARK!", "Dogs, bark.", "DOGS RULE"]
 
 
 def test_second_judging_makes_zero_judge_calls_and_identical_matrices(tmp_path):
@@ -104,17 +93,17 @@ def test_new_cache_object_on_same_file_hits(tmp_path):
     code = textwrap.dedent(
         """
         import json, sys
-        from sparring.data.prompts import PromptRecord
+        from sparring.records import user_prompt
         from sparring.judges import IFEvalJudge
         from sparring.judges.cache import CachedJudge
-        rec = PromptRecord(**json.loads(sys.argv[2]))
+        rec = user_prompt(**json.loads(sys.argv[2]))
         judge = IFEvalJudge(0.1)
         with CachedJudge(judge, sys.argv[1]) as cj:
             P = cj.preferences(rec, json.loads(sys.argv[3]))
         print(json.dumps({"calls": judge.calls, "misses": cj.misses, "P": P.tolist()}))
         """
     )
-    rec_json = json.dumps(RECORD.to_json() | {"instruction_id_list": list(RECORD.instruction_id_list)})
+    rec_json = json.dumps({"id": RECORD.id, "text": RECORD.text, **RECORD.meta})
     proc = subprocess.run(
         [sys.executable, "-c", code, str(path), rec_json, json.dumps(RESPONSES)],
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"},
@@ -143,8 +132,8 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
         CachedJudge(IFEvalJudge(0.1), cache).preferences(RECORD, RESPONSES)
         for rec in (
             RECORD_6,  # a kwarg value differs
-            PromptRecord(key=1, prompt=RECORD.prompt, instruction_id_list=("punctuation:no_comma",),
-                         kwargs=({},)),  # an instruction fewer
+            user_prompt("1", RECORD.text, instruction_id_list=["punctuation:no_comma"],
+                        kwargs=[{}]),  # an instruction fewer
         ):
             judge = IFEvalJudge(0.1)
             cj = CachedJudge(judge, cache)
@@ -158,9 +147,8 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
             IFEvalJudge(0.1).preferences(RECORD_6, RESPONSES[:1] + ["a b c d e"]),
         )
         # kwargs key order does not matter (canonical JSON sorts keys).
-        reordered = PromptRecord(key=9, prompt=RECORD.prompt,
-                                 instruction_id_list=RECORD.instruction_id_list,
-                                 kwargs=({}, {"relation": "less than", "num_words": 5}))
+        reordered = user_prompt("9", RECORD.text, instruction_id_list=RECORD.meta["instruction_id_list"],
+                                kwargs=[{}, {"relation": "less than", "num_words": 5}])
         judge = IFEvalJudge(0.1)
         cj = CachedJudge(judge, cache)
         cj.preferences(reordered, RESPONSES)
@@ -168,15 +156,21 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
 
 
 def test_key_is_documented_canonical_json_hash():
-    payload = [KEY_VERSION, "ifeval-v1:tau=0.1", RECORD.prompt,
-               [["punctuation:no_comma", {}],
-                ["length_constraints:number_words", {"num_words": 5, "relation": "less than"}]],
-               "a", "b\u00e9"]
+    fp_payload = {"messages": [{"role": "user", "content": RECORD.text}], "reference": None,
+                  "meta": {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+                           "kwargs": [{}, {"num_words": 5, "relation": "less than"}]}}
+    fp = hashlib.sha256(json.dumps(fp_payload, sort_keys=True, separators=(",", ":"),
+                                   ensure_ascii=True).encode("ascii")).hexdigest()
+    assert fingerprint(RECORD) == fp
+    payload = [KEY_VERSION, "ifeval-v1:tau=0.1", fp, "a", "b\u00e9"]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     expected = hashlib.sha256(text.encode("ascii")).hexdigest()
+    assert KEY_VERSION == "sparring-judge-cache/2"
     assert pair_key("ifeval-v1:tau=0.1", RECORD, "a", "b\u00e9") == expected
-    assert pair_key("ifeval-v1:tau=0.1", RECORD.to_json(), "a", "b\u00e9") == expected
     assert pair_key("ifeval-v1:tau=0.1", RECORD, "b\u00e9", "a") != expected
+    # the prompt's id is not part of the key; its messages are
+    assert pair_key("ifeval-v1:tau=0.1", user_prompt("other id", RECORD.text, **RECORD.meta), "a", "b\u00e9") == expected
+    assert pair_key("ifeval-v1:tau=0.1", user_prompt("1", RECORD.text + " ", **RECORD.meta), "a", "b\u00e9") != expected
     # The batched path (prefix hashed once) gives the same digests as pair_key.
     keyer = _PromptKeyer("ifeval-v1:tau=0.1", RECORD)
     for a, b in [("a", "b\u00e9"), ("", "x"), ("same", "same"), ('q"uote\n', "\u4e2d")]:
@@ -193,6 +187,9 @@ class _NoisyJudge:
 
     def __init__(self):
         self.calls = 0
+
+    def preferences_many(self, records, response_lists):
+        return [self.preferences(r, x) for r, x in zip(records, response_lists)]
 
     def preferences(self, record, responses):
         self.calls += 1

@@ -82,10 +82,12 @@ def test_policy_changes_when_there_are_rows(tiny_model, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    # random bytes split on lowercase-only (some samples pass, some fail), so rows exist
+    # random bytes split on "fewer than 2 words" (some samples pass, some fail), so rows exist
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"key": i, "prompt": f"Say {i}.", "instruction_id_list":
-                                           ["change_case:english_lowercase"], "kwargs": [{}]}) + "\n" for i in range(8)))
+                                           ["length_constraints:number_words"],
+                                           "kwargs": [{"num_words": 2, "relation": "less than"}]}) + "\n"
+                               for i in range(8)))
     rd, _ = run_config(tiny_config(tiny_model, tmp_path, iterations=1, **{"prompts.train": str(prompts),
                                                                           "prompts.per_iteration": 8}))
     n_rows = pq.read_table(rd.root / "iter_0" / "train.parquet").num_rows

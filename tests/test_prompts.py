@@ -1,12 +1,14 @@
-"""Prompt / response file loading: the happy path and one test per error kind (file, line, problem)."""
+"""Prompt / response file loading: the happy path and one test per error kind (file, line, problem).
+IFEval's input_data format is one prompt source among several (tests/test_sources.py has the others)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from sparring.data import PromptRecord, load_prompts, load_responses, shipped_prompts, write_prompts
 from sparring.errors import UserError
+from sparring.prompts import load_prompts, load_responses, shipped_path, write_prompts
+from sparring.records import user_prompt
 
 GOOD = {
     "key": 1000,
@@ -49,24 +51,17 @@ def test_load_good_file_with_blank_lines_nulls_and_reference(tmp_path):
     path = _write(tmp_path, [GOOD, "", "   ", second])
     recs = load_prompts(path)
     assert recs == [
-        PromptRecord(
-            key=1000,
-            prompt="Write a haiku without commas.",
-            instruction_id_list=("punctuation:no_comma", "length_constraints:number_words"),
-            kwargs=({}, {"num_words": 10, "relation": "less than"}),
-        ),
-        PromptRecord(
-            key="k2",
-            prompt="Write a haiku without commas.",
-            instruction_id_list=("keywords:existence",),
-            kwargs=({"keywords": ["moon"]},),
-            reference_response="The moon rises.",
-        ),
+        user_prompt("1000", "Write a haiku without commas.",
+                    instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+                    kwargs=[{}, {"num_words": 10, "relation": "less than"}]),
+        user_prompt("k2", "Write a haiku without commas.", reference="The moon rises.",
+                    instruction_id_list=["keywords:existence"], kwargs=[{"keywords": ["moon"]}]),
     ]
 
 
 def test_write_prompts_round_trip(tmp_path):
     recs = load_prompts(_write(tmp_path, [GOOD, _with(reference_response="ref")]))
+    assert recs[1].reference == "ref"
     out = write_prompts(tmp_path / "sub" / "copy.jsonl", recs)
     assert load_prompts(out) == recs
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -77,7 +72,7 @@ def test_write_prompts_round_trip(tmp_path):
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.jsonl"
-    assert _error(path) == f"{path}: file not found"
+    assert _error(path).startswith(f"{path}: prompt source not found")
 
 
 def test_invalid_json(tmp_path):
@@ -95,24 +90,24 @@ def test_missing_field(tmp_path):
     rec = _with()
     del rec["prompt"]
     path = _write(tmp_path, [GOOD, rec])
-    assert _error(path) == f"{path}:2: missing field 'prompt'"
+    assert _error(path) == f"{path}:2: column 'prompt' must be a string, got null"
+    path = _write(tmp_path, [rec], name="b.jsonl")
+    assert _error(path).startswith(f"{path}: no 'prompt' or 'messages' column (columns: key, instruction_id_list")
 
 
 def test_ill_typed_field(tmp_path):
     path = _write(tmp_path, [_with(instruction_id_list="punctuation:no_comma")])
     msg = _error(path)
-    assert msg.startswith(f"{path}:1: field 'instruction_id_list' must be a list of strings")
+    assert msg.startswith(f"{path}:1: column 'instruction_id_list' must be a list of strings")
     path = _write(tmp_path, [_with(key=1.5)], name="b.jsonl")
-    assert _error(path) == f"{path}:1: field 'key' must be an integer or a string, got float"
+    assert _error(path) == f"{path}:1: column 'key' must be a non-empty string or an integer, got 1.5"
     path = _write(tmp_path, [_with(kwargs=[{}, "x"])], name="c.jsonl")
     assert "c.jsonl:1: kwargs[1] (for 'length_constraints:number_words') must be an object" in _error(path)
 
 
 def test_unknown_field_suggests_the_nearest(tmp_path):
     path = _write(tmp_path, [_with(reference_reponse="x")])
-    msg = _error(path)
-    assert msg.startswith(f"{path}:1: unknown field 'reference_reponse'")
-    assert "did you mean 'reference_response'?" in msg
+    assert _error(path) == f"{path}: unknown column 'reference_reponse' (did you mean 'reference_response'?)"
 
 
 def test_length_mismatch(tmp_path):
@@ -151,13 +146,13 @@ def test_invalid_kwarg(tmp_path):
 
 def test_duplicate_key(tmp_path):
     path = _write(tmp_path, [GOOD, _with(key=2), GOOD])
-    assert _error(path) == f"{path}:3: duplicate key 1000 (first used on line 1)"
+    assert _error(path) == f"{path}:3: column 'key': duplicate id '1000' (first at {path}:1)"
 
 
 def test_empty_file(tmp_path):
     path = _write(tmp_path, ["", "  "])
     assert _error(path) == (
-        f"{path}: empty file: no prompt records (expected one JSON object per line)"
+        f"{path}: empty file: no prompts (expected one JSON object per line)"
     )
 
 
@@ -193,16 +188,21 @@ def test_shipped_prompts():
     import sparring.data
 
     package_dir = Path(sparring.data.__file__).parent
-    assert shipped_prompts("train") == package_dir / "ifeval_train.jsonl"
-    assert shipped_prompts("heldout") == package_dir / "ifeval_heldout.jsonl"
+    assert shipped_path("train") == package_dir / "ifeval_train.jsonl"
+    assert shipped_path("heldout") == package_dir / "ifeval_heldout.jsonl"
+    assert shipped_path("chat-train") == package_dir / "chat_train.jsonl"
     with pytest.raises(UserError, match="unknown shipped prompt set 'trian'.*did you mean 'train'"):
-        shipped_prompts("trian")
+        shipped_path("trian")
+    assert [p.id for p in load_prompts("shipped:heldout")][:2] == ["5000", "5001"]
 
 
-def test_unsupported_instruction_fails_unless_skipped(tmp_path):
-    lang = _with(key=3, instruction_id_list=["language:response_language"], kwargs=[{"language": "kn"}])
-    path = _write(tmp_path, [GOOD, lang])
+def test_instruction_from_outside_ifeval_fails_unless_skipped(tmp_path):
+    from collections import Counter
+
+    other = _with(key=3, instruction_id_list=["custom:rhymes"], kwargs=[{}])
+    path = _write(tmp_path, [GOOD, other])
     msg = _error(path)
-    assert msg.startswith(f"{path}:2: instruction 0 ('language:response_language'): ")
-    assert "not supported" in msg
-    assert [r.key for r in load_prompts(path, skip_unsupported=True)] == [1000]
+    assert msg.startswith(f"{path}:2: instruction 0 ('custom:rhymes'): unknown instruction id 'custom:rhymes'")
+    skipped = Counter()
+    assert [r.id for r in load_prompts(path, skip_unsupported=True, skipped=skipped)] == ["1000"]
+    assert skipped == {"custom:rhymes": 1}

@@ -45,3 +45,24 @@ def make_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 32
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def make_tiny_reward_model(path: Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A tiny sequence-classification reward model (one label) with its own tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = make_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, num_labels=1,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():  # a readable spread of rewards instead of near-zero logits
+        model.score.weight.normal_(0, 1.0)
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

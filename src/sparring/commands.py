@@ -1,16 +1,16 @@
-"""Subcommands: demo, run, generate, judge, train, eval, score, status.
+"""Subcommands: demo, run, generate, judge, train, eval, score, compare, status.
 
 Heavy imports stay inside the handlers so `sparring --help` is instant.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from sparring.errors import UserError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run SPPO on the embedded SmolLM2-135M and IFEval-style prompts (about 15 min on 2 CPU cores)",
@@ -40,24 +40,52 @@ def add_parser(sub) -> None:
         p.add_argument("--no-progress", action="store_true")
         p.set_defaults(func=cmd_stage, stage=stage)
 
-    p = sub.add_parser("eval", help="greedy responses + IFEval metrics for a model, or one iteration of a run",
-                       description="Either --model MODEL --prompts FILE --out DIR, or --run RUN_DIR --iter T.")
+    p = sub.add_parser("eval", help="held-out responses and metrics (with 95% intervals) for a model, or one iteration of a run",
+                       description="Either --model MODEL --prompts SOURCE --out DIR, or --run RUN_DIR --iter T. "
+                       "Writes responses.jsonl, alpaca_eval.json, scores.parquet and metrics.json (docs/evaluation.md).")
     p.add_argument("--model", help="embedded alias (smollm2-135m), HF model directory, or hub id")
-    p.add_argument("--prompts", help="prompt file (IFEval input_data JSONL) or shipped:train / shipped:heldout")
-    p.add_argument("--out", help="output directory (responses.jsonl, metrics.json)")
+    p.add_argument("--prompts", help="prompt source: shipped:NAME, a .jsonl/.json/.parquet/.csv file, a "
+                   "datasets.save_to_disk directory, or hf:ORG/NAME[@SPLIT]")
+    p.add_argument("--out", help="output directory")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--metrics", help="comma-separated: ifeval, win_rate, win_rate_vs_reference, length_controlled "
+                   "(default: ifeval for prompts with IFEval instructions, the win rates that --baseline / "
+                   "--reference allow)")
+    p.add_argument("--baseline", metavar="RESPONSES", help="responses of the policy to beat (e.g. the base model's "
+                   "responses.jsonl): win_rate and length_controlled are against these")
+    p.add_argument("--reference", metavar="RESPONSES", help="responses for win_rate_vs_reference (IFEval or AlpacaEval format)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (default 1000)")
     p.add_argument("--run", metavar="RUN_DIR")
     p.add_argument("--iter", type=int, metavar="T")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="judge.key=value",
+                   help="the judge of the win rates, e.g. judge.name=reward_model judge.model=DIR (default: ifeval)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score responses produced elsewhere against a prompt file (IFEval metrics)")
-    p.add_argument("--prompts", required=True, help="prompt file (IFEval input_data JSONL) or shipped:NAME")
-    p.add_argument("--responses", required=True, help="responses JSONL ({'prompt', 'response'} per line)")
+    p.add_argument("--prompts", required=True, help="prompt source with IFEval instructions (e.g. shipped:heldout)")
+    p.add_argument("--responses", required=True, help="responses ({'prompt', 'response'} or {'instruction', 'output'})")
+    p.add_argument("--skip-unsupported", action="store_true",
+                   help="drop prompts whose instruction ids are not IFEval's (reported on stderr) instead of failing")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="judge responses A against responses B of the same prompts: win rate with a 95% interval",
+                       description="Prints one JSON object: win_rate (mean of P(a > b) over prompts), ci95 (bootstrap "
+                       "over prompts), n, ties, judge (its id). Response files in IFEval's {prompt, response} or "
+                       "AlpacaEval's {instruction, output} format, matched to the prompts by text.")
+    p.add_argument("--prompts", required=True, help="prompt source (see `sparring eval --help`)")
+    p.add_argument("--a", required=True, metavar="A.jsonl", help="responses A")
+    p.add_argument("--b", required=True, metavar="B.jsonl", help="responses B")
+    p.add_argument("--out", metavar="DIR", help="write compare.json, per-prompt verdicts (verdicts.jsonl) and keep "
+                   "the judge cache (judge_cache.sqlite) here")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the interval (default 1000)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="judge.key=value",
+                   help="the judge, e.g. judge.name=pairrm judge.model=DIR (default: ifeval for IFEval prompts)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("status", help="table of stages per iteration of a run (done, running, missing) with timings")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -112,9 +140,8 @@ def cmd_demo(args) -> int:
 
 def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) -> int:
     """Open (or resume) the run, run every stage not done yet, print the results table."""
-    from sparring.loop import make_context, open_run, run
-
     from sparring.dist import current
+    from sparring.loop import make_context, open_run, run
 
     rd = open_run(cfg, root, force=force)
     summary = run(make_context(cfg, rd, progress=progress))
@@ -199,10 +226,39 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def judge_spec(overrides: list[str], prompts, where: str = "command line"):
+    """A JudgeConfig from `judge.key=value` arguments (validated like a recipe's judge: section); without
+    judge.name, the IFEval judge for prompts carrying IFEval instructions."""
+    from sparring.config import JudgeConfig, apply_overrides, build_section
+    from sparring.judges.settings import check_judge_config
+
+    bad = [o for o in overrides if not o.startswith("judge.")]
+    if bad:
+        raise UserError(f"{bad[0]!r}: only judge.key=value settings go here (e.g. judge.name=reward_model)")
+    data = apply_overrides({}, overrides).get("judge", {})
+    if "name" not in data:
+        if not all(p.meta.get("instruction_id_list") for p in prompts):
+            raise UserError("these prompts carry no IFEval instructions, so there is no default judge: name one, e.g. "
+                            "judge.name=reward_model judge.model=DIR (see docs/judge.md)")
+        data["name"] = "ifeval"
+    cfg = build_section(JudgeConfig, data, "judge.", where)
+    check_judge_config(cfg, where)
+    return cfg
+
+
+def _aligned(prompts, path: str) -> list[str]:
+    from sparring.prompts import load_responses
+
+    by_prompt = load_responses(path)
+    missing = [p for p in prompts if p.text not in by_prompt]
+    if missing:
+        raise UserError(f"{path}: no response for prompt {missing[0].id} ({missing[0].text[:80]!r})"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    return [by_prompt[p.text] for p in prompts]
+
+
 def cmd_eval(args) -> int:
-    from sparring.data import load_prompts
-    from sparring.judges.ifeval import IFEvalJudge
-    from sparring.loop import eval_stage_iter, load_run, make_context, prompts_path, run_stage
+    from sparring.loop import eval_stage_iter, load_run, make_context, run_stage
 
     if args.run is not None:
         if args.iter is None:
@@ -218,36 +274,122 @@ def cmd_eval(args) -> int:
         raise UserError(f"eval needs {', '.join(missing)} (or --run RUN_DIR --iter T)")
     _positive(args.max_new_tokens, "--max-new-tokens")
     _positive(args.batch_size, "--batch-size")
-    from sparring.loop import evaluate_model
-    from sparring.models import resolve_model
+    _positive(args.bootstrap, "--bootstrap")
+    import numpy as np
 
-    prompts = load_prompts(prompts_path(args.prompts))  # validated before any model is loaded
+    from sparring.evaluate import METRICS, generate, score, write_eval
+    from sparring.judges import build_judge
+    from sparring.judges.cache import CachedJudge
+    from sparring.models import resolve_model
+    from sparring.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts)  # everything is validated before any model is loaded
+    has_instructions = all(p.meta.get("instruction_id_list") for p in prompts)
+    if args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise UserError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    else:
+        metrics = (["ifeval"] if has_instructions else []) + (["win_rate", "length_controlled"] if args.baseline else [])
+        metrics += ["win_rate_vs_reference"] if args.reference else []
+    if "ifeval" in metrics and not has_instructions:
+        raise UserError(f"{args.prompts}: --metrics has ifeval, but these prompts carry no IFEval instructions")
+    if {"win_rate", "length_controlled"} & set(metrics) and not args.baseline:
+        raise UserError("--metrics win_rate / length_controlled compare with --baseline RESPONSES; give one")
+    if "win_rate_vs_reference" in metrics and not args.reference:
+        raise UserError("--metrics win_rate_vs_reference needs --reference RESPONSES")
+    baseline = _aligned(prompts, args.baseline) if args.baseline else None
+    reference = _aligned(prompts, args.reference) if args.reference else None
+    judged = {"win_rate", "length_controlled", "win_rate_vs_reference"} & set(metrics)
+    spec = judge_spec(args.overrides, prompts) if judged else None
     resolve_model(args.model)
-    metrics = evaluate_model(args.model, prompts, Path(args.out), max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, dtype=args.dtype, judge=IFEvalJudge(),
-                             progress=not args.no_progress)
-    if metrics:  # the other ranks of an `accelerate launch` return none
-        print(json.dumps(metrics, sort_keys=True))
+    samples = generate(args.model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                       dtype=args.dtype, progress=not args.no_progress)
+    if samples is None:  # the other ranks of an `accelerate launch`
+        return 0
+    out = Path(args.out)
+    base = {"responses": baseline, "chars": np.array([len(r) for r in baseline])} if baseline else None
+
+    def judge():
+        out.mkdir(parents=True, exist_ok=True)
+        return CachedJudge(build_judge(spec), out / "judge_cache.sqlite" if spec.cache else None)
+
+    result, cols = score(prompts, [s.response for s in samples], metrics=metrics, judge=judge, base=base,
+                         reference=reference, bootstrap=args.bootstrap)
+    result["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
+    result["finished"] = float(np.mean([s.finished for s in samples]))
+    write_eval(out, prompts, samples, result, cols, generator=str(args.model))
+    print(json.dumps({k: v for k, v in result.items() if k != "intervals"}, sort_keys=True))
     return 0
 
 
 def cmd_score(args) -> int:
-    from sparring.data import load_prompts, load_responses
-    from sparring.judges.ifeval import evaluate
-    from sparring.loop import prompts_path
+    from collections import Counter
+
+    from sparring.judges.ifeval import IFEvalJudge, evaluate
+    from sparring.prompts import load_prompts
     from sparring.rundir import write_json
 
-    prompts = load_prompts(prompts_path(args.prompts))
-    responses = load_responses(args.responses)
-    missing = [p for p in prompts if p.prompt not in responses]
-    if missing:
-        raise UserError(f"{args.responses}: no response for prompt {missing[0].key} ({missing[0].prompt[:80]!r})"
-                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    metrics = evaluate(prompts, [responses[p.prompt] for p in prompts])
+    skipped: Counter = Counter()
+    prompts = load_prompts(args.prompts, skip_unsupported=args.skip_unsupported, skipped=skipped)
+    if skipped:
+        print(f"sparring: skipped {sum(skipped.values())} prompt(s) with instruction ids outside IFEval: "
+              + ", ".join(f"{k} ({v})" for k, v in skipped.most_common()), file=sys.stderr)
+    IFEvalJudge.check_prompts(prompts, args.prompts)
+    responses = _aligned(prompts, args.responses)
+    metrics = evaluate(prompts, responses)
+    if skipped:
+        metrics["skipped"] = dict(skipped)
     if args.out:
         write_json(args.out, metrics)
     print(json.dumps(metrics, sort_keys=True))
     return 0
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from sparring.evaluate import interval, judge_against, resamples
+    from sparring.judges import build_judge
+    from sparring.judges.cache import CachedJudge
+    from sparring.prompts import load_prompts
+    from sparring.rundir import write_json, write_text
+
+    _positive(args.bootstrap, "--bootstrap")
+    prompts = load_prompts(args.prompts)
+    a, b = _aligned(prompts, args.a), _aligned(prompts, args.b)
+    spec = judge_spec(args.overrides, prompts)
+    from sparring.judges import judge_class
+
+    judge_class(spec.name).check_prompts(prompts, args.prompts)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    judge = build_judge(spec)
+    try:
+        with CachedJudge(judge, out / "judge_cache.sqlite" if out is not None and spec.cache else None) as cj:
+            p = judge_against(_Progress(cj, not args.no_progress), prompts, a, b)
+    finally:
+        judge.close()
+    result = {"win_rate": float(p.mean()), "ci95": interval(p[resamples(len(p), args.bootstrap, 0)].mean(1)),
+              "n": len(p), "ties": int(np.sum(p == 0.5)), "judge": judge.id}
+    if out is not None:
+        write_json(out / "compare.json", result)
+        write_text(out / "verdicts.jsonl", "".join(json.dumps({"id": q.id, "p_a_beats_b": float(x)}) + "\n"
+                                                   for q, x in zip(prompts, p)))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+class _Progress:
+    """A CachedJudge whose preferences_many shows a progress bar."""
+
+    def __init__(self, cj, progress: bool):
+        self.cj, self.progress = cj, progress
+
+    def preferences_many(self, prompts, response_lists):
+        return self.cj.preferences_many(prompts, response_lists, progress=self.progress)
 
 
 def cmd_status(args) -> int:

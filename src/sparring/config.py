@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,9 +47,13 @@ class MethodConfig:
 
 @dataclass
 class PromptsConfig:
-    train: str = "shipped:train"  # a JSONL file in IFEval's input_data format, or shipped:NAME
+    # a prompt source: shipped:NAME, a .jsonl/.json/.parquet/.csv file, a datasets.save_to_disk directory
+    # (DIR[@SPLIT]) or hf:ORG/NAME[@SPLIT] (see sparring.prompts)
+    train: str = "shipped:train"
     heldout: str = "shipped:heldout"
     per_iteration: int = field(default=64, metadata=_range(1, None))  # a fresh slice each iteration
+    # column names of the sources for sparring's fields, e.g. {prompt: instruction}
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,9 +71,26 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    name: Literal["ifeval"] = "ifeval"
-    tau: float = field(default=0.1, metadata=_range(0, None, lo_open=True))  # P = σ(Δs/τ)
-    cache: bool = True
+    """Which judge says P(y_i ≻ y_j), and its settings (docs/judge.md). A key that does not apply to the
+    chosen judge is an error; the ones left unset take that judge's defaults (sparring.judges.settings)."""
+
+    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python"] = "ifeval"
+    tau: float | None = field(default=None, metadata=_range(0, None, lo_open=True))  # P = σ(Δs/τ), pointwise judges
+    cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
+    model: str | None = None  # reward_model / pairrm / llm: directory, hub id or alias; openai: the served name
+    revision: str | None = None  # a hub model's revision (branch, tag or commit)
+    dtype: Literal["bfloat16", "float32"] | None = None  # a local judge model's dtype
+    batch_size: int | None = field(default=None, metadata=_range(1, None))  # texts per forward pass
+    max_length: int | None = field(default=None, metadata=_range(8, None))  # tokens kept per judged text
+    mode: Literal["sppo", "direct"] | None = None  # pairrm: how its logits become P
+    template: str | None = None  # llm / openai: a pairwise template file replacing the built-in one
+    base_url: str | None = None  # openai: the endpoint, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: NAME of the environment variable holding the key
+    max_concurrency: int | None = field(default=None, metadata=_range(1, None))  # openai: requests in flight
+    timeout: float | None = field(default=None, metadata=_range(0, None, lo_open=True))  # openai: s per request
+    max_retries: int | None = field(default=None, metadata=_range(0, None))  # openai: retries per request
+    top_logprobs: int | None = field(default=None, metadata=_range(2, 20))  # openai: log-probs asked per token
+    function: str | None = None  # python: package.module:function
 
 
 @dataclass
@@ -86,10 +108,20 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Held-out evaluation of every policy (docs/evaluation.md)."""
+
     max_new_tokens: int = field(default=128, metadata=_range(1, None))
     batch_size: int = field(default=32, metadata=_range(1, None))
     limit: int | None = field(default=None, metadata=_range(1, None))  # first N held-out prompts
     base: bool = True  # also evaluate the starting policy (iteration table row 0, win-rate anchor)
+    greedy: bool = True  # greedy responses; false: sampled with generation.temperature / top_p
+    # which metrics; unset: ifeval (when the held-out prompts carry IFEval instructions), win_rate and
+    # length_controlled (against the base), win_rate_vs_reference (when eval.reference is set)
+    metrics: list[Literal["ifeval", "win_rate", "win_rate_vs_reference", "length_controlled"]] | None = None
+    judge: JudgeConfig | None = None  # the judge of the win rates; unset: the run's judge
+    reference: str | None = None  # responses to compare with (IFEval's or AlpacaEval's format)
+    bootstrap: int = field(default=1000, metadata=_range(100, None))  # resamples for the 95% intervals
+    bootstrap_seed: int = field(default=0, metadata=_range(0, None))
 
 
 @dataclass
@@ -101,7 +133,7 @@ class TrackingConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, None))
     iterations: int = field(default=2, metadata=_range(1, None))
     model: str = "smollm2-135m"  # embedded alias, HF model directory, or hub id
     runs_dir: str = "runs"
@@ -128,6 +160,17 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _check_value(key, value, inner, meta, where)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+            raise UserError(f"{where}: {key} = {value!r} must be a mapping of names to non-empty strings")
+        return dict(value)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `eval.metrics=win_rate` on the command line
+        if not isinstance(value, list):
+            raise UserError(f"{where}: {key} = {value!r} must be a list")
+        return [_check_value(f"{key}[{n}]", v, inner, {}, where) for n, v in enumerate(value)]
     if origin is Literal:
         allowed = typing.get_args(typ)
         if value not in allowed:
@@ -149,6 +192,8 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: {key} = {value!r} must be a number")
         value = float(value)
+        if not math.isfinite(value):  # .nan / .inf in YAML: nothing downstream can use them
+            raise UserError(f"{where}: {key} = {value!r} must be a finite number")
     elif typ is str:
         if not isinstance(value, str) or not value:
             raise UserError(f"{where}: {key} = {value!r} must be a non-empty string")
@@ -164,6 +209,20 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
     return value
 
 
+def _optional_dataclass(typ):
+    """C for a field typed `C | None` with C a dataclass (e.g. eval.judge), else None."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
+def build_section(cls, data: dict, prefix: str, where: str):
+    """One config section (a dataclass) from a mapping, validated like a whole config."""
+    return _build(cls, data, prefix, where)
+
+
 def _build(cls, data: dict, prefix: str, where: str):
     if not isinstance(data, dict):
         raise UserError(f"{where}: {prefix or 'config'} must be a mapping of keys to values, got {data!r}")
@@ -177,8 +236,11 @@ def _build(cls, data: dict, prefix: str, where: str):
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(prefix + k for k in fields)}"
             raise UserError(f"{where}: unknown key {full!r}{hint}")
         typ = hints[key]
+        inner = _optional_dataclass(typ)
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value, f"{full}.", where)
+        elif inner is not None:
+            kwargs[key] = None if value is None else _build(inner, value, f"{full}.", where)
         else:
             kwargs[key] = _check_value(full, value, typ, dict(fields[key].metadata), where)
     return cls(**kwargs)
@@ -208,6 +270,22 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         from sparring.generation import require_vllm
 
         require_vllm(where)
+    from sparring.judges.settings import check_judge_config
+
+    check_judge_config(cfg.judge, where)
+    if cfg.eval.judge is not None:
+        check_judge_config(cfg.eval.judge, where, prefix="eval.judge.")
+    if cfg.eval.reference is not None and not Path(cfg.eval.reference).expanduser().is_file():
+        raise UserError(f"{where}: eval.reference = {cfg.eval.reference!r}: no such response file")
+    if cfg.eval.metrics is not None:
+        if not cfg.eval.metrics:
+            raise UserError(f"{where}: eval.metrics is empty; name at least one of ifeval, win_rate, "
+                            "win_rate_vs_reference, length_controlled (or leave it unset)")
+        if "win_rate_vs_reference" in cfg.eval.metrics and cfg.eval.reference is None:
+            raise UserError(f"{where}: eval.metrics has win_rate_vs_reference but eval.reference is not set")
+        if {"win_rate", "length_controlled"} & set(cfg.eval.metrics) and not cfg.eval.base:
+            raise UserError(f"{where}: eval.metrics {sorted({'win_rate', 'length_controlled'} & set(cfg.eval.metrics))} "
+                            "compare with the base policy, which eval.base: false does not evaluate")
     if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
         raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
 

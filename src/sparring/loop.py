@@ -28,19 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from sparring.config import RunConfig, config_from_dict, diff_configs
-from sparring.data import PromptRecord, load_prompts, shipped_prompts
 from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
+from sparring.prompts import load_prompts
+from sparring.records import Prompt
 from sparring.rundir import RunDir, atomic_dir, write_json, write_parquet, write_text
 
 STAGES = ("generate", "judge", "rows", "train", "eval")
 
 
 # ------------------------------------------------------------------ setup
-
-
-def prompts_path(spec: str) -> Path:
-    return shipped_prompts(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
 
 
 def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
@@ -90,11 +87,13 @@ def load_run(root: Path) -> tuple[RunDir, RunConfig]:
 class Context:
     cfg: RunConfig
     rd: RunDir
-    train_prompts: list[PromptRecord]
-    heldout: list[PromptRecord]
+    train_prompts: list[Prompt]
+    heldout: list[Prompt]
     progress: bool = True
     log: Callable[[str], None] = print
 
+    eval_metrics: tuple[str, ...] = ()  # eval.metrics, resolved for the held-out prompts
+    reference: list[str] | None = None  # eval.reference's responses, aligned with the held-out prompts
     tracker: object = None  # an accelerate Accelerator with trackers, when tracking.log_with is set
     dist: Dist = field(default_factory=current)  # this process's rank among those of the run
 
@@ -140,23 +139,54 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -> Context:
     from sparring.methods import get_method
 
-    train_prompts = load_prompts(prompts_path(cfg.prompts.train))
+    train_prompts = load_prompts(cfg.prompts.train, fields=cfg.prompts.fields)
     if get_method(cfg.method.name).needs_reference_response:
-        lacking = [r for r in train_prompts if not r.reference_response]
+        lacking = [r for r in train_prompts if not r.reference]
         if lacking:
             raise UserError(
-                f"{prompts_path(cfg.prompts.train)}: method {cfg.method.name!r} trains on each prompt's ground-truth "
-                f"'reference_response', but {len(lacking)} of {len(train_prompts)} prompts have none "
-                f"(first: key {lacking[0].key})"
+                f"{cfg.prompts.train}: method {cfg.method.name!r} trains on each prompt's ground-truth "
+                f"reference response (a 'reference_response' column, or a trailing assistant turn), but "
+                f"{len(lacking)} of {len(train_prompts)} prompts have none (first: id {lacking[0].id!r})"
             )
-    heldout = load_prompts(prompts_path(cfg.prompts.heldout))
+    from sparring.judges import judge_class
+
+    judge_class(cfg.judge.name).check_prompts(train_prompts, cfg.prompts.train)
+    heldout = load_prompts(cfg.prompts.heldout, fields=cfg.prompts.fields)
     if cfg.eval.limit:
         heldout = heldout[: cfg.eval.limit]
+    metrics, reference = eval_plan(cfg, heldout)
     dist = current()
     # progress bars and log lines from rank 0 only: N copies of each would say nothing more
-    ctx = Context(cfg, rd, train_prompts, heldout, progress and dist.is_main, log if dist.is_main else _quiet, dist=dist)
+    ctx = Context(cfg, rd, train_prompts, heldout, progress and dist.is_main, log if dist.is_main else _quiet,
+                  eval_metrics=metrics, reference=reference, dist=dist)
     start_tracking(ctx)
     return ctx
+
+
+def eval_plan(cfg: RunConfig, heldout: list[Prompt]) -> tuple[tuple[str, ...], list[str] | None]:
+    """The evaluation metrics for these held-out prompts (eval.metrics, or the default set), and the
+    reference responses aligned with them; UserError before any work when they do not fit."""
+    from sparring.prompts import load_responses
+
+    has_instructions = all(p.meta.get("instruction_id_list") for p in heldout)
+    metrics = cfg.eval.metrics
+    if metrics is None:
+        metrics = (["ifeval"] if has_instructions else []) + (["win_rate", "length_controlled"] if cfg.eval.base else [])
+        metrics += ["win_rate_vs_reference"] if cfg.eval.reference else []
+    if "ifeval" in metrics and not has_instructions:
+        raise UserError(f"{cfg.prompts.heldout}: eval.metrics has ifeval, but the held-out prompts carry no IFEval "
+                        "instructions (instruction_id_list / kwargs); use win_rate, win_rate_vs_reference or "
+                        "length_controlled")
+    reference = None
+    if cfg.eval.reference:
+        by_prompt = load_responses(cfg.eval.reference)
+        missing = [p for p in heldout if p.text not in by_prompt]
+        if missing:
+            raise UserError(f"{cfg.eval.reference}: eval.reference has no response for held-out prompt "
+                            f"{missing[0].id!r} ({missing[0].text[:60]!r})"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        reference = [by_prompt[p.text] for p in heldout]
+    return tuple(dict.fromkeys(metrics)), reference
 
 
 def _quiet(line: str) -> None:
@@ -168,7 +198,7 @@ def policy_at(ctx: Context, t: int) -> str:
     return ctx.cfg.model if t == 0 else str(ctx.rd.iter_dir(t - 1) / "policy")
 
 
-def iteration_prompts(ctx: Context, t: int) -> list[PromptRecord]:
+def iteration_prompts(ctx: Context, t: int) -> list[Prompt]:
     """A fresh slice of the (seed-shuffled) training prompts each iteration, as the reference recipe
     trains each iteration on new prompts; wraps around when the set is used up."""
     order = np.random.default_rng(ctx.cfg.seed).permutation(len(ctx.train_prompts))
@@ -184,7 +214,8 @@ def iteration_prompts(ctx: Context, t: int) -> list[PromptRecord]:
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
     if cfg.eval.base:
-        run_stage(ctx, "base/eval", lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval"))
+        run_stage(ctx, "base/eval", lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval",
+                                                         generator=f"{cfg.name}/base"))
     for t in range(cfg.iterations):
         for name in STAGES:
             run_stage(ctx, f"iter_{t}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, t))
@@ -267,21 +298,21 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
             sampling = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
                         "batch_size": g.batch_size}
             if nash:  # K/2 own samples (with log μ), then K/2 opponents from the mixture
-                draws = [(iter_samples(model, tok, [p.prompt for p in part], k=g.k // 2, ref_model=mu, **sampling,
+                draws = [(iter_samples(model, tok, [p.messages for p in part], k=g.k // 2, ref_model=mu, **sampling,
                                        seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False),
-                         (iter_samples(model, tok, [p.prompt for p in part], k=g.k // 2, ref_model=mu,
+                         (iter_samples(model, tok, [p.messages for p in part], k=g.k // 2, ref_model=mu,
                                        mixture=ctx.cfg.method.mixture, **sampling,
                                        seed=_seed(ctx.cfg.seed, "opponent", t, s)), g.k // 2, True)]
             else:
-                draws = [(iter_samples(model, tok, [p.prompt for p in part], k=g.k, **sampling,
+                draws = [(iter_samples(model, tok, [p.messages for p in part], k=g.k, **sampling,
                                        seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False)]
             for batches, offset, opponent in draws:
                 for batch in batches:
                     for smp in batch:
                         rec = part[smp.prompt_index]
                         mu_logp = smp.ref_logp if mu is not None else (smp.logp if nash else None)
-                        rows.append({"prompt_id": str(rec.key), "prompt_index": s * g.shard_size + smp.prompt_index,
-                                     "sample_index": offset + smp.sample_index, "prompt": rec.prompt,
+                        rows.append({"prompt_id": rec.id, "prompt_index": s * g.shard_size + smp.prompt_index,
+                                     "sample_index": offset + smp.sample_index, "prompt": rec.text,
                                      "response": smp.response, "prompt_ids": smp.prompt_ids,
                                      "response_ids": smp.response_ids, "n_tokens": len(smp.response_ids),
                                      "logp": smp.logp, "finished": smp.finished, "opponent": opponent,
@@ -321,7 +352,7 @@ def _samples_schema():
     ])
 
 
-def _grouped_samples(ctx: Context, t: int) -> tuple[list[PromptRecord], list[dict]]:
+def _grouped_samples(ctx: Context, t: int) -> tuple[list[Prompt], list[dict]]:
     """Samples of iteration t grouped per prompt, in prompt order: (records, [{ids, responses...}])."""
     import pyarrow.parquet as pq
 
@@ -340,22 +371,31 @@ def _grouped_samples(ctx: Context, t: int) -> tuple[list[PromptRecord], list[dic
     return prompts, groups
 
 
-def make_judge(ctx: Context):
-    from sparring.judges.ifeval import IFEvalJudge
+def make_judge(ctx: Context, spec=None):
+    """The run's judge (or `spec`, another judge config), on this rank's device."""
+    from sparring.judges import build_judge
 
-    return IFEvalJudge(tau=ctx.cfg.judge.tau)
+    return build_judge(spec if spec is not None else ctx.cfg.judge, device=ctx.dist.device)
+
+
+def cached(ctx: Context, judge, use_cache: bool = True):
+    """`judge` behind the run's judge cache (or behind no cache: the same code, nothing stored)."""
+    from sparring.judges.cache import CachedJudge
+
+    return CachedJudge(judge, ctx.rd.root / "judge_cache.sqlite" if use_cache else None)
 
 
 def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
-    """Every pair of each prompt's samples. With N ranks on one node, prompt n is judged by rank
-    n mod N, all through the one judge cache (SQLite in WAL mode: concurrent readers, writers
-    serialised by its lock), and rank 0 gathers the matrices and writes them in prompt order. With
-    ranks on several nodes, rank 0 judges alone (WAL needs one host)."""
+    """Every pair of each prompt's samples, through the judge cache, with the judge's diagnostics. With
+    N ranks on one node, prompt n is judged by rank n mod N, all through the one judge cache (SQLite in
+    WAL mode: concurrent readers, writers serialised by its lock), and rank 0 gathers the matrices and
+    writes them in prompt order. With ranks on several nodes, rank 0 judges alone (WAL needs one host)."""
     import pyarrow as pa
+
+    from sparring.judges.diagnostics import diagnostics
 
     dist = ctx.dist
     prompts, groups = _grouped_samples(ctx, t)
-    judge = make_judge(ctx)
     # SQLite's WAL mode works only among processes of one host (not over a network file system):
     # across nodes, rank 0 judges every prompt through the cache and the other ranks wait
     split = dist.one_node or not ctx.cfg.judge.cache
@@ -363,50 +403,57 @@ def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         ctx.log(f"[iter_{t}/judge] ranks on several nodes: rank 0 judges every prompt through the judge cache")
     mine = dist.mine(range(len(prompts))) if split else range(len(prompts)) if dist.is_main else []
     records, responses = [prompts[n] for n in mine], [groups[n]["responses"] for n in mine]
-    if ctx.cfg.judge.cache:
-        from sparring.judges.cache import CachedJudge, JudgeCache
+    if ctx.cfg.judge.cache and dist.active:
+        from sparring.judges.cache import JudgeCache
 
-        path = ctx.rd.root / "judge_cache.sqlite"
-        if dist.active:
-            if dist.is_main:  # create the file (WAL mode, table) before N processes open it at once
-                JudgeCache(path).close()
-            dist.barrier()
-        mats, hits = [], 0
-        if records:
-            with CachedJudge(judge, path) as cached:
-                mats = cached.preferences_many(records, responses, progress=ctx.progress)
-                hits = cached.hits
-    else:
-        mats = [judge.preferences(r, resp) for r, resp in zip(records, responses)]
-        hits = 0
-    parts = dist.all_gather((mats, judge.calls, hits))
+        if dist.is_main:  # create the file (WAL mode, table) before N processes open it at once
+            JudgeCache(ctx.rd.root / "judge_cache.sqlite").close()
+        dist.barrier()
+    mats, orders, hits, stats = [], [], 0, {}
+    if records:
+        judge = make_judge(ctx)
+        try:
+            with cached(ctx, judge, ctx.cfg.judge.cache) as cj:
+                mats = cj.preferences_many(records, responses, progress=ctx.progress)
+                orders, hits = cj.orders, cj.hits
+        finally:
+            judge.close()
+        stats = dict(judge.stats)
+    parts = dist.all_gather((mats, orders, hits, stats))
     if not dist.is_main:
         return [], {}
     mats = merge_round_robin([p[0] for p in parts])  # unsplit: rank 0's list, the others' empty
-    calls, hits = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    orders = merge_round_robin([p[1] for p in parts])
+    hits = sum(p[2] for p in parts)
+    stats = {}
+    for p in parts:
+        for k, v in p[3].items():
+            stats[k] = stats.get(k, 0) + v
     rows = {"prompt_id": [], "i": [], "j": [], "p": []}
     for rec, mat in zip(prompts, mats):
         k = mat.shape[0]
         for i in range(k):
             for j in range(k):
-                rows["prompt_id"].append(str(rec.key))
+                rows["prompt_id"].append(rec.id)
                 rows["i"].append(i)
                 rows["j"].append(j)
                 rows["p"].append(float(mat[i, j]))
     out = ctx.rd.iter_dir(t) / "preferences.parquet"
     write_parquet(out, pa.table(rows, schema=pa.schema([("prompt_id", pa.string()), ("i", pa.int32()),
                                                          ("j", pa.int32()), ("p", pa.float64())])))
-    return [out], {"pairs": len(rows["p"]), "judge_calls": calls, "cache_hits": hits}
+    lengths = [[len(ids) for ids in g["response_ids"]] for g in groups]
+    return [out], {"pairs": len(rows["p"]), "judge_calls": int(stats.get("calls", 0)), "cache_hits": hits,
+                   **diagnostics(mats, lengths, orders, stats)}
 
 
-def _prefs_matrices(ctx: Context, t: int, prompts: list[PromptRecord], k: int) -> list[np.ndarray]:
+def _prefs_matrices(ctx: Context, t: int, prompts: list[Prompt], k: int) -> list[np.ndarray]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(ctx.rd.iter_dir(t) / "preferences.parquet").to_pydict()
-    mats = {str(r.key): np.full((k, k), np.nan) for r in prompts}
+    mats = {r.id: np.full((k, k), np.nan) for r in prompts}
     for pid, i, j, p in zip(table["prompt_id"], table["i"], table["j"], table["p"]):
         mats[pid][i, j] = p
-    return [mats[str(r.key)] for r in prompts]
+    return [mats[r.id] for r in prompts]
 
 
 def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
@@ -423,9 +470,9 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         from sparring.models import load_tokenizer
 
         tok = load_tokenizer(policy_at(ctx, t))
-        refs = [tok(r.reference_response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in prompts]
+        refs = [tok(r.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in prompts]
     nash = method.mixture_opponents
-    pgs = [PromptGroup(str(r.key), g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref,
+    pgs = [PromptGroup(r.id, g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref,
                        n_policy=g["n_policy"] if nash else None,
                        mu_logps=np.array(g["mu_logps"], dtype=float) if nash else None)
            for r, g, m, ref in zip(prompts, groups, mats, refs)]
@@ -447,7 +494,6 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
 
 def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     import pyarrow.parquet as pq
-    import torch
 
     from sparring.methods import get_method
     from sparring.models import load_model, load_tokenizer
@@ -500,70 +546,43 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
 
 
 def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:
-    return eval_stage(ctx, str(ctx.rd.iter_dir(t) / "policy"), ctx.rd.iter_dir(t) / "eval")
+    return eval_stage(ctx, str(ctx.rd.iter_dir(t) / "policy"), ctx.rd.iter_dir(t) / "eval",
+                      generator=f"{ctx.cfg.name}/iter_{t}")
 
 
-def eval_stage(ctx: Context, policy: str, out: Path) -> tuple[list[Path], dict]:
-    metrics = evaluate_model(policy, ctx.heldout, out, max_new_tokens=ctx.cfg.eval.max_new_tokens,
-                             batch_size=ctx.cfg.eval.batch_size, dtype=ctx.cfg.generation.dtype,
-                             backend=ctx.cfg.generation.backend,
-                             judge=make_judge(ctx), progress=ctx.progress,
-                             baseline=ctx.rd.root / "base" / "eval" / "responses.jsonl", dist=ctx.dist)
+def eval_stage(ctx: Context, policy: str, out: Path, generator: str) -> tuple[list[Path], dict]:
+    """Held-out responses of `policy` and every metric of `ctx.eval_metrics`, with intervals paired
+    against the base policy's results (sparring.evaluate)."""
+    from sparring.evaluate import generate, read_scores, score, write_eval
+
+    e = ctx.cfg.eval
+    samples = generate(policy, ctx.heldout, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                       dtype=ctx.cfg.generation.dtype, backend=ctx.cfg.generation.backend, greedy=e.greedy,
+                       temperature=ctx.cfg.generation.temperature, top_p=ctx.cfg.generation.top_p,
+                       seed=ctx.cfg.seed, progress=ctx.progress, dist=ctx.dist)
     if not ctx.dist.is_main:
         return [], {}
+    base_dir = ctx.rd.root / "base" / "eval"
+    base = read_scores(base_dir) if out != base_dir else None
+    if base is not None and len(base["responses"]) != len(samples):
+        ctx.log(f"[eval] {base_dir} holds {len(base['responses'])} responses for {len(samples)} prompts: "
+                "no comparison with the base")
+        base = None
+    judge_cfg = e.judge or ctx.cfg.judge
+
+    def judge():
+        return cached(ctx, make_judge(ctx, judge_cfg), judge_cfg.cache)
+
+    metrics, cols = score(ctx.heldout, [s.response for s in samples], metrics=ctx.eval_metrics, judge=judge,
+                          base=base, reference=ctx.reference, bootstrap=e.bootstrap, seed=e.bootstrap_seed)
+    metrics["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
+    metrics["finished"] = float(np.mean([s.finished for s in samples]))
+    write_eval(out, ctx.heldout, samples, metrics, cols, generator)
     return [out], metrics
 
 
 STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_stage, "train": train_stage,
                "eval": eval_stage_iter}
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-def evaluate_model(policy: str, prompts: list[PromptRecord], out: Path, *, max_new_tokens: int, batch_size: int,
-                   dtype: str = "bfloat16", judge=None, progress: bool = True, baseline: Path | None = None,
-                   dist: Dist | None = None, backend: str = "hf") -> dict:
-    """Greedy responses to `prompts` -> out/responses.jsonl (IFEval input_response_data) and
-    out/metrics.json (IFEval accuracies, mean length, and win rate against `baseline` responses).
-
-    With N ranks (`dist`), batch b of `batch_size` prompts is rank b mod N's; rank 0 gathers the
-    responses in prompt order, scores and writes them, and returns the metrics (the other ranks
-    return {}). Whole batches move, so every prompt is decoded in the batch (same padding, same
-    arithmetic) it has in one process: the responses are the same bits."""
-    from tqdm.auto import tqdm
-
-    from sparring.generation import load_sampler
-    from sparring.judges.ifeval import evaluate
-
-    dist = dist or current()
-    tok, model, iter_samples = load_sampler(policy, backend, dtype, device=dist.device)
-    batches = dist.mine([prompts[b : b + batch_size] for b in range(0, len(prompts), batch_size)])
-    done = []  # this rank's batches of samples
-    with tqdm(total=sum(map(len, batches)), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
-              dynamic_ncols=True) as bar:
-        for part in batches:
-            batch = [smp for b in iter_samples(model, tok, [p.prompt for p in part], k=1, max_new_tokens=max_new_tokens,
-                                               batch_size=batch_size, greedy=True) for smp in b]
-            done.append(batch)
-            bar.update(len(batch))
-    del model
-    samples = [s for batch in merge_round_robin(dist.all_gather(done)) for s in batch]
-    if not dist.is_main:
-        return {}
-    responses = [s.response for s in samples]
-    metrics = evaluate(prompts, responses)
-    metrics["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
-    metrics["finished"] = float(np.mean([s.finished for s in samples]))
-    if judge is not None and baseline is not None and baseline.exists() and baseline.parent != out:
-        base = [json.loads(line)["response"] for line in baseline.read_text().splitlines() if line.strip()]
-        if len(base) == len(responses):
-            metrics["win_rate_vs_base"] = float(np.mean([judge.preference(p, r, b) for p, r, b in zip(prompts, responses, base)]))
-    with atomic_dir(out) as tmp:
-        write_text(tmp / "responses.jsonl",
-                   "".join(json.dumps({"prompt": p.prompt, "response": r}) + "\n" for p, r in zip(prompts, responses)))
-        write_json(tmp / "metrics.json", metrics)
-    return metrics
 
 
 # ------------------------------------------------------------------ summary

@@ -135,12 +135,43 @@ def load_model(name: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[dtype]
-    with _quiet_loading():
+    with quiet_loading():
         return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch_dtype)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(name: str, revision: str | None = None) -> str:
+    """Stable text naming a model's weights, for judge ids: a local directory's name and a hash of its
+    files (names, sizes, and the contents of small files; the first and last 4 MiB of big ones, so a
+    14 GB checkpoint is not read whole at every judge stage), independent of where the directory is; a
+    hub id with its revision."""
+    path = Path(resolve_model(name))
+    if not path.is_dir():
+        return f"{name}@{revision or 'main'}"
+    key = (str(path.resolve()), revision)
+    if key not in _FINGERPRINTS:
+        import hashlib
+
+        h = hashlib.sha256()
+        block = 4 << 20
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(path)}\0{size}\0".encode())
+            with open(f, "rb") as fh:
+                if size <= 2 * block:
+                    h.update(fh.read())
+                else:
+                    h.update(fh.read(block))
+                    fh.seek(size - block)
+                    h.update(fh.read(block))
+        _FINGERPRINTS[key] = f"{name if name in EMBEDDED else path.name}#{h.hexdigest()[:16]}"
+    return _FINGERPRINTS[key]
+
+
 @contextmanager
-def _quiet_loading():
+def quiet_loading():
     """Hide transformers' per-tensor "Loading weights" bar: a run loads a model at every stage, and
     a second-long bar each time would bury the stage's own progress bar and log lines."""
     from transformers.utils import logging as hf_logging

@@ -1,11 +1,2 @@
-"""Prompt loading and the prompt sets shipped with sparring (ifeval_train.jsonl, ifeval_heldout.jsonl)."""
-
-from sparring.data.prompts import (
-    PromptRecord,
-    load_prompts,
-    load_responses,
-    shipped_prompts,
-    write_prompts,
-)
-
-__all__ = ["PromptRecord", "load_prompts", "load_responses", "shipped_prompts", "write_prompts"]
+"""The prompt sets shipped with sparring and the scripts that build them (build.py: the IFEval-style
+sets; build_chat.py: the open-ended chat set). Reading any prompt source: sparring.prompts."""

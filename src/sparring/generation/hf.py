@@ -27,14 +27,28 @@ class Sample:
     ref_logp: float | None = None  # log μ(response) under a reference decoded alongside (Nash-MD)
 
 
-def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a user turn followed by the assistant header, via the model's chat template."""
+def as_messages(prompt) -> list[dict]:
+    """The chat messages of a prompt given as a `Prompt`, a list of {"role", "content"}, or a plain
+    string (one user turn)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = getattr(prompt, "messages", prompt)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def chat_prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a conversation (the policy's chat template over every turn) followed by the
+    assistant header. Without a chat template, a one-turn prompt is its text as the tokenizer encodes it."""
+    messages = as_messages(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
+    if len(messages) != 1 or messages[0]["role"] != "user":
+        from sparring.errors import UserError
+
+        raise UserError("the policy's tokenizer has no chat template, so it can only take one-turn prompts; this "
+                        f"prompt has the turns {[m['role'] for m in messages]} (give the tokenizer a chat_template)")
+    return tokenizer(messages[0]["content"])["input_ids"]
 
 
 def batch_seed(seed: int, *parts: object) -> int:
@@ -265,7 +279,7 @@ def sample_batch_generate(
 def iter_samples(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence,
     *,
     k: int,
     max_new_tokens: int,
@@ -279,7 +293,8 @@ def iter_samples(
     ref_model=None,
     mixture: float = 0.0,
 ) -> Iterator[list[Sample]]:
-    """Yield the samples of consecutive batches of prompts (`batch_size` sequences per batch, i.e.
+    """Yield the samples of consecutive batches of prompts (each a `Prompt`, a list of chat messages or
+    a plain string; `batch_size` sequences per batch, i.e.
     batch_size // K prompts), starting at prompt `start`. Batch b covers a fixed slice of prompts
     and is seeded from (seed, first prompt index), so batches can be generated in any order or
     resumed and give the same samples.

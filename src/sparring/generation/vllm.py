@@ -234,7 +234,7 @@ def engine_for(policy: str, *, dtype: str = "bfloat16", seed: int = 0) -> VLLMEn
 def iter_samples(
     engine: VLLMEngine,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence,
     *,
     k: int,
     max_new_tokens: int,

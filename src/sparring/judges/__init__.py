@@ -1,16 +1,81 @@
-"""Judges: objects that say which of two responses to a prompt is better.
+"""Judges: which of two responses to a prompt is better, as a probability.
 
-A judge has a stable string `id` (its name and settings, used in cache keys) and
-`preferences(prompt_record, responses) -> [K, K]` array of P(y_i ≻ y_j); `IFEvalJudge` also gives
-per-response scores. See docs/judge.md.
+The contract (sparring.judges.base): a judge has a stable `id` and
+`preferences_many(prompts, response_lists) -> [K×K arrays]` with P[i, j] + P[j, i] = 1, P[i, i] = ½.
+`build_judge(spec)` makes one from the `judge:` mapping of a recipe (a `JudgeConfig` or a plain
+mapping with the same keys as the YAML). The judges (`judge.name`):
+
+  ifeval        verifiable IFEval instructions, a score per response (sparring.judges.ifeval)
+  reward_model  a Hugging Face sequence-classification reward model (sparring.judges.reward_model)
+  pairrm        PairRM on DeBERTa-v2 (sparring.judges.pairrm)
+  llm           a local causal LM asked "A or B?" in both orders (sparring.judges.llm)
+  openai        the same over an OpenAI-compatible Chat Completions endpoint (sparring.judges.openai)
+  python        your function `package.module:function` (sparring.judges.python)
+
+Adding a judge: a class with `from_config(cfg)` (cfg a `JudgeConfig`), `KEYS` (the config keys it
+reads) and the contract above (subclass `PointwiseJudge` or `PairwiseJudge` to get the adapters and the
+cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
 """
 
-from sparring.judges.ifeval import (
-    INSTRUCTIONS,
-    IFEvalJudge,
-    evaluate,
-    follow_instructions,
-    validate_instruction,
-)
+from __future__ import annotations
 
-__all__ = ["INSTRUCTIONS", "IFEvalJudge", "evaluate", "follow_instructions", "validate_instruction"]
+import importlib
+from collections.abc import Mapping
+
+from sparring.judges.base import Judge, PairwiseJudge, PointwiseJudge, both_orders, bradley_terry
+from sparring.judges.ifeval import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions, validate_instruction
+
+# name -> "module:Class"; imported when used, so `sparring --help` stays fast
+JUDGES: dict[str, str] = {
+    "ifeval": "sparring.judges.ifeval:IFEvalJudge",
+    "reward_model": "sparring.judges.reward_model:RewardModelJudge",
+    "pairrm": "sparring.judges.pairrm:PairRMJudge",
+    "llm": "sparring.judges.llm:LLMJudge",
+    "openai": "sparring.judges.openai:OpenAIJudge",
+    "python": "sparring.judges.python:PythonJudge",
+}
+
+
+def judge_class(name: str):
+    module, cls = JUDGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_judge(spec, where: str = "judge", device=None):
+    """A judge from a `JudgeConfig` or a mapping with its keys (validated like the recipe's `judge:`).
+    `device`: where a model judge runs (default: the process's device, see sparring.dist)."""
+    from sparring.config import JudgeConfig, build_section
+
+    cfg = spec if isinstance(spec, JudgeConfig) else build_section(JudgeConfig, dict(spec or {}), "judge.", where)
+    from sparring.judges.settings import check_judge_config
+
+    check_judge_config(cfg, where)
+    cls = judge_class(cfg.name)
+    if device is None:
+        from sparring.dist import current
+
+        device = current().device
+    return cls.from_config(cfg, device=device)
+
+
+def as_spec(value) -> Mapping:
+    from sparring.config import JudgeConfig
+
+    return value.to_dict() if isinstance(value, JudgeConfig) else dict(value)
+
+
+__all__ = [
+    "INSTRUCTIONS",
+    "JUDGES",
+    "IFEvalJudge",
+    "Judge",
+    "PairwiseJudge",
+    "PointwiseJudge",
+    "both_orders",
+    "bradley_terry",
+    "build_judge",
+    "evaluate",
+    "follow_instructions",
+    "judge_class",
+    "validate_instruction",
+]

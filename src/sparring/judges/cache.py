@@ -1,4 +1,4 @@
-"""A persistent judge cache: (judge id, prompt, response a, response b) -> P(a ≻ b).
+"""A persistent judge cache: (judge id, prompt, response a, response b) -> a probability.
 
 Judging is the stage a restarted or re-run iteration should not pay for twice, so its answers go to
 one SQLite file in the run directory (`judge_cache.sqlite`, see DESIGN.md) that survives kills and is
@@ -7,32 +7,36 @@ shared across runs and processes.
 Storage. One table `judge_prefs(key TEXT PRIMARY KEY, p REAL)`, WITHOUT ROWID. `key` is the sha256
 hex digest of the canonical JSON (sort_keys, separators (",", ":"), ensure_ascii, no NaN) of
 
-    ["sparring-judge-cache/1", judge_id, prompt, [[instruction_id, kwargs], ...], a, b]
+    ["sparring-judge-cache/2", judge_id, fingerprint(prompt), a, b]
 
-and `p` = P(a ≻ b). The prompt's instructions and their kwargs are part of the key because two
-prompts with the same text but different instructions get different verdicts; a kwargs dict is
-encoded with sorted keys (and a missing / null kwargs entry as {}), so key order does not matter.
-ASCII-only JSON and sha256 make the key identical across processes, machines and Python versions.
+with `fingerprint` the sha256 of the prompt's messages, reference response and task metadata
+(`sparring.records.fingerprint`: two prompts with the same text but other IFEval instructions get
+other verdicts, so the metadata is in it; the prompt's id is not, so a prompt shared by two prompt
+sets shares its entries). ASCII-only JSON and sha256 make the key identical across processes,
+machines and Python versions.
 
-Both orientations of a pair are stored, (a, b) -> P(a ≻ b) and (b, a) -> P(b ≻ a), so the cache gives
-back exactly the floats the judge produced, for any judge (deriving one side as 1 − p would change a
-judge whose two sides do not sum to 1 exactly in floating point by an ulp). The price is two rows
-(~100 bytes each) per pair. Identical responses a == b share one key for both orientations; the
-value stored is P[i, j] for i < j and the other side is read as 1 − p (0.5 for any sane judge).
+What `p` is depends on the judge's shape (sparring.judges.base):
+- a pairwise judge: the ordered query q(a, b) = P(a ≻ b | a shown first). Both orders are separate
+  entries, and only the ordered queries the cache lacks are asked;
+- any other judge: P(a ≻ b) itself. Both orientations are stored, (a, b) and (b, a), so the cache gives
+  back exactly the floats the judge produced. The judge is called on a prompt's whole response list
+  when any of its pairs is missing (a pointwise judge scores K responses, however many pairs are
+  missing). Identical responses a == b share one key; the value stored is P[i, j] for i < j and the
+  other side is read as 1 − p.
 
 Durability. The file is in WAL mode with synchronous=NORMAL: a transaction is all-or-nothing, a
 process killed in the middle of `put_many` leaves the previously committed state (the next opener
 rolls the partial WAL tail back), and a commit survives the death of the process (only a power loss
-can lose the last commits, never corrupt the file). Readers never block the writer and see committed
-snapshots only; a busy timeout lets several processes share the file (rank 0 writes, other ranks may
-read).
+can lose the last commits, never corrupt the file). Answers are committed in chunks as they arrive, so
+a stage that stops (killed, or a judge endpoint that gave up) keeps what it already paid for. Readers
+never block the writer and see committed snapshots only; a busy timeout lets several processes share
+the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,10 +47,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparring.errors import UserError
+from sparring.judges.base import complementary, is_pairwise, ordered_queries
+from sparring.records import Prompt, fingerprint
 
 __all__ = ["CachedJudge", "JudgeCache", "KEY_VERSION", "canonical_json", "pair_key"]
 
-KEY_VERSION = "sparring-judge-cache/1"
+KEY_VERSION = "sparring-judge-cache/2"
 
 _TABLE = "judge_prefs"
 _CHUNK = 500  # keys per SELECT ... IN (...): well under SQLite's host-parameter limit
@@ -62,24 +68,6 @@ def canonical_json(value: Any) -> str:
         raise ValueError(f"cannot encode {value!r} as canonical JSON for a cache key: {exc}") from None
 
 
-def _record_parts(record: Any) -> tuple[str, list]:
-    """(prompt text, [[instruction_id, kwargs], ...]) of a PromptRecord or a mapping like one."""
-    if isinstance(record, Mapping):
-        prompt = record["prompt"]
-        ids = record.get("instruction_id_list", ())
-        kwargs = record.get("kwargs", ())
-    else:
-        prompt = record.prompt
-        ids = record.instruction_id_list
-        kwargs = record.kwargs
-    if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    ids, kwargs = list(ids), list(kwargs)
-    if len(ids) != len(kwargs):
-        raise ValueError(f"instruction_id_list has {len(ids)} entries but kwargs has {len(kwargs)}")
-    return prompt, [[str(i), dict(kw or {})] for i, kw in zip(ids, kwargs)]
-
-
 def _check_response(response: Any) -> str:
     if not isinstance(response, str):
         raise ValueError(f"response must be a string, got {type(response).__name__}")
@@ -91,11 +79,10 @@ class _PromptKeyer:
     and each pair only appends its two encoded responses. Gives exactly `pair_key`'s digests (the
     canonical JSON of a list is its items' canonical JSON joined by "," inside "[...]")."""
 
-    def __init__(self, judge_id: str, record: Any):
+    def __init__(self, judge_id: str, prompt: Prompt):
         if not isinstance(judge_id, str) or not judge_id:
             raise ValueError(f"judge id must be a non-empty string, got {judge_id!r}")
-        prompt, instructions = _record_parts(record)
-        head = ",".join(canonical_json(x) for x in (KEY_VERSION, judge_id, prompt, instructions))
+        head = ",".join(canonical_json(x) for x in (KEY_VERSION, judge_id, fingerprint(prompt)))
         self._base = hashlib.sha256(("[" + head + ",").encode("ascii"))
         self._enc: dict[str, bytes] = {}
 
@@ -112,11 +99,10 @@ class _PromptKeyer:
         return h.hexdigest()
 
 
-def pair_key(judge_id: str, record: Any, a: str, b: str) -> str:
-    """Cache key of P(a ≻ b) under judge `judge_id` for the prompt `record` (a PromptRecord or a
-    mapping with prompt / instruction_id_list / kwargs). Order matters: key(a, b) ≠ key(b, a)."""
-    prompt, instructions = _record_parts(record)
-    payload = [KEY_VERSION, judge_id, prompt, instructions, _check_response(a), _check_response(b)]
+def pair_key(judge_id: str, prompt: Prompt, a: str, b: str) -> str:
+    """Cache key of the entry for (a, b) under judge `judge_id` for `prompt`. Order matters:
+    key(a, b) ≠ key(b, a)."""
+    payload = [KEY_VERSION, judge_id, fingerprint(prompt), _check_response(a), _check_response(b)]
     return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
 
 
@@ -271,33 +257,32 @@ class JudgeCache:
 
 
 class CachedJudge:
-    """Wraps any judge (`.id`, `.preferences(record, responses)`) with a `JudgeCache`.
+    """Wraps any judge with a `JudgeCache` (or with none: `cache=None` judges everything afresh through
+    the same code, so a run without the cache computes exactly what a run with it does).
 
-    `preferences(record, responses)` returns the wrapped judge's [K, K] matrix, looking every
-    off-diagonal pair up first. Only when some pair of the prompt is missing is the judge called,
-    on the prompt's whole response list (for `IFEvalJudge`, whose cost is one check per response,
-    that is the cheapest call: K responses scored, not one call per missing pair); the missing
-    pairs are then stored. A pair already cached keeps its cached value, so a re-run returns what
-    the first run returned. The diagonal is always 0.5.
+    `preferences_many(prompts, response_lists)` returns the judge's [K, K] matrices. Every entry is
+    looked up first (one batched lookup); only what is missing is asked, in chunks of `chunk` prompts
+    (or ordered queries) whose answers are committed as each chunk completes. A value already cached
+    keeps its cached value, so a re-run returns what the first run returned. The diagonal is ½.
 
-    `preferences_many(records, response_lists)` does the same for a whole stage with one batched
-    lookup and one write transaction. `hits` / `misses` count unordered pairs {i, j}, i < j:
-    found in the cache (or judged earlier in the same batch) / judged now.
+    After a call, `orders` holds, for a pairwise judge, each prompt's matrix of ordered queries
+    Q[i, j] = q(y_i, y_j) (NaN on the diagonal and for identical responses), for the diagnostics.
+    `hits` / `misses` count entries found / asked now (ordered queries for a pairwise judge,
+    unordered pairs {i, j} otherwise).
     """
 
-    def __init__(self, judge: Any, cache: JudgeCache | str | os.PathLike):
-        if not isinstance(getattr(judge, "id", None), str) or not callable(
-            getattr(judge, "preferences", None)
-        ):
-            raise TypeError(
-                "CachedJudge needs a judge with a string `.id` and a `.preferences(record, "
-                f"responses)` method, got {judge!r}"
-            )
+    def __init__(self, judge: Any, cache: JudgeCache | str | os.PathLike | None, *, chunk: int | None = None):
+        if not isinstance(getattr(judge, "id", None), str) or not callable(getattr(judge, "preferences_many", None)):
+            raise TypeError("CachedJudge needs a judge with a string `.id` and a `.preferences_many(prompts, "
+                            f"response_lists)` method, got {judge!r}")
         self.judge = judge
-        self._owns_cache = not isinstance(cache, JudgeCache)
-        self.cache = cache if isinstance(cache, JudgeCache) else JudgeCache(cache)
+        self.pairwise = is_pairwise(judge)
+        self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
+        self.cache = cache if cache is None or isinstance(cache, JudgeCache) else JudgeCache(cache)
+        self.chunk = chunk or (256 if self.pairwise else 64)
         self.hits = 0
         self.misses = 0
+        self.orders: list[np.ndarray] = []
 
     @property
     def id(self) -> str:
@@ -317,31 +302,80 @@ class CachedJudge:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def preferences(self, record: Any, responses: Sequence[str]) -> np.ndarray:
-        return self.preferences_many([record], [responses])[0]
+    def _get(self, keys: list[str]) -> dict[str, float]:
+        return self.cache.get_many(keys) if self.cache is not None else {}
 
-    def preferences_many(
-        self,
-        records: Sequence[Any],
-        response_lists: Sequence[Sequence[str]],
-        *,
-        progress: bool = False,
-    ) -> list[np.ndarray]:
+    def _put(self, items: dict[str, float]) -> None:
+        if self.cache is not None and items:
+            self.cache.put_many(items)
+
+    def preferences(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
+        return self.preferences_many([prompt], [responses])[0]
+
+    def preferences_many(self, prompts: Sequence[Prompt], response_lists: Sequence[Sequence[str]], *,
+                         progress: bool = False) -> list[np.ndarray]:
         """One [K_n, K_n] float64 matrix per prompt; see the class docstring."""
-        records = list(records)
+        prompts = list(prompts)
         response_lists = [list(r) for r in response_lists]
-        if len(records) != len(response_lists):
-            raise ValueError(
-                f"got {len(records)} prompts but {len(response_lists)} response lists; "
-                "they must be aligned"
-            )
-        judge_id = self.judge.id
+        if len(prompts) != len(response_lists):
+            raise ValueError(f"got {len(prompts)} prompts but {len(response_lists)} response lists; "
+                             "they must be aligned")
+        if self.pairwise:
+            return self._pairwise(prompts, response_lists, progress)
+        return self._whole_lists(prompts, response_lists, progress)
 
-        # Keys of every ordered pair (i, j), i != j, of every prompt; then one lookup for all.
+    # -- pairwise judges: ordered queries ----------------------------------------------------------
+
+    def _pairwise(self, prompts, response_lists, progress) -> list[np.ndarray]:
+        judge_id = self.judge.id
+        queries, where = ordered_queries(prompts, response_lists)
+        keyers = [_PromptKeyer(judge_id, p) for p in prompts]
+        keys = [keyers[n].key(a, b) for (n, _, _), (_, a, b) in zip(where, queries)]
+        known = self._get(keys)
+        # missing entries, each asked once (the same prompt and responses twice in a batch share keys)
+        first_of: dict[str, int] = {}
+        todo = [m for m, key in enumerate(keys) if key not in known and first_of.setdefault(key, m) == m]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        bar = tqdm(total=len(todo), desc="judging", unit="query", disable=not progress or not todo,
+                   dynamic_ncols=True)
+        try:
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start : start + self.chunk]
+                fresh: dict[str, float] = {}
+
+                def keep(n: int, q: float, part=part, fresh=fresh) -> None:
+                    fresh[keys[part[n]]] = _check_probability(keys[part[n]], q)
+                    bar.update(1)
+
+                try:
+                    answers = self.judge.compare_many([queries[m] for m in part], on_result=keep)
+                finally:  # what arrived before a failure is kept (the rerun asks only for the rest)
+                    self._put(fresh)
+                    known.update(fresh)
+                if len(answers) != len(part):
+                    raise ValueError(f"judge {judge_id} answered {len(answers)} of {len(part)} queries")
+                for m, q in zip(part, answers):
+                    if keys[m] not in fresh:  # a judge that does not call on_result
+                        known[keys[m]] = _check_probability(keys[m], q)
+                        self._put({keys[m]: known[keys[m]]})
+                        bar.update(1)
+        finally:
+            bar.close()
+        Qs = [np.full((len(r), len(r)), np.nan) for r in response_lists]
+        for (n, i, j), key in zip(where, keys):
+            Qs[n][i, j] = known[key]
+        self.orders = Qs
+        return [self.judge.combine(Q) for Q in Qs]
+
+    # -- every other judge: whole response lists ---------------------------------------------------
+
+    def _whole_lists(self, prompts, response_lists, progress) -> list[np.ndarray]:
+        judge_id = self.judge.id
         plans: list[list[tuple[int, int, str, str]]] = []
         wanted: list[str] = []
-        for record, responses in zip(records, response_lists):
-            keyer = _PromptKeyer(judge_id, record)
+        for prompt, responses in zip(prompts, response_lists):
+            keyer = _PromptKeyer(judge_id, prompt)
             plan = []
             for i in range(len(responses)):
                 for j in range(i + 1, len(responses)):
@@ -349,42 +383,48 @@ class CachedJudge:
                     kij = keyer.key(a, b)
                     kji = kij if a == b else keyer.key(b, a)
                     plan.append((i, j, kij, kji))
-                    wanted.append(kij)
-                    wanted.append(kji)
+                    wanted += [kij, kji]
             plans.append(plan)
-        known = self.cache.get_many(wanted)
-
-        new: dict[str, float] = {}
-        out: list[np.ndarray] = []
-        bar = tqdm(total=len(records), desc="judging", unit="prompt", disable=not progress)
+        known = self._get(wanted)
+        need, pending = [], set()
+        for n, plan in enumerate(plans):
+            missing_pairs = [q for q in plan if q[2] not in known or q[3] not in known]
+            missing = {key for q in missing_pairs for key in q[2:] if key not in known}
+            if missing - pending:  # else an earlier prompt of this batch (the same again) judges them all
+                need.append(n)
+                pending |= missing
+                self.misses += len(missing_pairs)
+                self.hits += len(plan) - len(missing_pairs)
+            else:
+                self.hits += len(plan)
+        bar = tqdm(total=len(need), desc="judging", unit="prompt", disable=not progress or not need,
+                   dynamic_ncols=True)
         try:
-            for record, responses, plan in zip(records, response_lists, plans):
-                k = len(responses)
-                missing = [q for q in plan if q[2] not in known or q[3] not in known]
-                P = np.full((k, k), 0.5, dtype=np.float64)
-                if missing:
-                    fresh = np.asarray(self.judge.preferences(record, responses), dtype=np.float64)
+            for start in range(0, len(need), self.chunk):
+                part = need[start : start + self.chunk]
+                mats = self.judge.preferences_many([prompts[n] for n in part], [response_lists[n] for n in part])
+                new: dict[str, float] = {}
+                for n, fresh in zip(part, mats):
+                    k = len(response_lists[n])
+                    fresh = np.asarray(fresh, dtype=np.float64)
                     if fresh.shape != (k, k):
-                        raise ValueError(
-                            f"judge {judge_id} returned a matrix of shape {fresh.shape} for "
-                            f"{k} responses"
-                        )
-                    for i, j, kij, kji in missing:
-                        known[kij] = new[kij] = float(fresh[i, j])
-                        if kji != kij:
-                            known[kji] = new[kji] = float(fresh[j, i])
-                self.hits += len(plan) - len(missing)
-                self.misses += len(missing)
-                for i, j, kij, kji in plan:
-                    P[i, j] = known[kij]
-                    P[j, i] = known[kji] if kji != kij else 1.0 - known[kij]
-                out.append(P)
-                bar.update(1)
-                if progress:
-                    bar.set_postfix(hits=self.hits, misses=self.misses, refresh=False)
+                        raise ValueError(f"judge {judge_id} returned a matrix of shape {fresh.shape} for {k} responses")
+                    for i, j, kij, kji in plans[n]:
+                        if kij not in known or kji not in known:
+                            known[kij] = new[kij] = float(fresh[i, j])
+                            if kji != kij:
+                                known[kji] = new[kji] = float(fresh[j, i])
+                self._put(new)
+                bar.update(len(part))
         finally:
             bar.close()
-        # One transaction for the whole batch: a kill before this line loses this batch's new
-        # verdicts (they are recomputed on the re-run), never leaves a partial batch.
-        self.cache.put_many(new)
+        out: list[np.ndarray] = []
+        for responses, plan in zip(response_lists, plans):
+            k = len(responses)
+            P = np.full((k, k), 0.5, dtype=np.float64)
+            for i, j, kij, kji in plan:
+                P[i, j] = known[kij]
+                P[j, i] = known[kji] if kji != kij else complementary(known[kij])[1]
+            out.append(P)
+        self.orders = []
         return out

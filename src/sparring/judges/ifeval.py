@@ -1,7 +1,7 @@
 """IFEval scoring (strict and loose) and the verifiable-instruction judge.
 
-A prompt record carries `instruction_id_list` and one kwargs dict per instruction (see
-`sparring.data.prompts.PromptRecord`); a response follows an instruction if the instruction's checker
+A prompt carries IFEval's `instruction_id_list` and one kwargs dict per instruction in its `meta`
+(see `sparring.records.Prompt`); a response follows an instruction if the instruction's checker
 (`ifeval_checks.INSTRUCTIONS`) accepts it. Metrics are IFEval's: prompt-level accuracy (all of a
 prompt's instructions followed) and instruction-level accuracy (over all instructions), each strict
 (the response as written) and loose (the best of eight edited versions of it).
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from sparring.errors import UserError
+from sparring.judges.base import PointwiseJudge, bradley_terry, win_probability
 from sparring.judges.ifeval_checks import (
     INSTRUCTIONS,
     UNSUPPORTED,
@@ -38,16 +40,18 @@ __all__ = [
     "evaluate",
     "follow_instructions",
     "loose_variants",
+    "parse_instructions",
     "validate_instruction",
 ]
 
 
 def _record_parts(record: Any) -> tuple[str, Sequence[str], Sequence[Mapping[str, Any] | None]]:
-    """(prompt, instruction ids, kwargs) of a PromptRecord or of a mapping with the same keys."""
+    """(prompt text, instruction ids, kwargs) of a `Prompt` (from its meta) or of a mapping with IFEval's
+    keys (prompt, instruction_id_list, kwargs)."""
     if isinstance(record, Mapping):
         prompt, ids, kwargs = record["prompt"], record["instruction_id_list"], record["kwargs"]
     else:
-        prompt, ids, kwargs = record.prompt, record.instruction_id_list, record.kwargs
+        prompt, ids, kwargs = record.text, record.meta.get("instruction_id_list", ()), record.meta.get("kwargs", ())
     if len(ids) != len(kwargs):
         raise ValueError(
             f"instruction_id_list has {len(ids)} entries but kwargs has {len(kwargs)}"
@@ -86,7 +90,7 @@ def evaluate(prompt_records: Sequence[Any], responses: Sequence[str] | Mapping[s
     """IFEval's four accuracies over a set of prompts.
 
     `responses` is either a list aligned with `prompt_records` or a mapping prompt -> response (what
-    `sparring.data.prompts.load_responses` returns; IFEval matches responses to prompts by text).
+    `sparring.prompts.load_responses` returns; IFEval matches responses to prompts by text).
     Returns {"prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose", "n"}:
     prompt-level = fraction of prompts whose instructions are all followed; instruction-level =
     followed instructions / all instructions; n = number of prompts.
@@ -128,63 +132,103 @@ def evaluate(prompt_records: Sequence[Any], responses: Sequence[str] | Mapping[s
     }
 
 
-def _win_probability(diff: float) -> tuple[float, float]:
-    """(σ(diff), σ(−diff)) computed so that the two add up to exactly 1 in floating point: the
-    larger one is σ(|diff|) ∈ [0.5, 1] and the smaller is 1 minus it, which is exact there."""
-    hi = 1.0 / (1.0 + math.exp(-abs(diff)))
-    lo = 1.0 - hi
-    return (hi, lo) if diff >= 0 else (lo, hi)
-
-
-class IFEvalJudge:
+class IFEvalJudge(PointwiseJudge):
     """Verifiable-instruction judge: score = fraction of instructions followed (strict IFEval),
     preference P(a ≻ b) = σ((s_a − s_b)/τ).
 
-    `calls` counts scored responses (one per response, however many pairs it is in), so a caching
-    layer can be checked against it.
+    `stats["calls"]` counts scored responses (one per response, however many pairs it is in), so a
+    caching layer can be checked against it.
     """
 
     name = "ifeval-v1"
 
     def __init__(self, tau: float = 0.1):
+        super().__init__()
         if isinstance(tau, bool) or not isinstance(tau, (int, float)):
             raise ValueError(f"tau must be a positive number, got {tau!r}")
         tau = float(tau)
         if not math.isfinite(tau) or tau <= 0:
             raise ValueError(f"tau must be a positive finite number, got {tau!r}")
         self.tau = tau
-        self.calls = 0
 
     @property
     def id(self) -> str:
         """Stable identifier of the judge and its settings (part of judge-cache keys)."""
         return f"{self.name}:tau={self.tau!r}"
 
+    @classmethod
+    def from_config(cls, cfg, device=None) -> IFEvalJudge:
+        return cls(tau=cfg.tau)
+
+    @property
+    def calls(self) -> int:
+        return int(self.stats.get("calls", 0))
+
     def __repr__(self) -> str:
         return f"IFEvalJudge(tau={self.tau!r})"
+
+    @staticmethod
+    def check_prompts(prompts, label: str) -> None:
+        lacking = [p for p in prompts if not p.meta.get("instruction_id_list")]
+        if lacking:
+            raise UserError(
+                f"{label}: judge 'ifeval' scores the IFEval instructions of each prompt (instruction_id_list and "
+                f"kwargs), but {len(lacking)} of {len(prompts)} prompts carry none (first: id {lacking[0].id!r}); "
+                "use an IFEval-style prompt set or another judge (reward_model, pairrm, llm, openai, python)")
 
     def score(self, prompt_record: Any, response: str) -> float:
         """Fraction of the record's instructions that `response` follows (strict); 1.0 for a record
         without instructions."""
         followed = follow_instructions(prompt_record, response, loose=False)
-        self.calls += 1
+        self.stats.add(calls=1)
         return sum(followed) / len(followed) if followed else 1.0
 
     def scores(self, prompt_record: Any, responses: Sequence[str]) -> list[float]:
         return [self.score(prompt_record, r) for r in responses]
 
+    def scores_many(self, prompts, response_lists) -> list[np.ndarray]:
+        return [np.asarray(self.scores(p, list(r)), dtype=np.float64) for p, r in zip(prompts, response_lists)]
+
     def preference(self, prompt_record: Any, a: str, b: str) -> float:
         """P(a ≻ b) = σ((s_a − s_b)/τ); exactly 0.5 when the scores are equal."""
         s_a, s_b = self.scores(prompt_record, [a, b])
-        return _win_probability((s_a - s_b) / self.tau)[0]
+        return win_probability((s_a - s_b) / self.tau)[0]
 
     def preferences(self, prompt_record: Any, responses: Sequence[str]) -> np.ndarray:
         """[K, K] float64 matrix P[i, j] = P(y_i ≻ y_j); diagonal exactly 0.5 and P + Pᵀ = 1
         exactly. Each response is scored once."""
-        s = self.scores(prompt_record, list(responses))
-        k = len(s)
-        P = np.full((k, k), 0.5, dtype=np.float64)
-        for i in range(k):
-            for j in range(i + 1, k):
-                P[i, j], P[j, i] = _win_probability((s[i] - s[j]) / self.tau)
-        return P
+        return bradley_terry(self.scores(prompt_record, list(responses)), self.tau)
+
+
+def parse_instructions(where: str, ids: Any, kwargs: Any, columns: Mapping[str, str],
+                       skip_unsupported: bool = False) -> dict | None:
+    """A prompt row's IFEval instructions, validated: {"instruction_id_list": [...], "kwargs": [...]}
+    for the prompt's meta, or None when the row uses an id sparring does not know and
+    `skip_unsupported` is set. UserError naming the row (`where`) and the column otherwise."""
+    id_col, kw_col = columns.get("instruction_id_list", "instruction_id_list"), columns.get("kwargs", "kwargs")
+    if ids is None:
+        raise UserError(f"{where}: column {kw_col!r} is set but {id_col!r} is missing")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise UserError(f"{where}: column {id_col!r} must be a list of strings, got {ids!r}")
+    if kwargs is None:
+        kwargs = [{} for _ in ids]
+    if not isinstance(kwargs, list):
+        raise UserError(f"{where}: column {kw_col!r} must be a list of objects, got {type(kwargs).__name__}")
+    if len(ids) != len(kwargs):
+        raise UserError(f"{where}: {id_col} has {len(ids)} entries but {kw_col} has {len(kwargs)}; they must have "
+                        "the same length (one kwargs object per instruction)")
+    clean_kwargs = []
+    for i, (instruction_id, kw) in enumerate(zip(ids, kwargs)):
+        if kw is not None and not isinstance(kw, Mapping):
+            raise UserError(f"{where}: {kw_col}[{i}] (for {instruction_id!r}) must be an object, "
+                            f"got {type(kw).__name__}")
+        if skip_unsupported and instruction_id not in INSTRUCTIONS:
+            return None
+        try:
+            clean = normalize_kwargs(instruction_id, kw)
+        except ValueError as exc:
+            problem = str(exc).removeprefix(f"{instruction_id}: ")
+            raise UserError(f"{where}: instruction {i} ({instruction_id!r}): {problem}") from None
+        # the values as written (minus nulls); normalisation is redone at check time
+        clean_kwargs.append({k: v for k, v in (kw or {}).items() if v is not None and k in clean})
+    return {"instruction_id_list": list(ids), "kwargs": clean_kwargs}

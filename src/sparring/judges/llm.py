@@ -1,0 +1,111 @@
+"""`llm`: a local causal LM as a pairwise judge (any HF model, the embedded `smollm2-135m` included).
+
+For each ordered pair the judge model reads the rendered template (sparring.judges.pairwise) under its
+own chat template, and the next-token log-probs of the label tokens "A" and "B" at the assistant's
+first position give q = σ(lp_A − lp_B) (exact soft labels: every label is in the full distribution,
+so a local judge never abstains). Queries are batched, left-padded and sorted by length; a judging text
+longer than `judge.max_length` tokens keeps its last `max_length` tokens (the question and both
+responses' ends), counted in the stats as `truncated`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparring.errors import UserError
+from sparring.judges.base import PairwiseJudge
+from sparring.judges.pairwise import LABELS, compile_template, load_template, render, soft_label, template_hash
+
+
+class LLMJudge(PairwiseJudge):
+    KEYS = ("model", "revision", "dtype", "batch_size", "max_length", "template")
+
+    def __init__(self, model: str, *, revision: str | None = None, dtype: str = "bfloat16", batch_size: int = 8,
+                 max_length: int = 2048, template: str | None = None, device="cpu"):
+        super().__init__()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sparring.models import model_fingerprint, quiet_loading, resolve_model
+
+        path = resolve_model(model)
+        text = load_template(template)
+        self.template = compile_template(text)
+        self.batch_size, self.max_length = batch_size, max_length
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path, revision=revision)
+            with quiet_loading():
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    path, revision=revision, dtype={"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype])
+        except (OSError, ValueError) as exc:
+            raise UserError(f"judge.model = {model!r}: cannot load it as a causal LM ({exc})") from None
+        self.model.to(device).eval()
+        if not getattr(self.tok, "chat_template", None):
+            raise UserError(f"judge.model = {model!r}: its tokenizer has no chat template, which the llm judge "
+                            "needs to ask its question")
+        self.label_ids = []
+        for label in LABELS:
+            ids = self.tok(label, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise UserError(f"judge.model = {model!r}: the label {label!r} is {len(ids)} tokens in its tokenizer; "
+                                "the llm judge needs single-token labels")
+            self.label_ids.append(ids[0])
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.id = (f"llm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:template={template_hash(text)}"
+                   f":max_length={max_length}")
+
+    @classmethod
+    def from_config(cls, cfg, device="cpu") -> LLMJudge:
+        return cls(cfg.model, revision=cfg.revision, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                   max_length=cfg.max_length, template=cfg.template, device=device)
+
+    def _ids(self, prompt, first: str, second: str) -> list[int]:
+        content = render(self.template, prompt, first, second)
+        text = self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                            add_generation_prompt=True)
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_length:
+            self.stats.add(truncated=1)
+            ids = ids[-self.max_length :]
+        return ids
+
+    def compare_many(self, queries, on_result=None) -> list[float]:
+        import torch
+
+        from sparring.generation.hf import left_pad
+
+        rows = [self._ids(p, a, b) for p, a, b in queries]
+        order = sorted(range(len(rows)), key=lambda n: -len(rows[n]))  # similar lengths share a batch
+        out = [0.0] * len(rows)
+        device = self.model.device
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                part = order[start : start + self.batch_size]
+                ids, mask = (t.to(device) for t in left_pad([rows[n] for n in part], self.pad_id))
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)[:, self.label_ids].double().cpu().numpy()
+                for n, (lp_a, lp_b) in zip(part, lp):
+                    out[n] = soft_label(float(lp_a), float(lp_b))
+        self.stats.add(queries=len(rows))
+        if on_result is not None:
+            for n, q in enumerate(out):
+                on_result(n, q)
+        return out
+
+    def close(self) -> None:
+        del self.model
+        import gc
+
+        gc.collect()
+
+
+def label_logprobs(judge: LLMJudge, prompt, first: str, second: str) -> np.ndarray:
+    """(lp_A, lp_B) of one ordered query, computed alone (no batching): for tests and inspection."""
+    import torch
+
+    ids = torch.tensor([judge._ids(prompt, first, second)], device=judge.model.device)
+    with torch.inference_mode():
+        logits = judge.model(input_ids=ids).logits[0, -1].float()
+    return torch.log_softmax(logits, dim=-1)[judge.label_ids].double().cpu().numpy()
