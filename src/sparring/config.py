@@ -94,8 +94,22 @@ class JudgeConfig:
 
 
 @dataclass
+class MarsConfig:
+    """MARS's own settings (train.optimizer: mars; sparring.mars, Yuan et al. 2024, arXiv 2411.10438)."""
+
+    beta1: float = field(default=0.95, metadata=_range(0, 1, hi_open=True))
+    beta2: float = field(default=0.99, metadata=_range(0, 1, hi_open=True))
+    gamma: float = field(default=0.025, metadata=_range(0, None))  # weight of the gradient correction
+    eps: float = field(default=1e-8, metadata=_range(0, None))
+    lr_1d: float | None = field(default=None, metadata=_range(0, None))  # tensors that are not 2-D; unset: train.lr
+    beta1_1d: float = field(default=0.9, metadata=_range(0, 1, hi_open=True))
+    beta2_1d: float = field(default=0.95, metadata=_range(0, 1, hi_open=True))
+    weight_decay_1d: float = field(default=0.1, metadata=_range(0, None))
+
+
+@dataclass
 class TrainConfig:
-    optimizer: Literal["adamw", "rmsprop", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "rmsprop", "sgd", "mars"] = "adamw"
     lr: float = field(default=1e-5, metadata=_range(0, None, lo_open=True))
     epochs: int = field(default=1, metadata=_range(1, None))
     batch_size: int = field(default=8, metadata=_range(1, None))  # rows per optimizer step
@@ -104,6 +118,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0, None))
     max_grad_norm: float = field(default=1.0, metadata=_range(0, None))  # 0 disables clipping
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast, fp32 weights and log-softmax
+    mars: MarsConfig = field(default_factory=MarsConfig)  # used when optimizer is mars
 
 
 @dataclass

@@ -177,11 +177,22 @@ def _batches(n_rows: int, batch_size: int, epochs: int, seed: int) -> Iterator[n
 
 
 def make_optimizer(params, cfg):
+    if cfg.optimizer == "mars":
+        from sparring.mars import make_mars
+
+        m = cfg.mars
+        options = dict(betas=(m.beta1, m.beta2), gamma=m.gamma, eps=m.eps, betas_1d=(m.beta1_1d, m.beta2_1d),
+                       weight_decay_1d=m.weight_decay_1d)
+        if m.lr_1d is not None:
+            options["lr_1d"] = m.lr_1d
+        return make_mars(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # the SPPO reference recipe's optimizer
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer = {cfg.optimizer!r} is not known")
 
 
 def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
