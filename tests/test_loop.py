@@ -217,3 +217,24 @@ def test_results_table_shows_every_stage_time(tmp_path, capsys):
         assert text in cells
     assert cells.index("generate=110") < cells.index("train=207") < cells.index("eval=54")
     assert " 372 " in cells  # 110.2 + 0.01 + 0.02 + 207.1 + 54.3, rounded
+
+
+def test_results_table_shows_intervals_and_the_paired_difference(tmp_path, capsys):
+    from sparring.commands import print_summary
+
+    iv1 = {"prompt_strict": {"value": 0.5, "ci95": [0.41, 0.59], "delta": 0.108, "delta_ci95": [0.033, 0.183],
+                             "significant": True},
+           "win_rate_vs_base": {"value": 0.566, "ci95": [0.51, 0.62]}}
+    iv2 = {"prompt_strict": {"value": 0.4, "ci95": [0.31, 0.49], "delta": 0.008, "delta_ci95": [-0.05, 0.07],
+                             "significant": False}}
+    summary = {"method": "sppo", "model": "m", "iterations": [
+        {"iteration": 0, "prompt_strict": 0.392, "win_rate_vs_base": 0.5, "mean_response_tokens": 88,
+         "intervals": {"prompt_strict": {"value": 0.392, "ci95": [0.30, 0.48]}}, "seconds": {"eval": 1.0}},
+        {"iteration": 1, "prompt_strict": 0.5, "win_rate_vs_base": 0.566, "mean_response_tokens": 80,
+         "intervals": iv1, "seconds": {"eval": 1.0}},
+        {"iteration": 2, "prompt_strict": 0.4, "mean_response_tokens": 80, "intervals": iv2, "seconds": {"eval": 1.0}}]}
+    print_summary(summary, type("RD", (), {"root": tmp_path})())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "50.0% [41.0, 59.0]" in out and "56.6% [51.0, 62.0]" in out and "39.2% [30.0, 48.0]" in out
+    assert "+10.8 [+3.3, +18.3] *" in out  # the interval excludes 0: marked
+    assert "+0.8 [-5.0, +7.0]" in out and "+7.0] *" not in out

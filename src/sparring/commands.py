@@ -89,6 +89,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("status", help="table of stages per iteration of a run (done, running, missing) with timings")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--verify", action="store_true",
+                   help="also check every recorded output against its sha256 in the manifest (exit 2 if one is damaged)")
     p.set_defaults(func=cmd_status)
 
 
@@ -120,9 +122,15 @@ def cmd_run(args) -> int:
         config, overrides = _split_config_arg(args.config, args.overrides)
         cfg = load_config(config, overrides)
         if args.name:
+            from sparring.rundir import check_name
+
+            check_name(args.name, "--name")
             cfg.name = args.name
         root = Path(cfg.runs_dir) / cfg.name
     if args.dry_run:
+        from sparring.loop import load_inputs
+
+        load_inputs(cfg)  # the model, the prompt sets, the judge's and the evaluation's needs, the tracker
         print_plan(cfg, root)
         return 0
     return run_and_report(cfg, root, force=args.force, progress=not args.no_progress)
@@ -139,12 +147,14 @@ def cmd_demo(args) -> int:
 
 
 def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) -> int:
-    """Open (or resume) the run, run every stage not done yet, print the results table."""
+    """Validate every input, then open (or resume) the run, run every stage not done yet, print the
+    results table. Nothing is written to the run directory before the inputs validate."""
     from sparring.dist import current
-    from sparring.loop import make_context, open_run, run
+    from sparring.loop import load_inputs, make_context, open_run, run
 
+    inputs = load_inputs(cfg)
     rd = open_run(cfg, root, force=force)
-    summary = run(make_context(cfg, rd, progress=progress))
+    summary = run(make_context(cfg, rd, progress=progress, inputs=inputs))
     if current().is_main:  # under `accelerate launch`, one table, not one per rank
         print_summary(summary, rd)
     return 0
@@ -156,12 +166,15 @@ def print_plan(cfg, root: Path) -> None:
 
     m = get_method(cfg.method.name)
     g, tr = cfg.generation, cfg.train
+    j = cfg.judge
+    settings = {k: v for k, v in vars(j).items() if k != "name" and v is not None}
     lines = [
         f"run directory : {root}",
         f"model         : {cfg.model}",
         f"method        : {m.name} — {m.description}",
         f"loss params   : beta={cfg.method.beta}",
-        f"judge         : {cfg.judge.name} (tau={cfg.judge.tau}, cache={'on' if cfg.judge.cache else 'off'})",
+        f"judge         : {j.name} (" + ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}"
+                                           for k, v in settings.items()) + ")",
         f"prompts       : {cfg.prompts.train} ({cfg.prompts.per_iteration} per iteration), held-out {cfg.prompts.heldout}"
         + (f" (first {cfg.eval.limit})" if cfg.eval.limit else ""),
         f"generation    : {g.backend} backend, K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, top_p={g.top_p}, {g.dtype}",
@@ -174,30 +187,60 @@ def print_plan(cfg, root: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
+_COLUMNS = (("prompt_strict", "prompt strict"), ("instruction_strict", "instr. strict"),
+            ("win_rate_vs_base", "win rate vs base"), ("length_controlled_win_rate", "LC win rate"),
+            ("win_rate_vs_reference", "win rate vs ref."))
+
+
 def print_summary(summary: dict, rd) -> None:
+    """The results table: each metric with its 95% interval; the first metric's difference from the
+    base with the interval of that (paired) difference, marked * when it excludes 0."""
     from rich.console import Console
     from rich.table import Table
 
     from sparring.loop import STAGES
 
-    table = Table(title=f"{summary['method']} on {summary['model']} — held-out results")
-    for col in ("iter", "prompt strict", "instr. strict", "win rate vs base", "mean tokens", "seconds"):
+    rows = summary["iterations"]
+    shown = [(k, name) for k, name in _COLUMNS if any(r.get(k) is not None for r in rows[1:] or rows)]
+    delta_key = next((k for k, _ in shown if any("delta" in (r.get("intervals") or {}).get(k, {}) for r in rows)), None)
+    table = Table(title=f"{summary['method']} on {summary['model']} — held-out results (95% intervals)")
+    table.add_column("iter", justify="right", no_wrap=True)
+    for _, name in shown:
+        table.add_column(name, justify="right", no_wrap=True)
+    if delta_key:
+        table.add_column(f"Δ {dict(_COLUMNS)[delta_key]} vs base", justify="right", no_wrap=True)
+    for col in ("mean tokens", "seconds"):
         table.add_column(col, justify="right", no_wrap=True)
     # the stages' own seconds may wrap inside their cell: cut off, they would hide the slowest stage
     table.add_column("seconds per stage", justify="left")
-    for row in summary["iterations"]:
+    for row in rows:
         secs = {k: row["seconds"][k] for k in STAGES if row["seconds"].get(k) is not None}
-        table.add_row(
-            str(row["iteration"]),
-            _pct(row.get("prompt_strict")),
-            _pct(row.get("instruction_strict")),
-            _pct(row.get("win_rate_vs_base")),
-            f"{row['mean_response_tokens']:.0f}" if row.get("mean_response_tokens") is not None else "-",
-            f"{sum(secs.values()):.0f}",
-            " ".join(f"{k}={v:.0f}" for k, v in secs.items()),
-        )
+        iv = row.get("intervals") or {}
+        cells = [str(row["iteration"])]
+        cells += [_pct_ci(row.get(k), iv.get(k), base=row["iteration"] == 0 and k == "win_rate_vs_base")
+                  for k, _ in shown]
+        if delta_key:
+            d = iv.get(delta_key, {})
+            cells.append(_delta(d) if "delta" in d else "")
+        cells += [f"{row['mean_response_tokens']:.0f}" if row.get("mean_response_tokens") is not None else "-",
+                  f"{sum(secs.values()):.0f}", " ".join(f"{k}={v:.0f}" for k, v in secs.items())]
+        table.add_row(*cells)
     Console(width=max(120, Console().width)).print(table)
     print(f"summary: {rd.root / 'summary.json'}")
+
+
+def _pct_ci(x, interval: dict | None, base: bool = False) -> str:
+    if x is None:
+        return "-"
+    if base or not interval or "ci95" not in interval:
+        return _pct(x)
+    lo, hi = interval["ci95"]
+    return f"{100 * x:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _delta(d: dict) -> str:
+    lo, hi = d["delta_ci95"]
+    return f"{100 * d['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" + (" *" if d.get("significant") else "")
 
 
 def _pct(x) -> str:
@@ -208,21 +251,26 @@ def _pct(x) -> str:
 
 
 def cmd_stage(args) -> int:
-    from sparring.loop import STAGE_FUNCS, load_run, make_context, run_stage
+    from sparring.loop import STAGE_FUNCS, heal, load_run, make_context, run_stage
+    from sparring.rundir import command_line
 
     rd, cfg = load_run(Path(args.run))
     if not 0 <= args.iter < cfg.iterations:
         raise UserError(f"--iter {args.iter} is outside this run's iterations 0..{cfg.iterations - 1}")
-    ctx = make_context(cfg, rd, progress=not args.no_progress)
     names = ["rows", "train"] if args.stage == "train" else [args.stage]
     needs = {"judge": "generate", "rows": "judge"}
-    for name in names:
+    for name in names[:1]:
         before = needs.get(name)
         if before and not rd.is_done(f"iter_{args.iter}/{before}"):
             raise UserError(f"stage iter_{args.iter}/{name} needs iter_{args.iter}/{before} first (sparring {before} --run {args.run} --iter {args.iter})")
         if name == "generate" and args.iter > 0 and not rd.is_done(f"iter_{args.iter - 1}/train"):
             raise UserError(f"iteration {args.iter} samples from π_{args.iter}, which iter_{args.iter - 1}/train has not produced yet")
-        run_stage(ctx, f"iter_{args.iter}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, args.iter))
+    ctx = make_context(cfg, rd, progress=not args.no_progress)
+    rd.lock.acquire(command_line())
+    keys = [f"iter_{args.iter}/{name}" for name in names]
+    heal(ctx, [k for k in keys if not rd.is_done(k)])
+    for name, key in zip(names, keys):
+        run_stage(ctx, key, lambda name=name: STAGE_FUNCS[name](ctx, args.iter))
     return 0
 
 
@@ -400,6 +448,8 @@ def cmd_status(args) -> int:
 
     rd, cfg = load_run(Path(args.run_dir))
     stages = rd.manifest()["stages"]
+    holder = rd.lock.holder()
+    damaged = {key: rd.verify(key) for key, e in stages.items() if e.get("status") == "done"} if args.verify else {}
     table = Table(title=f"{rd.root} — {cfg.method.name}, {cfg.iterations} iteration(s)")
     table.add_column("iteration")
     for s in STAGES:
@@ -410,12 +460,23 @@ def cmd_status(args) -> int:
         if not e:
             return "missing"
         if e.get("status") == "done":
-            return f"done ({e.get('seconds', 0):.0f}s)"
-        return "running" if e.get("status") == "running" else e.get("status", "?")
+            return f"done ({e.get('seconds', 0):.0f}s)" + (" DAMAGED" if damaged.get(key) else "")
+        # the lock tells a live stage from one whose process was killed
+        return "running" if holder else "stopped (killed)"
 
     if cfg.eval.base:
         table.add_row("base", *(["", "", "", "", cell("base/eval")]))
     for t in range(cfg.iterations):
         table.add_row(str(t), *[cell(f"iter_{t}/{s}") for s in STAGES])
     Console().print(table)
+    print(f"in use by {holder}" if holder else "not running (no process holds the run's lock)")
+    bad = {k: v for k, v in damaged.items() if v}
+    if args.verify:
+        if bad:
+            for key, rels in bad.items():
+                print(f"damaged: {key}: {', '.join(rels)} (missing, or not the sha256 the manifest recorded)")
+            print("run the same `sparring run` command again: the stages that made them run again where a later "
+                  "stage still needs them")
+            return 2
+        print(f"verified: every recorded output of {len(damaged)} done stage(s) has its recorded sha256")
     return 0

@@ -286,7 +286,9 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
 
         require_vllm(where)
     from sparring.judges.settings import check_judge_config
+    from sparring.rundir import check_name
 
+    check_name(cfg.name, f"{where}: name")
     check_judge_config(cfg.judge, where)
     if cfg.eval.judge is not None:
         check_judge_config(cfg.eval.judge, where, prefix="eval.judge.")

@@ -20,6 +20,8 @@ files and the manifest, and the ranks meet at every stage boundary, so they agre
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
 from sparring.prompts import load_prompts
 from sparring.records import Prompt
-from sparring.rundir import RunDir, atomic_dir, write_json, write_parquet, write_text
+from sparring.rundir import RunDir, atomic_dir, sha256_of, write_json, write_parquet, write_text
 
 STAGES = ("generate", "judge", "rows", "train", "eval")
 
@@ -40,17 +42,27 @@ STAGES = ("generate", "judge", "rows", "train", "eval")
 # ------------------------------------------------------------------ setup
 
 
+# keys that say where a run lives, not what it computes: a moved or renamed run directory resumes
+LOCATION_KEYS = ("runs_dir", "name")
+
+
 def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
-    """Create the run directory with its config, or check that a resumed run uses the same one."""
+    """Create the run directory with its config, or check that a resumed run uses the same one, holding
+    the directory's lock (one process at a time). Call it after the inputs are validated
+    (`load_inputs`): nothing is written before."""
     import yaml
 
+    from sparring.rundir import check_name, command_line
+
+    check_name(root.name, "name")
     rd = RunDir(root)
     saved = root / "config.yaml"
+    dist = current()
     if saved.exists():
         rd.manifest()  # a corrupted manifest is an error before anything else
-        # parsed, so keys a newer sparring added (absent from an older run's file) compare at their defaults
-        old = config_from_dict(yaml.safe_load(saved.read_text()) or {}, str(saved)).to_dict()
-        diff = diff_configs(old, cfg.to_dict())
+        old = _saved_config(saved).to_dict()
+        diff = diff_configs({k: v for k, v in old.items() if k not in LOCATION_KEYS},
+                            {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_KEYS})
         if diff and not force:
             raise UserError(
                 f"{saved}: this run was started with a different config; differing keys:\n  "
@@ -58,29 +70,115 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
                 + "\nUse the same config to resume, a new --name for a new run, or --force to continue anyway."
             )
     # every rank checks the config (so every rank stops on a mismatch); rank 0 alone writes
-    dist = current()
     if dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        # whatever a killed run was writing is garbage now (its stage reruns); `sparring run` owns the
-        # whole directory, so nothing else can be writing it (the other ranks wait at the barrier)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the run directory {root}: {exc.strerror or exc}") from None
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        finished = saved.exists() and rd.manifest_path.exists() and _all_done(rd, cfg)
+        try:
+            rd.lock.acquire(command_line())
+        except UserError:
+            if finished and not os.access(root, os.W_OK):
+                return rd  # a finished run on a read-only file system: readable, nothing to write
+            raise
+        # whatever a killed run was writing is garbage now (its stage reruns); the lock says nothing
+        # else is writing it (the other ranks wait at the barrier)
         rd.remove_temporaries()
-        write_text(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if not saved.exists() or saved.read_text() != text and (force or _location_moved(saved, cfg)):
+            write_text(saved, text)  # a finished run's files are not rewritten needlessly
         if not rd.manifest_path.exists():
             write_json(rd.manifest_path, rd.manifest())
     dist.barrier()
     return rd
 
 
-def load_run(root: Path) -> tuple[RunDir, RunConfig]:
+def _saved_config(saved: Path) -> RunConfig:
     import yaml
 
+    try:
+        data = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{saved}: the run's saved config is not valid YAML ({str(exc).splitlines()[0]}); restore it, "
+                        "or delete the run directory to start again") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {saved}: {exc}") from None
+    # parsed, so keys a newer sparring added (absent from an older run's file) compare at their defaults
+    return config_from_dict(data or {}, str(saved))
+
+
+def _location_moved(saved: Path, cfg: RunConfig) -> bool:
+    old = _saved_config(saved)
+    return any(getattr(old, k) != getattr(cfg, k) for k in LOCATION_KEYS)
+
+
+def _all_done(rd: RunDir, cfg: RunConfig) -> bool:
+    done = {k for k, e in rd.manifest()["stages"].items() if e.get("status") == "done"}
+    need = {f"iter_{t}/{s}" for t in range(cfg.iterations) for s in STAGES} | ({"base/eval"} if cfg.eval.base else set())
+    return need <= done
+
+
+def load_run(root: Path) -> tuple[RunDir, RunConfig]:
     saved = Path(root) / "config.yaml"
+    if not Path(root).is_dir():
+        raise UserError(f"{root}: no such run directory")
     if not saved.exists():
         raise UserError(f"{root} is not a sparring run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load(saved.read_text()) or {}, str(saved))
+    cfg = _saved_config(saved)
     rd = RunDir(root)
     rd.manifest()
     return rd, cfg
+
+
+@dataclass
+class Inputs:
+    """What a run reads besides its config, loaded and validated before its directory is written."""
+
+    train_prompts: list[Prompt]
+    heldout: list[Prompt]
+    eval_metrics: tuple[str, ...]
+    reference: list[str] | None
+
+
+def load_inputs(cfg: RunConfig) -> Inputs:
+    """Resolve the model, load and validate the prompt sets against the method, the judge and the
+    evaluation, and check the tracker — everything that can fail on bad input, before any work."""
+    from sparring.judges import judge_class
+    from sparring.methods import get_method
+    from sparring.models import resolve_model
+
+    try:
+        resolve_model(cfg.model)
+    except UserError as exc:
+        raise UserError(f"model: {exc}") from None
+    train_prompts = load_prompts(cfg.prompts.train, fields=cfg.prompts.fields)
+    if get_method(cfg.method.name).needs_reference_response:
+        lacking = [r for r in train_prompts if not r.reference]
+        if lacking:
+            raise UserError(
+                f"{cfg.prompts.train}: method {cfg.method.name!r} trains on each prompt's ground-truth "
+                f"reference response (a 'reference_response' column, or a trailing assistant turn), but "
+                f"{len(lacking)} of {len(train_prompts)} prompts have none (first: id {lacking[0].id!r})"
+            )
+    judge_class(cfg.judge.name).check_prompts(train_prompts, cfg.prompts.train)
+    heldout = load_prompts(cfg.prompts.heldout, fields=cfg.prompts.fields)
+    if cfg.eval.limit:
+        heldout = heldout[: cfg.eval.limit]
+    metrics, reference = eval_plan(cfg, heldout)
+    check_tracker(cfg)
+    return Inputs(train_prompts, heldout, metrics, reference)
+
+
+def check_tracker(cfg: RunConfig) -> None:
+    import importlib.util
+
+    packages = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "trackio": ["trackio"],
+                "all": []}.get(cfg.tracking.log_with, [])
+    for pkg in packages:
+        if importlib.util.find_spec(pkg) is None:
+            raise UserError(f"tracking.log_with = {cfg.tracking.log_with!r}, but no such tracker is installed "
+                            f"(pip install {pkg}, or pip install 'sparring[{pkg}]')")
 
 
 @dataclass
@@ -94,6 +192,7 @@ class Context:
 
     eval_metrics: tuple[str, ...] = ()  # eval.metrics, resolved for the held-out prompts
     reference: list[str] | None = None  # eval.reference's responses, aligned with the held-out prompts
+    healed: dict = field(default_factory=dict)  # stages rerun because an output was damaged: their old outputs
     tracker: object = None  # an accelerate Accelerator with trackers, when tracking.log_with is set
     dist: Dist = field(default_factory=current)  # this process's rank among those of the run
 
@@ -101,8 +200,14 @@ class Context:
         """Append one record to metrics.jsonl (a log for people and trackers, not a hand-off file)."""
         if not self.dist.is_main:
             return
-        with open(self.rd.root / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        path = self.rd.root / "metrics.jsonl"
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        except OSError as exc:
+            from sparring.rundir import write_failure
+
+            raise write_failure(path, exc) from None
         if self.tracker is not None:
             stage = record.get("stage", "run")
             values = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
@@ -136,29 +241,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print) -> Context:
-    from sparring.methods import get_method
-
-    train_prompts = load_prompts(cfg.prompts.train, fields=cfg.prompts.fields)
-    if get_method(cfg.method.name).needs_reference_response:
-        lacking = [r for r in train_prompts if not r.reference]
-        if lacking:
-            raise UserError(
-                f"{cfg.prompts.train}: method {cfg.method.name!r} trains on each prompt's ground-truth "
-                f"reference response (a 'reference_response' column, or a trailing assistant turn), but "
-                f"{len(lacking)} of {len(train_prompts)} prompts have none (first: id {lacking[0].id!r})"
-            )
-    from sparring.judges import judge_class
-
-    judge_class(cfg.judge.name).check_prompts(train_prompts, cfg.prompts.train)
-    heldout = load_prompts(cfg.prompts.heldout, fields=cfg.prompts.fields)
-    if cfg.eval.limit:
-        heldout = heldout[: cfg.eval.limit]
-    metrics, reference = eval_plan(cfg, heldout)
+def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print, inputs: Inputs | None = None) -> Context:
+    inputs = inputs or load_inputs(cfg)
     dist = current()
     # progress bars and log lines from rank 0 only: N copies of each would say nothing more
-    ctx = Context(cfg, rd, train_prompts, heldout, progress and dist.is_main, log if dist.is_main else _quiet,
-                  eval_metrics=metrics, reference=reference, dist=dist)
+    ctx = Context(cfg, rd, inputs.train_prompts, inputs.heldout, progress and dist.is_main,
+                  log if dist.is_main else _quiet, eval_metrics=inputs.eval_metrics, reference=inputs.reference,
+                  dist=dist)
     start_tracking(ctx)
     return ctx
 
@@ -211,8 +300,80 @@ def iteration_prompts(ctx: Context, t: int) -> list[Prompt]:
 # ------------------------------------------------------------------ the recipe
 
 
+def stage_keys(cfg: RunConfig) -> list[str]:
+    """Every stage of the run, in the order it runs."""
+    return (["base/eval"] if cfg.eval.base else []) + [f"iter_{t}/{s}" for t in range(cfg.iterations) for s in STAGES]
+
+
+def stage_inputs(cfg: RunConfig, key: str) -> list[str]:
+    """The recorded outputs (paths relative to the run) that stage `key` reads."""
+    if key == "base/eval":
+        return []
+    it, name = key.split("/")
+    t = int(it.removeprefix("iter_"))
+    before = [f"iter_{t - 1}/policy"] if t > 0 else []  # π_t
+    samples, prefs = f"iter_{t}/samples.parquet", f"iter_{t}/preferences.parquet"
+    return {
+        "generate": before,
+        "judge": [samples],
+        "rows": [samples, prefs] + ([f"iter_{t - 1}/train.parquet"] if cfg.method.spin_history and t > 0 else []),
+        "train": [f"iter_{t}/train.parquet", *before]
+        + ([f"iter_{t - 1}/policy_trained"] if cfg.method.apo_alpha > 0 and t > 0 else []),
+        "eval": [f"iter_{t}/policy"] + (["base/eval"] if cfg.eval.base else []),
+    }[name]
+
+
+def heal(ctx: Context, keys: list[str] | None = None) -> None:
+    """Before running `keys` (default: every stage not done yet), check that the recorded outputs they
+    read still have the sha256 the manifest recorded. A damaged or missing one (bit rot, a partial copy,
+    a truncated sync) is not trusted: the stage that made it runs again — and, recursively, so do the
+    makers of its own damaged inputs. Stages are deterministic, so the rerun restores the same bits; if
+    it does not (`run_stage` compares), the done stages that read the old file run again too."""
+    rd = ctx.rd
+    if not ctx.dist.is_main:
+        ctx.dist.barrier()
+        return
+    todo = list(keys if keys is not None else [k for k in stage_keys(ctx.cfg) if not rd.is_done(k)])
+    seen: set[str] = set()
+    damaged_of: dict[str, list[str]] = {}
+    while todo:
+        for rel in stage_inputs(ctx.cfg, todo.pop(0)):
+            if rel in seen:
+                continue
+            seen.add(rel)
+            producer = rd.producer(rel)
+            if producer is None or not rd.is_done(producer):
+                continue
+            if producer not in damaged_of:
+                damaged_of[producer] = rd.verify(producer)
+            if rel in damaged_of[producer]:
+                ctx.log(f"[{producer}] {rel} is missing or damaged (its sha256 is not the one recorded); "
+                        f"running {producer} again")
+                ctx.healed[producer] = dict(rd.stage(producer).get("outputs", {}))
+                rd.forget(producer)
+                todo.append(producer)
+    ctx.dist.barrier()
+
+
+def _after_healing(ctx: Context, key: str) -> None:
+    """A healed stage whose rerun wrote other bits than before: the done stages that read them are stale."""
+    old = ctx.healed.pop(key, None)
+    if old is None:
+        return
+    new = ctx.rd.stage(key).get("outputs", {})
+    changed = {rel for rel in new if old.get(rel) != new[rel]}
+    if not changed:
+        return
+    for other in stage_keys(ctx.cfg):
+        if ctx.rd.is_done(other) and changed & set(stage_inputs(ctx.cfg, other)):
+            ctx.log(f"[{other}] {', '.join(sorted(changed))} changed when {key} ran again; running {other} again")
+            ctx.healed[other] = dict(ctx.rd.stage(other).get("outputs", {}))
+            ctx.rd.forget(other)
+
+
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
+    heal(ctx)
     if cfg.eval.base:
         run_stage(ctx, "base/eval", lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval",
                                                          generator=f"{cfg.name}/base"))
@@ -220,10 +381,18 @@ def run(ctx: Context) -> dict:
         for name in STAGES:
             run_stage(ctx, f"iter_{t}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, t))
     summary = build_summary(ctx)
-    if ctx.dist.is_main:
-        write_json(ctx.rd.root / "summary.json", summary)
+    path = ctx.rd.root / "summary.json"
+    if ctx.dist.is_main and not _holds_json(path, summary):
+        write_json(path, summary)  # a finished run's files are not rewritten (it may sit on a read-only disk)
     ctx.dist.barrier()
     return summary
+
+
+def _holds_json(path: Path, obj) -> bool:
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(obj))
+    except (OSError, ValueError):
+        return False
 
 
 def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]]) -> None:
@@ -249,6 +418,7 @@ def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]])
     if not dist.is_main:
         return
     ctx.rd.mark_done(key, outputs, seconds, metrics)
+    _after_healing(ctx, key)
     ctx.metrics({"stage": key, "seconds": round(seconds, 3), **(metrics or {})})
     ctx.log(f"[{key}] done in {seconds:.1f}s" + (f"  {_fmt(metrics)}" if metrics else ""))
 
@@ -281,7 +451,7 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     prompts = iteration_prompts(ctx, t)
     n_shards = -(-len(prompts) // g.shard_size)
     mine = ctx.dist.mine(range(n_shards))  # every shard, with one rank
-    todo = [s for s in mine if not (shards / f"{s:05d}.parquet").exists()]
+    todo = [s for s in mine if not _shard_ok(shards / f"{s:05d}.parquet")]
     if todo:
         policy = policy_at(ctx, t)
         tok, model, iter_samples = load_sampler(policy, g.backend, g.dtype, ctx.cfg.seed, device=ctx.dist.device)
@@ -318,19 +488,31 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
                                      "logp": smp.logp, "finished": smp.finished, "opponent": opponent,
                                      "mu_logp": mu_logp})
                     bar.update(len(batch))
-            write_parquet(shards / f"{s:05d}.parquet", pa.Table.from_pylist(rows, schema=_samples_schema()))
+            shard = shards / f"{s:05d}.parquet"
+            write_parquet(shard, pa.Table.from_pylist(rows, schema=_samples_schema()))
+            write_text(shard.with_name(shard.name + ".sha256"), sha256_of(shard))  # checked on resume
         bar.close()
     ctx.dist.barrier()  # every rank's shards are written
     if not ctx.dist.is_main:
         return [], {}
     table = pa.concat_tables([pq.read_table(shards / f"{s:05d}.parquet") for s in range(n_shards)])
     write_parquet(d / "samples.parquet", table)
-    for s in range(n_shards):
-        (shards / f"{s:05d}.parquet").unlink()
-    shards.rmdir()
+    shutil.rmtree(shards)
     n_tok = table.column("n_tokens").to_numpy()
     return [d / "samples.parquet"], {"samples": table.num_rows, "mean_tokens": float(n_tok.mean()),
                                      "finished": float(np.mean(table.column("finished").to_numpy()))}
+
+
+def _shard_ok(shard: Path) -> bool:
+    """A samples shard a killed generate stage left is kept only if its recorded hash matches (it is
+    written first, its hash second: a shard without one is regenerated, as is a damaged one)."""
+    sidecar = shard.with_name(shard.name + ".sha256")
+    if not shard.exists() or not sidecar.exists():
+        return False
+    try:
+        return sidecar.read_text().strip() == sha256_of(shard)
+    except OSError:
+        return False
 
 
 def _seed(seed: int, *parts) -> int:
@@ -588,23 +770,32 @@ STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_st
 # ------------------------------------------------------------------ summary
 
 
+SUMMARY_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "win_rate_vs_base",
+                   "length_controlled_win_rate", "win_rate_vs_reference", "mean_response_tokens")
+
+
 def build_summary(ctx: Context) -> dict:
+    """summary.json: per iteration, every evaluation metric (with its interval and its paired difference
+    from the base where there is one) and the seconds of each stage."""
     m = ctx.rd.manifest()["stages"]
     rows = []
     if "base/eval" in m:
-        rows.append({"iteration": 0, "policy": ctx.cfg.model, **_eval_row(m["base/eval"]), "win_rate_vs_base": 0.5,
-                     "seconds": {"eval": m["base/eval"].get("seconds")}})
+        row = {"iteration": 0, "policy": ctx.cfg.model, **_eval_row(m["base/eval"]),
+               "seconds": {"eval": m["base/eval"].get("seconds")}}
+        row["win_rate_vs_base"] = 0.5 if "win_rate" in ctx.eval_metrics else None
+        rows.append(row)
     for t in range(ctx.cfg.iterations):
         ev = m.get(f"iter_{t}/eval")
         if not ev:
             continue
         rows.append({"iteration": t + 1, "policy": str(ctx.rd.iter_dir(t) / "policy"), **_eval_row(ev),
-                     "win_rate_vs_base": ev.get("metrics", {}).get("win_rate_vs_base"),
                      "seconds": {s: m.get(f"iter_{t}/{s}", {}).get("seconds") for s in STAGES}})
-    return {"name": ctx.cfg.name, "method": ctx.cfg.method.name, "model": ctx.cfg.model, "iterations": rows}
+    return {"name": ctx.cfg.name, "method": ctx.cfg.method.name, "model": ctx.cfg.model,
+            "metrics": list(ctx.eval_metrics), "iterations": rows}
 
 
 def _eval_row(entry: dict) -> dict:
     met = entry.get("metrics", {})
-    return {k: met.get(k) for k in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose",
-                                     "mean_response_tokens")}
+    row = {k: met.get(k) for k in SUMMARY_METRICS}
+    row["intervals"] = {k: v for k, v in (met.get("intervals") or {}).items() if k in SUMMARY_METRICS}
+    return row

@@ -261,11 +261,20 @@ def train(
             step_loss = float(dist.all_reduce_sum_(torch.tensor([step_loss], dtype=torch.float64, device=dist.device)))
         elif dist.active:
             step_loss = _sum_over_ranks(model, step_loss, dist)
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
-            if train_cfg.max_grad_norm > 0
-            else float("nan")
-        )
+        if train_cfg.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # before the optimizer step: a NaN loss or gradient would make every weight NaN, and a policy
+            # of NaNs must never be saved as done
+            what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+            from sparring.errors import UserError
+
+            raise UserError(f"training stopped at optimizer step {step + 1} of {steps}: the {what} is "
+                            f"{step_loss / len(idx) if what == 'loss' else grad_norm} (train.lr = {train_cfg.lr}, "
+                            f"train.precision = {train_cfg.precision}); nothing was saved. Lower train.lr (or raise "
+                            "method.beta), then run the same command again: the stage starts over")
         opt.step()
         sched.step()
         losses_seen.append(step_loss / len(idx))

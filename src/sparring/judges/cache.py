@@ -129,6 +129,7 @@ class JudgeCache:
     def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0):
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        self.invalid = 0  # values read back that were not probabilities (judged again)
         if self.path.is_dir():
             raise UserError(f"{self.path}: judge cache path is a directory, not a file")
         if not self.path.parent.is_dir():
@@ -203,9 +204,13 @@ class JudgeCache:
                 for start in range(0, len(wanted), _CHUNK):
                     chunk = wanted[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    out.update(
-                        db.execute(f"SELECT key, p FROM {_TABLE} WHERE key IN ({marks})", chunk)
-                    )
+                    for key, p in db.execute(f"SELECT key, p FROM {_TABLE} WHERE key IN ({marks})", chunk):
+                        # a value that is not a probability (a damaged or foreign file) is not trusted:
+                        # it reads as missing, so the pair is judged again and the value replaced
+                        if isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0:
+                            out[key] = float(p)
+                        else:
+                            self.invalid += 1
             finally:
                 if db.in_transaction:
                     db.execute("COMMIT")
