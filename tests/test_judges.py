@@ -406,6 +406,9 @@ def test_two_iteration_sppo_loop_with_each_judge(models, tmp_path, kind, server,
         lo, hi = ev["intervals"]["win_rate_vs_base"]["ci95"]
         assert lo <= ev["win_rate_vs_base"] <= hi and "length_controlled_win_rate" in ev
         assert "prompt_strict" not in ev  # chat prompts: no IFEval metrics, never a silent 100%
+        alpaca = json.loads((rd.root / f"iter_{t}" / "eval" / "alpaca_eval.json").read_text())
+        assert len(alpaca) == 4 and set(alpaca[0]) == {"instruction", "output", "generator"}
+        assert alpaca[0]["generator"] == f"{kind}/iter_{t}"
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
     if kind == "openai":  # the key's value is nowhere in the run directory
         for f in rd.root.rglob("*"):

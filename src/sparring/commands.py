@@ -406,8 +406,8 @@ def cmd_compare(args) -> int:
 
     _positive(args.bootstrap, "--bootstrap")
     prompts = load_prompts(args.prompts)
-    a, b = _aligned(prompts, args.a), _aligned(prompts, args.b)
     spec = judge_spec(args.overrides, prompts)
+    a, b = _aligned(prompts, args.a), _aligned(prompts, args.b)
     from sparring.judges import judge_class
 
     judge_class(spec.name).check_prompts(prompts, args.prompts)
