@@ -424,7 +424,9 @@ def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]])
 
 
 def _fmt(metrics: dict) -> str:
-    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    """The stage's headline numbers for its log line (intervals and other nested records stay in the files)."""
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                     if isinstance(v, (int, float, str)) and k != "bootstrap")
 
 
 # ------------------------------------------------------------------ stages
