@@ -322,10 +322,13 @@ def test_every_instruction_validates_with_the_judge(records):
 
 
 def test_files_load_with_load_prompts(train, heldout):
-    prompts = _optional("sparring.data.prompts")
+    from sparring.prompts import load_prompts
+
     for path, records in ((TRAIN_PATH, train), (HELDOUT_PATH, heldout)):
-        loaded = prompts.load_prompts(path)
+        loaded = load_prompts(path)
         assert len(loaded) == len(records)
+        assert [p.id for p in loaded] == [str(r["key"]) for r in records]
+        assert [p.meta["instruction_id_list"] for p in loaded] == [r["instruction_id_list"] for r in records]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +373,8 @@ def test_reference_responses_answer_the_request_on_its_topic(train):
 
 
 def test_loaded_records_carry_the_reference_response(train):
-    prompts = _optional("sparring.data.prompts")
-    loaded = prompts.load_prompts(TRAIN_PATH)
-    assert [p.reference_response for p in loaded] == [r["reference_response"] for r in train]
-    assert all(p.reference_response is None for p in prompts.load_prompts(HELDOUT_PATH))
+    from sparring.prompts import load_prompts
+
+    loaded = load_prompts(TRAIN_PATH)
+    assert [p.reference for p in loaded] == [r["reference_response"] for r in train]
+    assert all(p.reference is None for p in load_prompts(HELDOUT_PATH))

@@ -238,3 +238,48 @@ def test_results_table_shows_intervals_and_the_paired_difference(tmp_path, capsy
     assert "50.0% [41.0, 59.0]" in out and "56.6% [51.0, 62.0]" in out and "39.2% [30.0, 48.0]" in out
     assert "+10.8 [+3.3, +18.3] *" in out  # the interval excludes 0: marked
     assert "+0.8 [-5.0, +7.0]" in out and "+7.0] *" not in out
+
+
+def test_every_command_prints_its_help(capsys):
+    """`sparring --help` and every `sparring COMMAND --help` (argparse formats % in help text)."""
+    from sparring.cli import build_parser
+
+    parser = build_parser()
+    parser.format_help()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert {"run", "eval", "compare", "status", "export", "push", "game"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert p.format_help(), name
+
+
+def test_trackers_plot_evaluations_against_iteration_and_training_against_the_global_step(tiny_model, tmp_path):
+    """What TensorBoard / W&B receive (a stand-in tracker records the calls accelerate's trackers get)."""
+    from sparring.loop import tracker_values
+
+    class Recorder:
+        name = "tensorboard"
+
+        def __init__(self):
+            self.calls = []
+
+        def log(self, values, step=None):
+            self.calls.append((values, step))
+
+    rec = Recorder()
+    cfg = config_from_dict(tiny_config(tiny_model, tmp_path))
+    rd = open_run(cfg, tmp_path / "t")
+    ctx = make_context(cfg, rd, progress=False, log=lambda line: None)
+    ctx.tracker = type("Acc", (), {"trackers": [rec]})()
+    run(ctx)
+    evals = [(v, s) for v, s in rec.calls if "eval/prompt_strict" in v]
+    assert [s for _, s in evals] == [0, 1, 2] and all(v["eval/iteration"] == s for v, s in evals)
+    assert all(v["eval/prompt_strict_ci_lo"] <= v["eval/prompt_strict"] <= v["eval/prompt_strict_ci_hi"]
+               for v, _ in evals)
+    steps = [s for v, s in rec.calls if "train/loss" in v]
+    assert steps == list(range(len(steps))) and len(steps) == sum(
+        rd.stage(f"iter_{t}/train")["metrics"]["steps"] for t in range(2))  # counts on across iterations
+    judged = [(v, s) for v, s in rec.calls if "judge/tie_rate" in v]
+    assert [s for _, s in judged] == [0, 1]
+    # a record of an optimizer step of iteration 1 after 3 steps of iteration 0
+    values, step = tracker_values({"stage": "iter_1/train", "step": 2, "loss": 0.5, "lr": 1e-5}, train_offset=3)
+    assert step == 5 and values == {"train/loss": 0.5, "train/lr": 1e-5, "train/iteration": 1, "train/global_step": 5}

@@ -33,19 +33,24 @@ def tiny_model(tmp_path_factory) -> Path:
 def prompts_with_answers(tmp_path_factory) -> Path:
     """Six prompts with a ground-truth reference_response (for SPIN)."""
     path = tmp_path_factory.mktemp("p") / "train.jsonl"
-    recs = [{"key": i, "prompt": f"Name a colour number {i}.", "instruction_id_list": ["change_case:english_lowercase"],
-             "kwargs": [{}], "reference_response": f"colour {i} is blue"} for i in range(6)]
+    # random bytes from the tiny model split on "fewer than 2 words": some samples pass, some fail
+    recs = [{"key": i, "prompt": f"Name a colour number {i}.", "instruction_id_list": ["length_constraints:number_words"],
+             "kwargs": [{"num_words": 2, "relation": "less than"}], "reference_response": f"colour {i} is blue"}
+            for i in range(6)]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
 
 
 def shrink(cfg: dict, model: Path, runs: Path, train_file: Path) -> dict:
     cfg.update(model=str(model), runs_dir=str(runs), iterations=1, seed=1)
-    cfg["prompts"] = {**cfg.get("prompts", {}), "train": str(train_file), "per_iteration": 6}
+    # the method's recipe on the IFEval task (the judge recipes' models are downloads: tests/test_judges.py
+    # runs every judge on tiny models of its own)
+    cfg["judge"] = {"name": "ifeval"}
+    cfg["prompts"] = {"train": str(train_file), "heldout": "shipped:heldout", "per_iteration": 6}
     cfg["generation"] = {**cfg.get("generation", {}), "k": 4, "max_new_tokens": 8, "batch_size": 12, "dtype": "float32"}
     cfg["train"] = {**cfg.get("train", {}), "lr": 1e-3, "epochs": 1, "batch_size": 2, "micro_batch_size": 2,
                     "precision": "fp32"}
-    cfg["eval"] = {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False}
+    cfg["eval"] = {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False, "bootstrap": 100}
     return cfg
 
 

@@ -46,6 +46,7 @@ def resume_config(model: Path, runs_dir: Path, name: str = "r") -> dict:
     return {
         "name": name, "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
+        "judge": {"name": "python", "function": "lengthjudge:by_length"},  # rows in every iteration
         "prompts": {"per_iteration": N_PROMPTS},
         "generation": {"k": K, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": SHARD},
         "train": {"lr": 1e-3, "batch_size": 1, "micro_batch_size": 1, "epochs": 2, "precision": "fp32"},
@@ -312,7 +313,7 @@ def test_judging_the_same_samples_again_makes_no_judge_calls(reference, tmp_path
     shutil.copytree(reference.root, root)
     rd, cfg = load_run(root)
     first = rd.stage("iter_1/judge")["metrics"]
-    assert first["judge_calls"] == N_PROMPTS * K  # the first time, every response was scored
+    assert first["judge_calls"] == N_PROMPTS  # the first time, the function scored every prompt's responses
     data = rd.manifest()
     del data["stages"]["iter_1/judge"]
     write_json(rd.manifest_path, data)
@@ -352,7 +353,7 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tiny_model, reference, t
     real_write_table = pq.write_table
 
     def write_table(table, where, *args, **kwargs):
-        if Path(where).name.startswith(".preferences.parquet."):  # the temporary of preferences.parquet
+        if Path(where).name.startswith(".sparring-preferences.parquet."):  # the temporary of preferences.parquet
             Path(where).write_bytes(b"PAR1" + bytes(100))  # half a file, then no more space
             raise enospc
         return real_write_table(table, where, *args, **kwargs)
@@ -408,11 +409,19 @@ def test_status_lists_done_running_and_missing_stages(reference, tmp_path, capsy
 
     def row(label: str) -> list[str]:
         (line,) = [ln for ln in out.splitlines() if re.match(rf"\W*{label}\W", ln)]
-        return re.findall(r"done|running|missing", line)
+        return re.findall(r"done|running|stopped|missing", line)
 
     assert row("base") == ["done"]
     assert row("0") == ["done"] * 5
-    assert row("1") == ["done", "done", "running", "missing", "missing"]
+    # recorded as running, but no process holds the run's lock: its process was killed
+    assert row("1") == ["done", "done", "stopped", "missing", "missing"]
+    rd.lock.acquire("test")  # now a live process holds it
+    try:
+        assert main(["status", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert row("1") == ["done", "done", "running", "missing", "missing"]
+    finally:
+        rd.lock.release()
 
 
 # ------------------------------------------------------------------ 6. stage commands

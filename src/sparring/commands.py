@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("run", help="run the iterative loop from a YAML recipe (resumes where it stopped)",
                        description="Run (or resume) the generate -> judge -> train -> evaluate loop from a recipe.")
-    p.add_argument("config", nargs="?", help="YAML recipe (see recipes/)")
+    p.add_argument("config", nargs="?", help="YAML recipe, or the name of a shipped one (sppo, dpo, demo, ...: "
+                   "`sparring recipes` lists them); every key: docs/config.md")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=2e-5")
     p.add_argument("--name", help="run name (default: the config's name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
         p.add_argument("--no-progress", action="store_true")
         p.set_defaults(func=cmd_stage, stage=stage)
 
-    p = sub.add_parser("eval", help="held-out responses and metrics (with 95% intervals) for a model, or one iteration of a run",
+    p = sub.add_parser("eval", help="held-out responses and metrics (with 95%% intervals) for a model, or one iteration of a run",
                        description="Either --model MODEL --prompts SOURCE --out DIR, or --run RUN_DIR --iter T. "
                        "Writes responses.jsonl, alpaca_eval.json, scores.parquet and metrics.json (docs/evaluation.md).")
     p.add_argument("--model", help="embedded alias (smollm2-135m), HF model directory, or hub id")
@@ -72,7 +73,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("compare", help="judge responses A against responses B of the same prompts: win rate with a 95% interval",
+    p = sub.add_parser("compare", help="judge responses A against responses B of the same prompts: win rate with a 95%% interval",
                        description="Prints one JSON object: win_rate (mean of P(a > b) over prompts), ci95 (bootstrap "
                        "over prompts), n, ties, judge (its id). Response files in IFEval's {prompt, response} or "
                        "AlpacaEval's {instruction, output} format, matched to the prompts by text.")
@@ -120,6 +121,10 @@ def cmd_run(args) -> int:
         root = rd.root
     else:
         config, overrides = _split_config_arg(args.config, args.overrides)
+        if config is not None:
+            from sparring.share import find_recipe
+
+            config = find_recipe(config) or config  # `sparring run sppo`: the shipped recipes/sppo.yaml
         cfg = load_config(config, overrides)
         if args.name:
             from sparring.rundir import check_name
@@ -154,9 +159,20 @@ def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) 
 
     inputs = load_inputs(cfg)
     rd = open_run(cfg, root, force=force)
+    before = rd.manifest()
     summary = run(make_context(cfg, rd, progress=progress, inputs=inputs))
     if current().is_main:  # under `accelerate launch`, one table, not one per rank
         print_summary(summary, rd)
+        page = root / "report.html"
+        if rd.manifest() != before or not page.exists():  # a finished run is not rewritten
+            from sparring.report import build_report
+
+            try:
+                build_report(root)
+            except UserError as exc:  # the run is done; a report that cannot be written does not undo it
+                print(f"sparring: the report could not be written: {exc}", file=sys.stderr)
+        if page.exists():
+            print(f"report: {page}")
     return 0
 
 

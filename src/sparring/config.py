@@ -247,8 +247,9 @@ def _build(cls, data: dict, prefix: str, where: str):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(prefix + k for k in fields)}"
+            from sparring.share import key_hint  # every section and TRL's names (share imports this module)
+
+            hint = key_hint(full) or f"; valid keys: {', '.join(prefix + k for k in fields)}"
             raise UserError(f"{where}: unknown key {full!r}{hint}")
         typ = hints[key]
         inner = _optional_dataclass(typ)

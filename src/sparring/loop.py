@@ -178,7 +178,7 @@ def check_tracker(cfg: RunConfig) -> None:
     for pkg in packages:
         if importlib.util.find_spec(pkg) is None:
             raise UserError(f"tracking.log_with = {cfg.tracking.log_with!r}, but no such tracker is installed "
-                            f"(pip install {pkg}, or pip install 'sparring[{pkg}]')")
+                            f"(pip install 'sparring[{pkg}]', or pip install {pkg})")
 
 
 @dataclass
@@ -209,9 +209,48 @@ class Context:
 
             raise write_failure(path, exc) from None
         if self.tracker is not None:
-            stage = record.get("stage", "run")
-            values = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-            self.tracker.log(values, step=record.get("step"))
+            values, step = tracker_values(record, self._train_offset(record))
+            for tracker in self.tracker.trackers if values else ():
+                # W&B needs one increasing step per run: it plots each prefix against its own axis instead
+                # (define_metric in start_tracking); TensorBoard keeps a step per tag
+                tracker.log(values, step=None if tracker.name == "wandb" else step)
+
+    def _train_offset(self, record: dict) -> int:
+        """Optimizer steps of the iterations before this record's, so training steps count on across
+        iterations (x = the run's global step) instead of restarting at 0 each iteration."""
+        stage = record.get("stage", "")
+        if "step" not in record or not stage.startswith("iter_"):
+            return 0
+        t = int(stage.split("/")[0].removeprefix("iter_"))
+        stages = self.rd.manifest()["stages"]
+        return sum(int((stages.get(f"iter_{u}/train") or {}).get("metrics", {}).get("steps", 0)) for u in range(t))
+
+
+def tracker_values(record: dict, train_offset: int = 0) -> tuple[dict, int | None]:
+    """What a tracker (TensorBoard, W&B) gets from one metrics.jsonl record, and at which step:
+    - an optimizer step of iter_t/train: train/loss, train/grad_norm, train/lr at the run's global step
+      (train_offset + the step), and train/iteration;
+    - an evaluation: eval/<metric> (and eval/<metric>_ci_lo, _ci_hi) at step = the policy's iteration
+      (0 for the base, t + 1 for iter_t's π_{t+1}), so accuracy and win rate plot against iteration;
+    - any other stage: <stage kind>/<metric> (judge/tie_rate, generate/mean_tokens, ...) at step = t."""
+    stage = record.get("stage", "run")
+    where, _, kind = stage.partition("/")
+    t = 0 if where == "base" else int(where.removeprefix("iter_")) if where.startswith("iter_") else 0
+    numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k not in ("step", "time", "bootstrap")}
+    if "step" in record:  # one optimizer step
+        step = train_offset + int(record["step"])
+        return {**{f"train/{k}": v for k, v in numbers.items()}, "train/iteration": t, "train/global_step": step}, step
+    if kind == "eval":
+        iteration = 0 if where == "base" else t + 1
+        values = {f"eval/{k}": v for k, v in numbers.items()}
+        for k, iv in (record.get("intervals") or {}).items():
+            if isinstance(iv, dict) and "ci95" in iv:
+                values[f"eval/{k}_ci_lo"], values[f"eval/{k}_ci_hi"] = iv["ci95"]
+        return {**values, "eval/iteration": iteration}, iteration
+    return {**{f"{kind or where}/{k}": v for k, v in numbers.items()}, f"{kind or where}/iteration": t}, t
+
+
 
 
 def start_tracking(ctx: "Context") -> None:
@@ -228,6 +267,16 @@ def start_tracking(ctx: "Context") -> None:
     if not acc.trackers:  # accelerate only warns when the tracker's package is missing
         raise UserError(f"tracking.log_with = {ctx.cfg.tracking.log_with!r}, but no such tracker is installed "
                         "(pip install tensorboard / wandb / trackio)")
+    for tracker in acc.trackers:
+        if tracker.name == "wandb":
+            # W&B wants one increasing step per run; evaluation metrics are plotted against their own
+            # iteration axis instead (training steps and iterations count differently)
+            run = tracker.tracker
+            run.define_metric("train/global_step")
+            run.define_metric("train/*", step_metric="train/global_step")
+            for prefix in ("eval", "judge", "generate", "rows"):
+                run.define_metric(f"{prefix}/iteration")
+                run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/iteration")
     ctx.tracker = acc
 
 
@@ -384,6 +433,12 @@ def run(ctx: Context) -> dict:
     path = ctx.rd.root / "summary.json"
     if ctx.dist.is_main and not _holds_json(path, summary):
         write_json(path, summary)  # a finished run's files are not rewritten (it may sit on a read-only disk)
+        from sparring.share import refresh_model_cards
+
+        try:  # the policies' model cards with their held-out metrics and intervals
+            refresh_model_cards(ctx.rd.root)
+        except UserError as exc:
+            ctx.log(f"[cards] {exc}")
     ctx.dist.barrier()
     return summary
 
@@ -725,6 +780,10 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     with atomic_dir(d / "policy") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        from sparring.share import write_model_card
+
+        # the card says what this policy is; its held-out metrics are added once they exist (run())
+        write_model_card(tmp, run_dir=ctx.rd.root, iteration=t, cfg=ctx.cfg.to_dict(), summary=None)
     del model
     return outputs, result
 

@@ -122,10 +122,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+CARD = "README.md"  # a saved policy's model card: rewritten as its metrics arrive, read by no stage
+
+
 def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents) — without a top-level model card,
+    which is documentation that changes after the stage, not data a later stage reads."""
     h = hashlib.sha256()
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path) != Path(CARD)):
             h.update(str(f.relative_to(path)).encode())
             h.update(sha256_of(f).encode())
         return h.hexdigest()
