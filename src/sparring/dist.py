@@ -38,7 +38,6 @@ class Dist:
         self.fsdp = False  # an FSDP launch: the training model is sharded over the ranks (`shard`)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
-
             from sparring.errors import UserError
 
             if _flag("ACCELERATE_USE_DEEPSPEED"):

@@ -27,7 +27,6 @@ import argparse
 import ast
 import dataclasses
 import difflib
-import hashlib
 import inspect
 import io
 import json

@@ -20,7 +20,6 @@ cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 
 from sparring.judges.base import Judge, PairwiseJudge, PointwiseJudge, both_orders, bradley_terry
 from sparring.judges.ifeval import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions, validate_instruction
@@ -56,12 +55,6 @@ def build_judge(spec, where: str = "judge", device=None):
 
         device = current().device
     return cls.from_config(cfg, device=device)
-
-
-def as_spec(value) -> Mapping:
-    from sparring.config import JudgeConfig
-
-    return value.to_dict() if isinstance(value, JudgeConfig) else dict(value)
 
 
 __all__ = [
