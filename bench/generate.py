@@ -1,34 +1,78 @@
-"""Tokens per second of sparring's sampler against plain `model.generate(do_sample=True)`.
+"""Tokens per second of sparring's decode loop against plain `model.generate`, lever by lever.
 
-Same model, prompts, K, max_new_tokens, temperature/top-p and batch, measured side by side in one
-process (alternating, best of `--repeats`). Prints one JSON line.
-    python bench/generate.py [--model smollm2-135m] [--prompts 16] [--k 4] [--max-new-tokens 128]
+Same model, prompts, K, max_new_tokens, temperature/top-p and batch for every engine, measured side
+by side in one process (round-robin over the configurations, best of `--repeats`). Prints one JSON
+line: tokens/s of each configuration, its ratio to `model.generate` (sampled and greedy), and the
+load average around each measurement (the machine is shared: a busy spell shows there).
+
+Configurations, sampled (T = 0.7, top-p 0.9), each adding one lever to the one before:
+  generate        model.generate(do_sample=True), HF's loop
+  padded          sparring's earlier loop: left-padded batch, HF's forward, growing KV cache, rows leave
+                  when done (hf._decode_padded), with this version's sampler
+  slots           the slot loop (engine.py): its own decode step, left-aligned static cache, live rows
+                  moved to the front as others end; F.linear, separate q/k/v and gate/up matmuls, one
+                  prefill per row, a new batch only once all rows are done
+  +packed         oneDNN linear on weights reordered once (CPU)
+  +fused          one matmul for q,k,v and one for gate,up
+  +shared_prefill one prefill per prompt for its K rows
+  +refill         freed rows take the next prompt = the default
+  wide_candidates the default with sampling's candidates from topk(256) (the earlier width) instead of 32
+Greedy: generate_greedy (do_sample=False) against sparring_greedy (the default), on prompts × K
+prompts with one response each (the same number of sequences).
+
+`--eval`: greedy evaluation instead (its own JSON line): the held-out prompts (shipped:heldout),
+128 new tokens, at `--eval-batch-sizes` (40,120), with the padded loop (the decode loop evaluation
+used before the slot loop) and the slot loop: seconds at the first batch size, and how many
+responses differ between the two batch sizes.
+    python bench/generate.py [--model smollm2-135m] [--prompts 16] [--k 4] [--max-new-tokens 128] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
 
-from sparring.prompts import load_prompts
+from sparring.generation.engine import Levers
 from sparring.generation.hf import iter_samples
 from sparring.models import load_model, load_tokenizer
+from sparring.prompts import load_prompts
+
+BASE = {"refill": False, "shared_prefill": False, "fused": False, "packed": False}
+CONFIGS = {  # name: (engine, levers, greedy)
+    "generate": ("generate", None, False),
+    "padded": ("padded", Levers(), False),
+    "slots": ("sparring", Levers(**BASE), False),
+    "+packed": ("sparring", Levers(**{**BASE, "packed": True}), False),
+    "+fused": ("sparring", Levers(**{**BASE, "packed": True, "fused": True}), False),
+    "+shared_prefill": ("sparring", Levers(refill=False), False),
+    "+refill": ("sparring", Levers(), False),
+    "wide_candidates": ("sparring", Levers(widths=(256,)), False),
+    "generate_greedy": ("generate", None, True),
+    "sparring_greedy": ("sparring", Levers(), True),
+}
 
 
-def timed(model, tok, prompts, engine, args) -> tuple[float, int]:
+def timed(model, tok, prompts, name, args) -> tuple[float, int]:
+    engine, levers, greedy = CONFIGS[name]
+    # greedy: the same number of sequences, one per prompt (K greedy samples would be K copies)
+    k = 1 if greedy else args.k
+    prompts = prompts[: args.prompts * k]
     start = time.perf_counter()
     n_tokens = 0
-    for batch in iter_samples(model, tok, prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=0.7,
-                              top_p=0.9, batch_size=args.batch_size, seed=0, engine=engine):
+    for batch in iter_samples(model, tok, prompts, k=k, max_new_tokens=args.max_new_tokens, temperature=0.7,
+                              top_p=0.9, batch_size=args.batch_size, seed=0, greedy=greedy, engine=engine,
+                              levers=levers):
         n_tokens += sum(len(s.response_ids) for s in batch)
     return time.perf_counter() - start, n_tokens
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
@@ -36,23 +80,74 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS))
+    ap.add_argument("--eval", action="store_true", help="time greedy evaluation and its batch invariance instead")
+    ap.add_argument("--eval-prompts", type=int, default=120)
+    ap.add_argument("--eval-batch-sizes", default="40,120")
     args = ap.parse_args()
+    if args.eval:
+        return evaluation(args)
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configurations {unknown}")
     tok = load_tokenizer(args.model)
     model = load_model(args.model, args.dtype).eval()
-    prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts]]
-    timed(model, tok, prompts[:2], "sparring", argparse.Namespace(**{**vars(args), "max_new_tokens": 4}))  # warm-up
-    best = {}
+    prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts * args.k]]
+    warm = argparse.Namespace(**{**vars(args), "max_new_tokens": 4})
+    for name in ("padded", "+refill", "generate"):
+        timed(model, tok, prompts[: 2 * args.k], name, warm)
+    best: dict[str, tuple[float, int, list[float]]] = {}
     for _ in range(args.repeats):
-        for engine in ("generate", "sparring"):
-            sec, n = timed(model, tok, prompts, engine, args)
-            if engine not in best or sec < best[engine][0]:
-                best[engine] = (sec, n)
+        for name in names:
+            before = os.getloadavg()[0]
+            sec, n = timed(model, tok, prompts, name, args)
+            load = [round(before, 2), round(os.getloadavg()[0], 2)]
+            if name not in best or sec < best[name][0]:
+                best[name] = (sec, n, load)
+            print(f"{name}: {n / sec:.1f} tokens/s ({sec:.1f} s, load {load})", flush=True, file=sys.stderr)
     out = {"bench": "generate", "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "k": args.k,
-           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "threads": torch.get_num_threads()}
-    for engine, (sec, n) in best.items():
-        out[engine] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1)}
-    out["speedup_tokens_per_s"] = round(out["sparring"]["tokens_per_s"] / out["generate"]["tokens_per_s"], 2)
-    out["speedup_wall"] = round(best["generate"][0] / best["sparring"][0], 2)
+           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+           "repeats": args.repeats, "torch": torch.__version__}
+    for name, (sec, n, load) in best.items():
+        out[name] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1), "load": load}
+    ratio = {}
+    for name in best:
+        base = "generate_greedy" if CONFIGS[name][2] else "generate"
+        if base in best and name != base:
+            ratio[name] = round(out[name]["tokens_per_s"] / out[base]["tokens_per_s"], 2)
+    out["vs_generate_tokens_per_s"] = ratio
+    print(json.dumps(out))
+
+
+def evaluation(args) -> None:
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model, args.dtype).eval()
+    prompts = [r.messages for r in load_prompts("shipped:heldout")[: args.eval_prompts]]
+    sizes = [int(b) for b in args.eval_batch_sizes.split(",")]
+    out = {"bench": "generate_eval", "model": args.model, "dtype": args.dtype, "prompts": len(prompts),
+           "max_new_tokens": args.max_new_tokens, "batch_sizes": sizes, "threads": torch.get_num_threads()}
+    for engine in ("padded", "sparring"):
+        iter_samples(model, tok, prompts[:2], k=1, max_new_tokens=4, greedy=True, engine=engine)  # warm-up
+    responses: dict = {}
+    for bs in sizes:  # the first batch size timed for both engines side by side, then the others
+        for engine in ("padded", "sparring"):
+            before = os.getloadavg()[0]
+            start = time.perf_counter()
+            got = [s.response_ids for b in iter_samples(model, tok, prompts, k=1, max_new_tokens=args.max_new_tokens,
+                                                        batch_size=bs, greedy=True, engine=engine) for s in b]
+            sec = time.perf_counter() - start
+            responses[(engine, bs)] = got
+            n = sum(map(len, got))
+            out[f"{engine}_bs{bs}"] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1),
+                                       "load": [round(before, 2), round(os.getloadavg()[0], 2)]}
+            print(f"{engine} bs {bs}: {sec:.1f} s", file=sys.stderr, flush=True)
+    b0 = sizes[0]
+    out["time_vs_padded"] = round(out[f"sparring_bs{b0}"]["seconds"] / out[f"padded_bs{b0}"]["seconds"], 2)
+    for engine in ("padded", "sparring"):
+        for bs in sizes[1:]:
+            diff = sum(a != b for a, b in zip(responses[(engine, b0)], responses[(engine, bs)]))
+            out[f"{engine}_differing_bs{b0}_vs_bs{bs}"] = diff
     print(json.dumps(out))
 
 

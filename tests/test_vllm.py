@@ -130,6 +130,67 @@ def test_reload_moves_the_running_engine_to_the_new_policy(engine, models):
                                fresh_logps(models[0], samples), atol=ATOL, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def lively(models):
+    """π_0 with its matrices redrawn at std 1 (same architecture, so the engine reloads it): its greedy
+    responses vary, where the initialised tiny model repeats one token, so penalties and stop
+    strings have work to do."""
+    model = load_model(str(models[0]), "float32")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g))
+    path = models[0].parent / "lively"
+    model.save_pretrained(path)
+    load_tokenizer(str(models[0])).save_pretrained(path)
+    return path
+
+
+def test_sampling_options_reach_vllm(engine, models, lively):
+    """top_k, min_p, repetition_penalty and stop strings go to vLLM's SamplingParams with the HF
+    sampler's meaning: top-k 1 and min-p 1 decode greedily, each greedy token under the penalty is the
+    argmax of transformers' penalised logits, and a stop string ends the response at its first
+    occurrence (text, ids and log-prob cut there, as the HF sampler cuts them)."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from sparring.generation.base import SamplingParams
+
+    tok, eng, _ = engine
+    eng.reload(str(lively))
+    greedy = draw(engine, k=1, params=SamplingParams(max_new_tokens=16, greedy=True))
+    assert len({tuple(s.response_ids) for s in greedy}) == len(PROMPTS)  # varied responses
+    for cut in ({"top_k": 1}, {"min_p": 1.0, "top_p": 1.0}):
+        sampled = draw(engine, k=2, params=SamplingParams(max_new_tokens=16, temperature=0.9, **cut))
+        assert [s.response_ids for s in sampled] == [s.response_ids for s in greedy for _ in range(2)]
+
+    model = load_model(str(lively), "float32").eval()
+    p = SamplingParams(max_new_tokens=16, greedy=True, repetition_penalty=1.8)
+    penalised = draw(engine, k=1, params=p)
+    assert [s.response_ids for s in penalised] != [s.response_ids for s in greedy]
+    with torch.no_grad():
+        for s in penalised:
+            ids = torch.tensor([s.prompt_ids + s.response_ids])
+            logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1 : -1]
+            for i, t in enumerate(s.response_ids):
+                seen = ids[:, : len(s.prompt_ids) + i]
+                scores = RepetitionPenaltyLogitsProcessor(1.8)(seen, logits[i : i + 1].clone())
+                assert scores[0, t] >= scores[0].max() - 1e-4  # the argmax, up to kernel rounding
+
+    text = tok.decode(greedy[0].response_ids, skip_special_tokens=True)
+    at = next(i for i in range(3, len(text) - 1) if text[i : i + 2].isascii() and text[i : i + 2].isprintable()
+              and text.find(text[i : i + 2]) == i)
+    stop = text[at : at + 2]
+    stopped = draw(engine, k=1, params=SamplingParams(max_new_tokens=16, greedy=True, stop=(stop, "never-there")))
+    first = stopped[0]
+    assert first.finished and first.response == text[: at + 2].strip()
+    assert tok.decode(first.response_ids, skip_special_tokens=True) == text[: at + 2]
+    assert first.response_ids == greedy[0].response_ids[: len(first.response_ids)]
+    torch.testing.assert_close(torch.tensor([s.logp for s in stopped], dtype=torch.float64),
+                               fresh_logps(lively, stopped), atol=ATOL, rtol=0)
+    eng.reload(str(models[0]))
+
+
 def test_sparring_run_with_the_vllm_backend(models, tmp_path):
     """One iteration of the console script (vLLM spawns workers: the entry point's main guard)."""
     import yaml

@@ -38,35 +38,44 @@ IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instructi
 
 def generate(policy: str, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int, dtype: str = "bfloat16",
              backend: str = "hf", greedy: bool = True, temperature: float = 0.7, top_p: float = 0.9, seed: int = 0,
-             progress: bool = True, dist=None):
+             progress: bool = True, dist=None, sampling=None):
     """One response per prompt from `policy` (greedy unless `greedy=False`): the `Sample`s in prompt
-    order on rank 0, None on the other ranks.
+    order on rank 0, None on the other ranks. `sampling`: a `SamplingParams` with every option
+    (e.g. `SamplingParams.for_eval(cfg.generation, cfg.eval)`); without it one is built from
+    max_new_tokens, greedy, temperature and top_p.
 
-    With N ranks (`dist`), batch b of `batch_size` prompts is rank b mod N's; rank 0 gathers the
-    responses in prompt order. Whole batches move, so every prompt is decoded in the batch (same padding,
-    same arithmetic) it has in one process: the responses are the same bits."""
+    A response depends only on its prompt (and, sampled, on the seed and the prompt's index): the HF
+    decode loop is batch-invariant (docs/generation.md), so `batch_size` changes the speed, not
+    the responses. With N ranks (`dist`), batch b of `batch_size` prompts is rank b mod N's; each
+    rank decodes its batches in one stream (rows refilled across batches) and rank 0 gathers the
+    responses in prompt order."""
     from tqdm.auto import tqdm
 
     from sparring.dist import current, merge_round_robin
     from sparring.generation import load_sampler
+    from sparring.generation.base import SamplingParams
     from sparring.generation.hf import batch_seed
 
+    params = sampling or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                        greedy=greedy)
     dist = dist or current()
     tok, model, iter_samples = load_sampler(policy, backend, dtype, device=dist.device)
-    starts = list(range(0, len(prompts), batch_size))
-    mine = dist.mine(starts)
-    done = []  # this rank's batches of samples
-    with tqdm(total=sum(len(prompts[b : b + batch_size]) for b in mine), desc="evaluate", unit="prompt",
-              disable=not (progress and dist.is_main), dynamic_ncols=True) as bar:
-        for b in mine:
-            part = prompts[b : b + batch_size]
-            sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "seed": batch_seed(seed, "eval", b)}
-            batch = [smp for chunk in iter_samples(model, tok, [p.messages for p in part], k=1,
-                                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                                   greedy=greedy, **sampling) for smp in chunk]
-            done.append(batch)
-            bar.update(len(batch))
+    mine = dist.mine(list(range(0, len(prompts), batch_size)))
+    parts = [list(range(b, min(b + batch_size, len(prompts)))) for b in mine]
+    idx = [i for part in parts for i in part]
+    got = []
+    with tqdm(total=len(idx), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
+              dynamic_ncols=True) as bar:
+        if idx:
+            for chunk in iter_samples(model, tok, [prompts[i].messages for i in idx], k=1, params=params,
+                                      batch_size=batch_size, seed=batch_seed(seed, "eval"), keys=idx):
+                got += chunk
+                bar.update(len(chunk))
     del model
+    done, at = [], 0  # this rank's batches of samples, for the gather
+    for part in parts:
+        done.append(got[at : at + len(part)])
+        at += len(part)
     samples = [s for batch in merge_round_robin(dist.all_gather(done)) for s in batch]
     return samples if dist.is_main else None
 

@@ -8,6 +8,7 @@ branch on the backend.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from sparring.errors import UserError
 
@@ -34,9 +35,42 @@ def load_sampler(policy: str, backend: str = "hf", dtype: str = "bfloat16", seed
     if backend == "hf":
         from sparring.generation.hf import iter_samples
 
-        return tok, load_model(policy, dtype).to(device).eval(), iter_samples
+        model = load_model(policy, dtype).to(device).eval()
+        check_weights(policy, dtype, model.get_parameter, "the hf sampler's model")
+        return tok, model, iter_samples
     if backend == "vllm":
         from sparring.generation.vllm import engine_for, iter_samples
+        from sparring.models import resolve_model, tensor_from_dir
 
-        return tok, engine_for(policy, dtype=dtype, seed=seed), iter_samples
+        engine = engine_for(policy, dtype=dtype, seed=seed)
+        # vLLM's workers do not hand their weights out (only pickled code could fetch them), so what is
+        # checked is what the engine says it holds: the directory it loaded or reloaded last must be
+        # this policy, and the weights on disk there must be the ones training recorded
+        if Path(engine.policy).resolve() != Path(resolve_model(policy)).resolve():
+            raise UserError(f"{policy}: the vLLM engine holds {engine.policy} instead; it would sample another "
+                            "policy (stale weights). Nothing was sampled")
+        check_weights(policy, "float32", lambda name: tensor_from_dir(engine.policy, name),
+                      f"the weights the vLLM engine loaded from {engine.policy}")
+        return tok, engine, iter_samples
     raise UserError(f"generation.backend = {backend!r} is not known; choose 'hf' or 'vllm'")
+
+
+def check_weights(policy: str, dtype: str, tensors, what: str) -> None:
+    """Raise UserError unless `tensors` (name -> tensor: the sampler's weights) match the fingerprint
+    training recorded in `policy` (sparring.models.FINGERPRINT_FILE), compared in the sampler's dtype.
+    A policy without one (a base model) has nothing to check."""
+    from sparring.models import FINGERPRINT_FILE, read_fingerprint, weights_fingerprint
+
+    record = read_fingerprint(policy)
+    if record is None or dtype not in record["sha256"]:
+        return
+    try:
+        found = weights_fingerprint(tensors, record["tensors"], dtype)
+    except (KeyError, AttributeError, RuntimeError) as exc:  # a tensor the sampler does not have at all
+        found = f"unreadable ({type(exc).__name__}: {exc})"
+    if found != record["sha256"][dtype]:
+        raise UserError(
+            f"{policy}: {what} are not the weights training recorded for this policy ({FINGERPRINT_FILE}: "
+            f"{len(record['tensors'])} tensors compared in {dtype}, from {record['tensors'][0]}); sampling would "
+            "use other (stale) weights than the trained ones. Nothing was sampled. If the policy's files were "
+            "changed by hand, restore them or run its training stage again")

@@ -1,8 +1,10 @@
-"""Sampling from a policy with HF `generate`, recording each sample's log-probability under it.
+"""Sampling from a policy on its HF model, recording each sample's log-probability under it.
 
-The summed log-probability of a response under π_t is recorded while sampling (from the raw,
-untempered logits that `generate` returns with `output_logits=True`). It is the reference
-log-probability ref_logp of SPPO's loss (reference = π_t), so training keeps no second model.
+Three decode loops: the slot loop of engine.py (Llama-family models, the default), the padded loop
+here (`_decode_padded`, for other models) and plain `model.generate` (`engine="generate"`, for
+comparison). The summed log-probability of a response under π_t is recorded while sampling, from
+the raw logits (before any sampling option). It is the reference log-probability ref_logp of
+SPPO's loss (reference = π_t), so training keeps no second model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from sparring.generation.base import SamplingParams, cut_at_stop, resolve, stop_end
+from sparring.generation.engine import mixture_logits  # noqa: F401  (part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -78,33 +83,36 @@ def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return input_ids, attention
 
 
+def sample_seed(seed: int, prompt: int, sample: int) -> int:
+    """The seed of sample `sample` of prompt `prompt` (its index in the prompts given to the sampler):
+    each sample draws from its own uniform stream (sampling.py), so it does not depend on batching."""
+    return batch_seed(seed, "sample", prompt, sample)
+
+
 def sample_batch(
     model,
     tokenizer,
     prompt_ids: Sequence[list[int]],
     *,
     k: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
     seed: int,
     greedy: bool = False,
-    candidates: int = 256,
+    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool]]]:
-    """Sample K responses for each prompt of one batch with sparring's own decode loop.
+    """Sample K responses for each prompt of one batch with sparring's own decode loop (`params`,
+    or the older keywords max_new_tokens / temperature / top_p / greedy).
 
-    Differences from `model.generate` that make it faster on a CPU, same distribution:
-    - a row leaves the batch (and its KV cache) as soon as it emits a stop token, so late steps
-      run on the rows still writing, not on the whole batch;
-    - the prefill computes logits for the last position only;
-    - nucleus (top-p) sampling sorts only the `candidates` most likely tokens; when they hold less
-      than `top_p` of the mass (rare at T ≤ 1) the row falls back to the full vocabulary, so the
-      nucleus is exact;
-    - log π(token) of the raw, untempered distribution is accumulated on the fly (no stored logits).
-    Returns, per prompt, K (response_ids, logp, finished) triples.
+    Differences from `model.generate`, same distribution (engine.py and sampling.py say why):
+    one prefill per prompt for its K samples; a row leaves the batch as soon as it ends; the
+    kept set of top-k/top-p/min-p is computed on the 32 most likely tokens (more for a row whose
+    kept set reaches past them); log π(token) of the raw, untempered distribution is accumulated
+    on the fly. Returns, per prompt, K (response_ids, logp, finished).
     """
-    out = _decode(model, None, tokenizer, prompt_ids, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, seed=seed, greedy=greedy, candidates=candidates, mixture=0.0)
+    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    out = _decode(model, None, tokenizer, prompt_ids, k=k, params=params, seed=seed, mixture=0.0)
     return [[(ids, logp, fin) for ids, logp, fin, _ in per_prompt] for per_prompt in out]
 
 
@@ -116,68 +124,94 @@ def sample_batch_with_reference(
     *,
     mixture: float,
     k: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
     seed: int,
-    candidates: int = 256,
+    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool, float]]]:
     """`sample_batch` with a reference model μ decoded in lockstep (Nash-MD).
 
     Tokens are drawn from the geometric mixture log_softmax((1 − c)·log π + c·log μ) of the policy π
     and μ, token by token (c = `mixture`; Munos et al. 2023, the sequence-level Nash-MD opponent);
-    c = 0 draws from π exactly as `sample_batch` with the same seed does. Temperature and top-p
-    apply to the mixture. Both the raw log π and the raw log μ of each response are accumulated.
+    c = 0 draws from π exactly as `sample_batch` with the same seed does. The sampling options apply
+    to the mixture. Both the raw log π and the raw log μ of each response are accumulated.
     Returns, per prompt, K (response_ids, logp, finished, ref_logp) tuples.
     """
-    return _decode(model, ref_model, tokenizer, prompt_ids, k=k, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, seed=seed, greedy=False, candidates=candidates,
-                   mixture=mixture)
+    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    if params.greedy:
+        raise ValueError("a reference model needs sampling (not greedy)")
+    return _decode(model, ref_model, tokenizer, prompt_ids, k=k, params=params, seed=seed, mixture=mixture)
 
 
-def mixture_logits(logp: torch.Tensor, ref_logp: torch.Tensor, mixture: float) -> torch.Tensor:
-    """Unnormalised log-probabilities of the geometric mixture π^(1−c) μ^c of two next-token
-    distributions (Nash-MD's π_t^μ, one token at a time): softmax of the result is the mixture."""
-    return (1.0 - mixture) * logp + mixture * ref_logp
+def _decode(model, ref_model, tokenizer, prompt_ids, *, k, params, seed, mixture,
+            seed_of=None, slots=None, levers=None) -> list[list[tuple[list[int], float, bool, float | None]]]:
+    """Per prompt, K (ids, logp, finished, ref_logp): the slot loop (engine.py) for the models it
+    supports, else the padded loop."""
+    from sparring.generation.engine import LEVERS, decode, supported
+
+    models = [model] if ref_model is None else [model, ref_model]
+    seed_of = seed_of or (lambda i, j: sample_seed(seed, i, j))
+    if all(supported(m) for m in models):
+        results: list = [None] * len(prompt_ids)
+        for i, per_prompt in decode(models, tokenizer, list(prompt_ids), k=k, params=params, seed_of=seed_of,
+                                    slots=slots or len(prompt_ids) * k, stop_ids=stop_token_ids(tokenizer, model),
+                                    mixture=mixture, levers=levers or LEVERS):
+            results[i] = per_prompt
+        return results
+    return _decode_padded(models, tokenizer, prompt_ids, k=k, params=params, seed_of=seed_of, mixture=mixture,
+                          widths=(levers or LEVERS).widths)
 
 
 @torch.no_grad()
-def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, temperature, top_p, seed, greedy,
-            candidates, mixture) -> list[list[tuple[list[int], float, bool, float | None]]]:
-    from sparring.generation.fast import block_cache
+def _decode_padded(models, tokenizer, prompt_ids, *, k, params, seed_of, mixture, widths
+                   ) -> list[list[tuple[list[int], float, bool, float | None]]]:
+    """The decode loop for models engine.py does not run: the batch's prompts left-padded to one
+    width, HF's forward with a growing KV cache (`fast.block_cache`), a row leaving the batch as
+    soon as it ends. Same sampling (`RowSampler`) as the slot loop."""
+    from sparring.generation.fast import block_cache, use_decode_attention
+    from sparring.generation.sampling import RowSampler
 
+    model = models[0]
+    for m in models:
+        use_decode_attention(m)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # every tensor lives on the model's device (a reference model is on the same one); the generator
-    # too, since multinomial draws with a generator of its own device: on the CPU this is the CPU
-    # generator it always was (same bits), on a GPU the draws are the GPU's, not the CPU's
+    # every tensor lives on the model's device (a reference model is on the same one)
     device = model.device
-    input_ids, attention = (t.to(device) for t in left_pad([ids for ids in prompt_ids for _ in range(k)], pad_id))
-    n = len(input_ids)
+    rows = [ids for ids in prompt_ids for _ in range(k)]
+    input_ids, attention = (t.to(device) for t in left_pad(rows, pad_id))
+    n, T = len(input_ids), params.max_new_tokens
     stops = torch.tensor(stop_token_ids(tokenizer, model), device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    models = [model] if ref_model is None else [model, ref_model]
-
     caches = [block_cache(m) for m in models]
     with_cache = [{cache_kwarg(m): c, "use_cache": True} for m, c in zip(models, caches)]  # forward kwargs
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
                 **kw).logits[:, -1].float() for m, kw in zip(models, with_cache)]
+    vocab = logits[0].shape[-1]
+    sampler = RowSampler(params, tokenizer, vocab, n, device, widths=widths)
+    for i, ids in enumerate(prompt_ids):
+        sampler.start(torch.arange(i * k, (i + 1) * k, device=device), ids, [seed_of(i, j) for j in range(k)])
     alive = torch.arange(n, device=device)  # original row of each row still in the batch
     next_pos = positions[:, -1] + 1
-    out_tokens: list[list[int]] = [[] for _ in range(n)]
-    out_logp = torch.zeros(len(models), n, dtype=torch.float64, device=device)  # log π, and log μ when a reference runs
+    out_tok = torch.zeros(n, T, dtype=torch.long, device=device)
+    out_lp = torch.zeros(len(models), n, T, dtype=torch.float64, device=device)  # log π, and log μ with a reference
+    made = torch.zeros(n, dtype=torch.long, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        logp_all = [torch.log_softmax(x, dim=-1) for x in logits]
-        draw = logits[0] if mixture == 0.0 else mixture_logits(logp_all[0], logp_all[1], mixture)
-        tok = draw.argmax(-1) if greedy else _sample_top_p(draw, temperature, top_p, candidates, gen)
-        for i, lp in enumerate(logp_all):
-            out_logp[i, alive] += lp.gather(1, tok[:, None]).squeeze(1).double()
-        for r, t in zip(alive.tolist(), tok.tolist()):
-            out_tokens[r].append(t)
+    for step in range(T):
+        logp = [torch.log_softmax(x, dim=-1) for x in logits]
+        draw = logits[0] if len(models) == 1 else mixture_logits(logp[0], logp[1], mixture)
+        steps = torch.full_like(alive, step)
+        tok = sampler.choose(draw, alive, steps)
+        sampler.emitted(alive, tok)
+        for i, lp in enumerate(logp):
+            out_lp[i, alive, step] = lp.gather(1, tok[:, None]).squeeze(1).double()
+        out_tok[alive, step] = tok
+        made[alive] = step + 1
         done = torch.isin(tok, stops)
+        if sampler.stops is not None:
+            done |= sampler.stops.completed(out_tok, alive, steps + 1, tok)
         finished[alive[done]] = True
-        if step == max_new_tokens - 1:
+        if step == T - 1:
             break
         if done.any():
             keep = (~done).nonzero().squeeze(1)
@@ -193,8 +227,11 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, max_new_tokens, tempe
         next_pos = next_pos + 1
     results: list[list[tuple[list[int], float, bool, float | None]]] = [[] for _ in prompt_ids]
     for r in range(n):
-        ref = float(out_logp[1, r]) if ref_model is not None else None
-        results[r // k].append((out_tokens[r], float(out_logp[0, r]), bool(finished[r]), ref))
+        ids = out_tok[r, : int(made[r])].tolist()
+        if sampler.stops is not None:
+            ids = sampler.stops.cut(ids)
+        lp = out_lp[:, r, : len(ids)].sum(-1).tolist()
+        results[r // k].append((ids, lp[0], bool(finished[r]), lp[1] if len(models) > 1 else None))
     return results
 
 
@@ -204,26 +241,6 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
-def _sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, candidates: int, gen) -> torch.Tensor:
-    probs = torch.softmax(logits / temperature, dim=-1)
-    top, idx = probs.topk(min(candidates, probs.shape[-1]), dim=-1)  # sorted, descending
-    short = top.sum(-1) < top_p  # the candidates do not reach the nucleus mass: use everything
-    if short.any():
-        full, full_idx = probs[short].sort(dim=-1, descending=True)
-        picked = full_idx.gather(1, _nucleus_draw(full, top_p, gen)[:, None]).squeeze(1)
-    choice = idx.gather(1, _nucleus_draw(top, top_p, gen)[:, None]).squeeze(1)
-    if short.any():
-        choice[short] = picked
-    return choice
-
-
-def _nucleus_draw(sorted_probs: torch.Tensor, top_p: float, gen) -> torch.Tensor:
-    """Index into `sorted_probs` (descending) drawn from the smallest prefix holding ≥ top_p mass."""
-    before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly before each token
-    kept = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
-    return torch.multinomial(kept, 1, generator=gen).squeeze(1)
-
-
 @torch.no_grad()
 def sample_batch_generate(
     model,
@@ -231,30 +248,40 @@ def sample_batch_generate(
     prompt_ids: Sequence[list[int]],
     *,
     k: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
     seed: int,
     greedy: bool = False,
+    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool]]]:
-    """The same as `sample_batch` through plain `model.generate` (for comparison and benchmarks)."""
+    """The same as `sample_batch` through plain `model.generate` and transformers' own logits
+    processors and stop-string criterion (for comparison, tests and benchmarks)."""
+    from sparring.generation.sampling import cut_ids
+
+    p = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
     width = input_ids.shape[1]
     stops = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
-    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    options = {} if p.greedy else {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
+                                   "min_p": p.min_p or None}
+    if p.repetition_penalty != 1.0:
+        options["repetition_penalty"] = p.repetition_penalty
+    if p.stop:
+        options.update(stop_strings=list(p.stop), tokenizer=tokenizer)
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=p.max_new_tokens,
         num_return_sequences=k,
-        do_sample=not greedy,
+        do_sample=not p.greedy,
         eos_token_id=stops,
         pad_token_id=pad_id,
         return_dict_in_generate=True,
         output_logits=True,
-        **sampling,
+        **options,
     )
     new_tokens = out.sequences[:, width:]  # [B*K, T]
     # log π(token) from the raw logits, one step at a time to keep memory at O(B*K*V).
@@ -271,8 +298,11 @@ def sample_batch_generate(
         toks = new_tokens[row].tolist()
         end = next((i + 1 for i, t in enumerate(toks) if t in stop_set), None)
         finished = end is not None
-        end = end if finished else len(toks)
-        results[row // k].append((toks[:end], float(token_logp[row, :end].double().sum()), finished))
+        toks = toks[: end or len(toks)]
+        if p.stop:  # generate stopped the row at the token completing a stop string, then padded it
+            toks = cut_ids(tokenizer, toks, p.stop)
+            finished = finished or stop_end(tokenizer.decode(toks, skip_special_tokens=True), p.stop) is not None
+        results[row // k].append((toks, float(token_logp[row, : len(toks)].double().sum()), finished))
     return results
 
 
@@ -282,7 +312,7 @@ def iter_samples(
     prompts: Sequence,
     *,
     k: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     temperature: float = 0.7,
     top_p: float = 0.9,
     batch_size: int = 32,
@@ -292,48 +322,66 @@ def iter_samples(
     engine: str = "sparring",
     ref_model=None,
     mixture: float = 0.0,
+    params: SamplingParams | None = None,
+    levers=None,
+    keys: Sequence[int] | None = None,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of consecutive batches of prompts (each a `Prompt`, a list of chat messages or
-    a plain string; `batch_size` sequences per batch, i.e.
-    batch_size // K prompts), starting at prompt `start`. Batch b covers a fixed slice of prompts
-    and is seeded from (seed, first prompt index), so batches can be generated in any order or
-    resumed and give the same samples.
+    a plain string), batch_size // K prompts a batch, starting at prompt `start`. `params` holds the
+    sampling options (or the older keywords max_new_tokens / temperature / top_p / greedy do).
+
+    Sample j of prompt i draws from its own seed (`sample_seed(seed, i, j)`, or keys[i] in place of
+    i), so a sample does not depend on the batch it is in: batches can be generated in any order or
+    resumed and give the same samples. With engine="sparring" on a model engine.py runs, the batch_size rows are
+    refilled as samples finish (the next batch's prompts start before this one's end); the
+    batches are still yielded in order, each once all its samples are done.
 
     With `ref_model`, each sample also carries its log-prob under that reference, and tokens are
     drawn from the geometric mixture of policy and reference with coefficient `mixture`
     (`sample_batch_with_reference`)."""
-    if engine == "sparring":
-        from sparring.generation.fast import use_decode_attention
+    from sparring.generation.engine import LEVERS, decode, supported
 
-        for m in (model, ref_model):
-            if m is not None:
-                use_decode_attention(m)
-    if ref_model is not None:
-        if engine != "sparring" or greedy:
-            raise ValueError("a reference model needs engine='sparring' and sampling (not greedy)")
-
-        def sampler(model, tokenizer, prompt_ids, greedy, **kw):
-            return sample_batch_with_reference(model, ref_model, tokenizer, prompt_ids, mixture=mixture, **kw)
-    else:
-        sampler = sample_batch if engine == "sparring" else sample_batch_generate
+    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    if ref_model is not None and (engine == "generate" or params.greedy):
+        raise ValueError("a reference model needs engine='sparring' and sampling (not greedy)")
+    if engine not in ("sparring", "padded", "generate"):
+        raise ValueError(f"engine={engine!r}: choose 'sparring', 'padded' (the padded loop, which models engine.py "
+                         "does not run take anyway) or 'generate'")
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
-    for first in range(start, len(prompts), per_batch):
-        idx = list(range(first, min(first + per_batch, len(prompts))))
-        outs = sampler(
-            model,
-            tokenizer,
-            [ids[i] for i in idx],
-            k=k,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=batch_seed(seed, first),
-            greedy=greedy,
-        )
+    key = list(keys) if keys is not None else list(range(len(prompts)))
+    firsts = list(range(start, len(prompts), per_batch))
+
+    def samples(idx, outs) -> list[Sample]:
         batch = []
         for i, per_prompt in zip(idx, outs):
             for j, (resp, logp, finished, *ref) in enumerate(per_prompt):
-                text = tokenizer.decode(resp, skip_special_tokens=True).strip()
+                text = tokenizer.decode(resp, skip_special_tokens=True)
+                text = cut_at_stop(text, params.stop).strip()
                 batch.append(Sample(i, j, ids[i], resp, text, logp, finished, ref[0] if ref else None))
-        yield batch
+        return batch
+
+    models = [model] if ref_model is None else [model, ref_model]
+    if engine == "sparring" and all(supported(m) for m in models):
+        order = list(range(start, len(prompts)))
+        found: dict[int, list] = {}
+        stream = decode(models, tokenizer, [ids[i] for i in order], k=k, params=params,
+                        seed_of=lambda a, j: sample_seed(seed, key[order[a]], j), slots=per_batch * k,
+                        stop_ids=stop_token_ids(tokenizer, model), mixture=mixture, levers=levers or LEVERS)
+        for first in firsts:
+            idx = list(range(first, min(first + per_batch, len(prompts))))
+            while any(i not in found for i in idx):
+                a, per_prompt = next(stream)
+                found[order[a]] = per_prompt
+            yield samples(idx, [found.pop(i) for i in idx])
+        return
+    for first in firsts:
+        idx = list(range(first, min(first + per_batch, len(prompts))))
+        part = [ids[i] for i in idx]
+        if engine == "generate":
+            outs = sample_batch_generate(model, tokenizer, part, k=k, params=params, seed=batch_seed(seed, first))
+        else:
+            outs = _decode_padded(models, tokenizer, part, k=k, params=params, mixture=mixture,
+                                  widths=(levers or LEVERS).widths,
+                                  seed_of=lambda a, j, idx=idx: sample_seed(seed, key[idx[a]], j))
+        yield samples(idx, outs)

@@ -27,7 +27,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sparring.errors import UserError
+from sparring.generation.base import cut_at_stop, resolve
 from sparring.generation.hf import Sample, batch_seed, chat_prompt_ids
+from sparring.generation.sampling import cut_ids
 
 # config.json keys that fix the shapes of the weights: a policy with the same values can be
 # reloaded into a running engine; another one needs a new engine.
@@ -122,7 +124,8 @@ class VLLMEngine:
         # vLLM's CPU backend binds its OpenMP threads to cores; bind to every core this process
         # may use unless the user chose (VLLM_CPU_OMP_THREADS_BIND), rather than vLLM's "auto".
         cores = sorted(os.sched_getaffinity(0))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}" if len(cores) > 1 else str(cores[0]))
+        bind = f"{cores[0]}-{cores[-1]}" if len(cores) > 1 else str(cores[0])
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
         memory = {}
         if current_platform.is_cpu():
             # An explicit KV-cache size (default 1 GiB) instead of vLLM's share of the machine's
@@ -173,42 +176,47 @@ class VLLMEngine:
 
     # -------------------------------------------------------------- sampling
 
-    def generate(self, prompt_ids: Sequence[list[int]], *, k: int, max_new_tokens: int, temperature: float, top_p: float,
-                 seeds: Sequence[int], stop_ids: list[int], greedy: bool = False) -> list[list[tuple[list[int], float, bool]]]:
-        """Per prompt, K (response_ids, logp, finished) triples, as `hf.sample_batch` returns."""
+    def generate(self, prompt_ids: Sequence[list[int]], *, k: int, params, seeds: Sequence[int],
+                 stop_ids: list[int]) -> list[list[tuple[list[int], list[float], bool]]]:
+        """Per prompt, K (response_ids, the raw log-prob of each, finished) triples. `params`:
+        sparring's `SamplingParams`, passed to vLLM's options of the same names."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        needed = max(len(p) for p in prompt_ids) + max_new_tokens
+        needed = max(len(p) for p in prompt_ids) + params.max_new_tokens
         if self.llm is None or needed > self.max_model_len:
             self._start(needed)
-        params = [
+        greedy = params.greedy
+        options = [
             SamplingParams(
                 n=k,
-                temperature=0.0 if greedy else temperature,
-                top_p=1.0 if greedy else top_p,
-                top_k=0,  # no top-k cut, as in the HF sampler
-                max_tokens=max_new_tokens,
+                temperature=0.0 if greedy else params.temperature,  # vLLM: 0 is greedy (top-k/p, min-p off)
+                top_p=1.0 if greedy else params.top_p,
+                top_k=0 if greedy else params.top_k,  # 0: no top-k cut, as in the HF sampler
+                min_p=0.0 if greedy else params.min_p,
+                repetition_penalty=params.repetition_penalty,  # on prompt and output tokens, as transformers'
+                # the text cut after the stop string, the string kept (sparring cuts again, the same way)
+                stop=list(params.stop) or None,
+                include_stop_str_in_output=True,
+                max_tokens=params.max_new_tokens,
                 seed=None if greedy else seed,
                 logprobs=0,  # the sampled token's own log-prob (raw: see logprobs_mode)
                 stop_token_ids=stop_ids,
                 ignore_eos=False,
-                detokenize=False,
-                skip_special_tokens=False,
+                detokenize=bool(params.stop),  # stop strings are matched on the text
+                skip_special_tokens=True,
             )
             for seed in seeds
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        stops = set(stop_ids)
+        outs = self.llm.generate(prompts, options, use_tqdm=False)
         results = []
         for out in outs:
             per_prompt = []
             for c in sorted(out.outputs, key=lambda c: c.index):
                 ids = list(c.token_ids)
-                logp = sum(float(step[t].logprob) for step, t in zip(c.logprobs, ids))
-                finished = bool(ids) and ids[-1] in stops
-                per_prompt.append((ids, logp, finished))
+                logps = [float(step[t].logprob) for step, t in zip(c.logprobs, ids)]
+                per_prompt.append((ids, logps, c.finish_reason == "stop"))  # "length": cut at max_tokens
             results.append(per_prompt)
         return results
 
@@ -237,29 +245,34 @@ def iter_samples(
     prompts: Sequence,
     *,
     k: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     temperature: float = 0.7,
     top_p: float = 0.9,
     batch_size: int = 32,
     seed: int = 0,
     greedy: bool = False,
     start: int = 0,
+    params=None,
+    keys: Sequence[int] | None = None,
 ) -> Iterator[list[Sample]]:
     """`hf.iter_samples` on a vLLM engine: same arguments, batches and `Sample`s. A batch (a fixed
     slice of batch_size // K prompts) is one `generate` call; vLLM schedules inside it."""
+    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+    key = list(keys) if keys is not None else list(range(len(prompts)))
     stops = _stop_ids(engine.policy, tokenizer)
     for first in range(start, len(prompts), per_batch):
         idx = list(range(first, min(first + per_batch, len(prompts))))
         # One seed per prompt, from its index only (vLLM seeds its sample k with seed + k; hashed
         # seeds do not overlap): a prompt's samples do not depend on batch_size or on batching.
-        seeds = [batch_seed(seed, "prompt", i) for i in idx]
-        outs = engine.generate([ids[i] for i in idx], k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, seeds=seeds, stop_ids=stops, greedy=greedy)
+        seeds = [batch_seed(seed, "prompt", key[i]) for i in idx]
+        outs = engine.generate([ids[i] for i in idx], k=k, params=params, seeds=seeds, stop_ids=stops)
         batch = []
         for i, per_prompt in zip(idx, outs):
-            for j, (resp, logp, finished) in enumerate(per_prompt):
-                text = tokenizer.decode(resp, skip_special_tokens=True).strip()
-                batch.append(Sample(i, j, ids[i], resp, text, logp, finished))
+            for j, (resp, logps, finished) in enumerate(per_prompt):
+                if params.stop:  # the token that completed the stop string ends the response (vLLM's last)
+                    resp = cut_ids(tokenizer, resp, params.stop)
+                text = cut_at_stop(tokenizer.decode(resp, skip_special_tokens=True), params.stop).strip()
+                batch.append(Sample(i, j, ids[i], resp, text, sum(logps[: len(resp)]), finished))
         yield batch
