@@ -251,6 +251,90 @@ def run_levers(args, rows_tok) -> dict:
             "vs_padded_bf16": {k: round(best["padded_bf16"] / v, 2) for k, v in best.items()}}
 
 
+def run_step_levers(args, rows_tok) -> dict:
+    """The training step's levers, one at a time against today's step (packed, length-sorted micro-
+    batches, bf16 autocast), alternating, best of `--repeats`:
+    - forward + backward (DPO loss, no optimizer) over all pairs, one optimizer step's rows at a time:
+      `base` (the LM head and log-softmax on all of a micro-batch's response positions at once),
+      `chunked_head_<n>` (`sparring.train.HEAD_CHUNK = n`: n positions at a time, no logits kept for
+      the backward pass, which computes them again), `compiled` (`torch.compile` of the decoder,
+      dynamic shapes; its first pass, which compiles, is timed apart as `compile_seconds`);
+    - the optimizer step alone (AdamW over every parameter, after a real backward pass):
+      `adamw_for_loop` (torch's default on the CPU), `adamw_foreach`, `adamw_fused`; seconds per step,
+      median of 5."""
+    import statistics
+
+    import sparring.train as st
+    from sparring.losses import dpo
+
+    pad = load_tokenizer(args.model).pad_token_id
+    ref = torch.zeros(args.micro_batch_size)
+    steps = list(_batches(len(rows_tok), args.batch_size, 1, args.seed))
+    chunks = [int(c) for c in args.head_chunks.split(",") if c]
+
+    def fwd_bwd(model) -> float:
+        start = time.perf_counter()
+        for idx in steps:
+            for part in _micro_batches(idx, rows_tok, ("w", "l"), args.micro_batch_size):
+                micro = [rows_tok[i] for i in part]
+                prompts, w, l = ([r[k] for r in micro] for k in ("prompt_ids", "w_ids", "l_ids"))
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    lw, ll = (x.logp for x in packed_logps(model, prompts, [w, l], pad))
+                dpo(lw, ll, ref[: len(micro)], ref[: len(micro)], args.beta).mean().backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    model = load_model(args.model, "float32")
+    model.train()
+    compiled, compile_seconds = None, None
+    if args.compile:
+        compiled = load_model(args.model, "float32")
+        compiled.train()
+        compiled.get_decoder().compile(dynamic=True)
+        start = time.perf_counter()
+        fwd_bwd(compiled)  # compiles (and recompiles for the shapes it meets) once
+        compile_seconds = time.perf_counter() - start
+    runs = [("base", model, 0)] + [(f"chunked_head_{c}", model, c) for c in chunks]
+    runs += [("compiled", compiled, 0)] if compiled is not None else []
+    best: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for key, m, chunk in runs:
+            st.HEAD_CHUNK = chunk
+            best[key] = min(best.get(key, float("inf")), fwd_bwd(m))
+            print(f"lever {key}: {best[key]:.2f} s", file=sys.stderr, flush=True)
+    st.HEAD_CHUNK = 0
+
+    # the optimizer step: gradients of one real micro-batch, then 5 steps of each implementation
+    micro = [rows_tok[i] for i in steps[0][: args.micro_batch_size]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lw, ll = (x.logp for x in packed_logps(model, [r["prompt_ids"] for r in micro],
+                                                [[r["w_ids"] for r in micro], [r["l_ids"] for r in micro]], pad))
+    dpo(lw, ll, ref[: len(micro)], ref[: len(micro)], args.beta).mean().backward()
+    opt_seconds: dict[str, float] = {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(args.repeats):
+        for name, kw in (("adamw_for_loop", {"foreach": False}), ("adamw_foreach", {"foreach": True}),
+                         ("adamw_fused", {"fused": True})):
+            opt = torch.optim.AdamW(params, lr=args.lr, **kw)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                opt.step()
+                times.append(time.perf_counter() - start)
+            opt_seconds[name] = min(opt_seconds.get(name, float("inf")), statistics.median(times))
+            print(f"lever {name}: {opt_seconds[name]:.3f} s/step", file=sys.stderr, flush=True)
+    tokens = work_tokens(rows_tok)
+    out = {"bench": "train_step_levers", "pairs": len(rows_tok), "batch_size": args.batch_size,
+           "micro_batch_size": args.micro_batch_size, "threads": torch.get_num_threads(), "tokens": tokens,
+           "forward_backward_seconds": {k: round(v, 2) for k, v in best.items()},
+           "vs_base": {k: round(best["base"] / v, 3) for k, v in best.items()},
+           "optimizer_step_seconds": {k: round(v, 3) for k, v in opt_seconds.items()},
+           "optimizer_vs_for_loop": {k: round(opt_seconds["adamw_for_loop"] / v, 2) for k, v in opt_seconds.items()}}
+    if compile_seconds is not None:
+        out["compile_seconds"] = round(compile_seconds, 1)
+    return out
+
+
 # ---------------------------------------------------------------- MFU
 
 
@@ -285,7 +369,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="trl_ref_model,trl_precompute,sparring")
-    ap.add_argument("--levers", action="store_true", help="only time sparring's batching levers (own JSON line)")
+    ap.add_argument("--levers", nargs="?", const="step", choices=["step", "layouts"],
+                    help="only time sparring's levers (own JSON line): step (default: the LM head in chunks, "
+                         "torch.compile, the optimizer step) or layouts (micro-batch layouts)")
+    ap.add_argument("--head-chunks", default="256,1024", help="--levers step: the HEAD_CHUNK values to time")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="--levers step: also time torch.compile of the decoder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -310,7 +399,8 @@ def main() -> None:
         return pairs, rows, [pairs[i] for i in order]
 
     if args.levers:
-        print(json.dumps(run_levers(args, ordered(args.pairs)[1])))
+        levers = run_step_levers if args.levers == "step" else run_levers
+        print(json.dumps(levers(args, ordered(args.pairs)[1])))
         return
 
     # ---- phase 1: loss agreement in float32 (a smaller step, so a few pairs make several steps)

@@ -22,7 +22,8 @@ be caught: no `finally`, no `atexit`, no flush runs — the same as a kill from 
   {"after_replace": REL}    right after that rename
   {"after_running": KEY}    right after the manifest records stage KEY as running
   {"before_done": KEY}      when stage KEY has finished its work, before the manifest says so
-  {"train_step": [KEY, N]}  after optimizer step N of training stage KEY
+  {"train_step": [KEY, N]}  after optimizer step N of training stage KEY (or the first one after N that
+                            runs, when the stage resumed from a checkpoint past N)
   {"after_cache_put": N}    after the N-th judge-cache write transaction of this process
 
 `kill_after` makes the server SIGKILL the child from outside that many seconds after forking it
@@ -58,6 +59,10 @@ import sparring.models  # noqa: E402,F401
 import sparring.rundir  # noqa: E402
 import sparring.train  # noqa: E402,F401
 
+try:  # the LoRA runs' adapter library, imported once here too
+    import peft  # noqa: F401
+except ImportError:
+    pass
 
 _POINT_MARKER: str | None = None  # file the child creates when its kill point fires
 
@@ -106,7 +111,9 @@ def install_kill_point(point: dict, root: Path) -> None:
 
         def metrics(self, record):
             real_metrics(self, record)
-            if record.get("stage") == key and record.get("step") == step:
+            # at step N or the first step after it: a stage resumed from a checkpoint past N (an earlier
+            # kill landed later in the stage) starts after N and must still be killed in the stage
+            if record.get("stage") == key and isinstance(record.get("step"), int) and record["step"] >= step:
                 _die()
 
         sparring.loop.Context.metrics = metrics

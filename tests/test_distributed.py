@@ -14,7 +14,11 @@ one-process run, and resumes after a kill like one.
 - an FSDP launch (the shipped accelerate/fsdp.yaml, 2 processes, gloo): the same samples, preferences
   and rows bit for bit, and trained weights within FSDP_ATOL of one process's (see that test);
 - two "nodes" of one process each on this machine (--num_machines 2): the files of one process, with
-  rank 0 judging alone, as it must across hosts.
+  rank 0 judging alone, as it must across hosts;
+- with LoRA on (an adapter with dropout per iteration): 2 processes give one process's samples, rows
+  and, within WEIGHT_ATOL, adapter and merged weights (the dropout masks are drawn per micro-batch, so
+  they do not depend on the rank); under FSDP too; and a 2-process LoRA run killed inside its
+  training stage resumes from the stage's checkpoint to the files of the uninterrupted 2-process run.
 
 The launches use the shipped accelerate/cpu-2proc.yaml (fsdp.yaml for FSDP), on a free port, one
 thread per process.
@@ -52,12 +56,13 @@ LAUNCH_TIMEOUT = 300  # seconds for one launch; generous, a launch takes ~20 s o
 
 
 def dist_config(model: Path, runs_dir: Path) -> dict:
-    """One SPPO iteration. Seed 5 and 24 prompts give 6 training rows (most tiny-model samples tie);
-    batch 3 with micro-batch 1 puts 3 micro-batches in each step, so the ranks split a step unevenly.
+    """One SPPO iteration judged by length (tests/lengthjudge.py), so the tiny model's samples are seldom
+    tied and there are training rows whatever it samples; batch 3 with micro-batch 1 puts 3 micro-batches in each step, so the ranks split a step unevenly.
     8 generation shards and 3 eval batches: both ranks get work in every stage."""
     return {
         "name": "d", "seed": 5, "iterations": 1, "model": str(model), "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
+        "judge": {"name": "python", "function": "lengthjudge:by_length"},
         "prompts": {"per_iteration": 24},
         "generation": {"k": 4, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": 3},
         # plain SGD, no clipping: the update is lr × the summed gradient, so a gradient off by a factor
@@ -67,6 +72,16 @@ def dist_config(model: Path, runs_dir: Path) -> dict:
                   "epochs": 2, "precision": "fp32"},
         "eval": {"max_new_tokens": 6, "limit": 6, "batch_size": 2},
     }
+
+
+def lora_dist_config(model: Path, runs_dir: Path, **train) -> dict:
+    """dist_config with a LoRA adapter (dropout on) and a step size that moves the merged weights far
+    beyond WEIGHT_ATOL (the adapter's B starts at 0, so its first updates are small)."""
+    cfg = dist_config(model, runs_dir)
+    cfg["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1}
+    # 4 epochs: 8 optimizer steps, time enough to kill a launch between two of its checkpoints
+    cfg["train"] = {**cfg["train"], "lr": 0.05, "epochs": 4, **train}
+    return cfg
 
 
 def free_port() -> int:
@@ -81,8 +96,8 @@ def launch(argv: list[str], log: Path, config: str = "cpu-2proc.yaml", extra: tu
     port unless `port` is given: the launchers of several 'nodes' share one)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false",
-           # the sparring under test, wherever it is checked out
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+           # the sparring under test, wherever it is checked out (and tests/, for the length judge)
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / config),
            *extra, "--main_process_port", port or str(free_port()), "-m", "sparring.cli", *argv]
     with open(log, "w") as fh:
@@ -143,6 +158,37 @@ def single(tiny_model, tmp_path_factory) -> Path:
     return rd.root
 
 
+def run_single(cfg_dict: dict) -> Path:
+    """A one-process run in this process (one thread, as the launched ranks)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = config_from_dict(cfg_dict)
+        rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name)
+        run(make_context(cfg, rd, progress=False, log=lambda line: None))
+        rd.lock.release()
+    finally:
+        torch.set_num_threads(before)
+    return rd.root
+
+
+@pytest.fixture(scope="module")
+def single_lora(tiny_model, tmp_path_factory) -> Path:
+    return run_single(lora_dist_config(tiny_model, tmp_path_factory.mktemp("single_lora")))
+
+
+@pytest.fixture(scope="module")
+def two_procs_lora(tiny_model, tmp_path_factory) -> Path:
+    """The LoRA recipe under `accelerate launch` with 2 processes, uninterrupted."""
+    base = tmp_path_factory.mktemp("two_lora")
+    recipe = base / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(lora_dist_config(tiny_model, base / "runs", checkpoint_every=1)))
+    launch_and_wait(["run", str(recipe), "--no-progress"], base / "launch.log")
+    return base / "runs" / "d"
+
+
 @pytest.fixture(scope="module")
 def two_procs(tiny_model, tmp_path_factory) -> Path:
     """The same recipe under `accelerate launch` with 2 processes, uninterrupted."""
@@ -153,10 +199,10 @@ def two_procs(tiny_model, tmp_path_factory) -> Path:
     return base / "runs" / "d"
 
 
-def max_weight_difference(a: Path, b: Path) -> float:
+def max_weight_difference(a: Path, b: Path, rel: str = "iter_0/policy/model.safetensors") -> float:
     from safetensors.torch import load_file
 
-    ta, tb = (load_file(p) if p.suffix else load_file(p / "iter_0/policy/model.safetensors") for p in (a, b))
+    ta, tb = (load_file(p) if p.suffix else load_file(p / rel) for p in (a, b))
     assert ta.keys() == tb.keys()
     return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
 
@@ -188,8 +234,9 @@ def test_two_processes_killed_while_generating_resume_to_the_same_files(tiny_mod
     # kill every process of the launch once some (not necessarily all) generation shards are written
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     shards = root / "iter_0" / "samples.shards"
-    while not (shards.is_dir() and any(shards.glob("0*.parquet"))) and not (root / "iter_0" / "samples.parquet").exists():
-        assert proc.poll() is None, "the run ended before it was killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+    joined = root / "iter_0" / "samples.parquet"
+    while not (shards.is_dir() and any(shards.glob("0*.parquet"))) and not joined.exists():
+        assert proc.poll() is None, "the run ended early:\n" + (tmp_path / "killed.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no generation shard appeared"
         time.sleep(0.02)
     kill_tree(proc)
@@ -253,3 +300,79 @@ def test_two_nodes_on_one_machine_give_the_files_of_one(tiny_model, single, tmp_
     one, two = RunDir(single).manifest()["stages"], RunDir(root).manifest()["stages"]
     assert two["iter_0/judge"]["metrics"] == one["iter_0/judge"]["metrics"]
     assert max_weight_difference(single, root) <= WEIGHT_ATOL
+
+
+def assert_lora_run_like(root: Path, single: Path, tiny_model: Path, label: str) -> None:
+    """A LoRA run of several processes against one process's: everything before training bit for bit,
+    the adapter and the merged policy within WEIGHT_ATOL, far below what training moved."""
+    for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
+        assert pq.read_table(root / rel).equals(pq.read_table(single / rel)), f"{rel} differs"
+    one, many = RunDir(single).manifest()["stages"], RunDir(root).manifest()["stages"]
+    assert sorted(many["iter_0/train"]["outputs"]) == ["iter_0/adapter", "iter_0/policy"]
+    assert many["iter_0/train"]["metrics"]["steps"] == one["iter_0/train"]["metrics"]["steps"] >= 2
+    adapter = max_weight_difference(single, root, "iter_0/adapter/adapter_model.safetensors")
+    diff = max_weight_difference(single, root)
+    update = max_weight_difference(tiny_model / "model.safetensors", single)
+    print(f"LoRA, {label} vs 1 process: max abs difference {diff:.3g} (merged), {adapter:.3g} (adapter); "
+          f"largest update of a merged weight: {update:.3g}")
+    assert diff <= WEIGHT_ATOL and adapter <= WEIGHT_ATOL
+    assert update >= 100 * WEIGHT_ATOL
+    assert (root / "summary.json").exists() and not list(root.rglob("train_checkpoint"))
+
+
+def test_two_processes_with_lora_train_like_one(tiny_model, single_lora, two_procs_lora):
+    assert_lora_run_like(two_procs_lora, single_lora, tiny_model, "2 processes")
+    for rel in ("base/eval/responses.jsonl", "iter_0/eval/responses.jsonl"):
+        assert (two_procs_lora / rel).read_text() == (single_lora / rel).read_text(), f"{rel} differs"
+
+
+def test_two_processes_with_lora_killed_while_training_resume_from_the_checkpoint(tiny_model, two_procs_lora,
+                                                                                  tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(lora_dist_config(tiny_model, tmp_path / "runs", checkpoint_every=1)))
+    root = tmp_path / "runs" / "d"
+    proc = launch(["run", str(recipe), "--no-progress"], tmp_path / "killed.log")
+    # kill every process of the launch once the training stage has written a checkpoint
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    checkpoints = root / "iter_0" / "train_checkpoint"
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step_*"))):
+        assert proc.poll() is None, "the run ended early:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no training checkpoint appeared"
+        time.sleep(0.005)
+    kill_tree(proc)
+    rd = RunDir(root)
+    assert not rd.is_done("iter_0/train") and any(checkpoints.glob("step_*")), "the kill came too late"
+
+    launch_and_wait(["run", "--resume", str(root), "--no-progress"], tmp_path / "resumed.log")
+    assert "[iter_0/train] resuming from the checkpoint after optimizer step" in (tmp_path / "resumed.log").read_text()
+    assert rd.leftover_temporaries() == [] and not checkpoints.exists()
+    for rel in ("iter_0/train.parquet", "iter_0/eval/responses.jsonl", "iter_0/policy/model.safetensors",
+                "iter_0/adapter/adapter_model.safetensors"):
+        assert (root / rel).read_bytes() == (two_procs_lora / rel).read_bytes(), f"{rel} differs"
+    outputs = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
+    assert outputs == {k: e["outputs"] for k, e in RunDir(two_procs_lora).manifest()["stages"].items()}
+
+
+def test_fsdp_two_processes_with_lora_train_like_one_and_resume_from_a_checkpoint(tiny_model, single_lora, tmp_path):
+    """FSDP2 shards the frozen base weights and the adapter alike; rank 0 gathers the adapter's state
+    into an unsharded LoRA model, merges and saves it. The launch is killed inside its training stage
+    once a checkpoint is written (gathered to rank 0 at every step), and the resumed launch (every
+    rank takes its shard of the checkpoint) trains like one process."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(lora_dist_config(tiny_model, tmp_path / "runs", checkpoint_every=1)))
+    root = tmp_path / "runs" / "d"
+    fsdp = {"config": "fsdp.yaml", "extra": ("--num_processes", "2")}
+    proc = launch(["run", str(recipe), "--no-progress"], tmp_path / "killed.log", **fsdp)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    checkpoints = root / "iter_0" / "train_checkpoint"
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step_*"))):
+        assert proc.poll() is None, "the run ended early:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no training checkpoint appeared"
+        time.sleep(0.005)
+    kill_tree(proc)
+    assert not RunDir(root).is_done("iter_0/train"), "the kill came too late"
+    launch_and_wait(["run", "--resume", str(root), "--no-progress"], tmp_path / "resumed.log", **fsdp)
+    log = (tmp_path / "resumed.log").read_text()
+    assert "FSDP: the training model was sharded over 2 ranks" in log
+    assert "[iter_0/train] resuming from the checkpoint after optimizer step" in log
+    assert_lora_run_like(root, single_lora, tiny_model, "FSDP 2 processes, killed and resumed,")

@@ -40,18 +40,25 @@ N_PROMPTS, K, SHARD = 16, 4, 4  # 4 generation shards per iteration
 ALL_STAGES = ["base/eval"] + [f"iter_{t}/{s}" for t in range(2) for s in STAGES]
 
 
-def resume_config(model: Path, runs_dir: Path, name: str = "r") -> dict:
+def resume_config(model: Path, runs_dir: Path, name: str = "r", lora: bool = False) -> dict:
     """Two iterations, 16 prompts x 4 samples in 4 shards; seed 3 gives training rows in both
-    iterations, and batch size 1 with 2 epochs gives several optimizer steps to kill between."""
-    return {
+    iterations, and batch size 1 with 2 epochs gives several optimizer steps to kill between. The
+    training state is checkpointed after every step, so a kill inside a training stage resumes from
+    its last checkpoint. `lora`: the same run training a LoRA adapter (with dropout) per iteration."""
+    cfg = {
         "name": name, "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "judge": {"name": "python", "function": "lengthjudge:by_length"},  # rows in every iteration
         "prompts": {"per_iteration": N_PROMPTS},
         "generation": {"k": K, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": SHARD},
-        "train": {"lr": 1e-3, "batch_size": 1, "micro_batch_size": 1, "epochs": 2, "precision": "fp32"},
+        "train": {"lr": 1e-3, "batch_size": 1, "micro_batch_size": 1, "epochs": 2, "precision": "fp32",
+                  "checkpoint_every": 1},
         "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
     }
+    if lora:
+        cfg["train"]["lr"] = 1e-2
+        cfg["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1}
+    return cfg
 
 
 def write_recipe(path: Path, cfg: dict) -> Path:
@@ -82,14 +89,17 @@ def assert_same_outputs(a: Path, b: Path, *, base_eval: bool = True, eval_metric
         assert ta.equals(tb), f"{rel} differs"
     policies = sorted(p.relative_to(a) for p in a.rglob("policy/model.safetensors"))
     assert [str(p) for p in policies] == ["iter_0/policy/model.safetensors", "iter_1/policy/model.safetensors"]
-    for rel in policies:
+    adapters = sorted(p.relative_to(a) for p in a.rglob("adapter/adapter_model.safetensors"))
+    assert sorted(p.relative_to(b) for p in b.rglob("adapter/adapter_model.safetensors")) == adapters
+    for rel in policies + adapters:
         ta, tb = load_file(a / rel), load_file(b / rel)
         assert ta.keys() == tb.keys()
         assert all(torch.equal(ta[k], tb[k]) for k in ta), f"{rel}: weights differ"
     for rel in ("base/eval", "iter_0/eval", "iter_1/eval")[0 if base_eval else 1 :]:
         assert (a / rel / "responses.jsonl").read_text() == (b / rel / "responses.jsonl").read_text(), rel
         if eval_metrics:
-            assert json.loads((a / rel / "metrics.json").read_text()) == json.loads((b / rel / "metrics.json").read_text())
+            metrics = [json.loads((d / rel / "metrics.json").read_text()) for d in (a, b)]
+            assert metrics[0] == metrics[1], rel
 
 
 def output_hashes(rd: RunDir) -> dict[str, dict]:
@@ -107,6 +117,7 @@ def assert_done_stages_trustworthy(rd: RunDir) -> None:
 def assert_clean(rd: RunDir) -> None:
     assert rd.leftover_temporaries() == []
     assert list(rd.root.rglob("samples.shards")) == []
+    assert list(rd.root.rglob("train_checkpoint")) == []  # a finished training stage deletes its checkpoints
 
 
 # ------------------------------------------------------------------ fixtures
@@ -196,8 +207,17 @@ def worker(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(worker, tiny_model, tmp_path_factory) -> RunDir:
     """An uninterrupted `sparring run` of the resume config, in a worker child like the killed runs."""
-    base = tmp_path_factory.mktemp("reference")
-    recipe = write_recipe(base / "recipe.yaml", resume_config(tiny_model, base / "runs"))
+    return uninterrupted(worker, tiny_model, tmp_path_factory.mktemp("reference"), lora=False)
+
+
+@pytest.fixture(scope="module")
+def lora_reference(worker, tiny_model, tmp_path_factory) -> RunDir:
+    """The same with LoRA on."""
+    return uninterrupted(worker, tiny_model, tmp_path_factory.mktemp("lora_reference"), lora=True)
+
+
+def uninterrupted(worker, tiny_model, base: Path, lora: bool) -> RunDir:
+    recipe = write_recipe(base / "recipe.yaml", resume_config(tiny_model, base / "runs", lora=lora))
     end = worker.run(["run", str(recipe), "--no-progress"], base / "runs" / "r")
     assert end["code"] == 0, end["log"][-3000:]
     rd = RunDir(base / "runs" / "r")
@@ -205,7 +225,10 @@ def reference(worker, tiny_model, tmp_path_factory) -> RunDir:
     assert sorted(stages) == sorted(ALL_STAGES) and all(e["status"] == "done" for e in stages.values())
     # the config really exercises what the kill test aims at: several shards and optimizer steps
     steps = [stages[f"iter_{t}/train"]["metrics"]["steps"] for t in range(2)]
-    assert min(steps) >= 2, f"optimizer steps per iteration {steps}: pick another seed in resume_config"
+    assert min(steps) >= 4, f"optimizer steps per iteration {steps}: pick another seed in resume_config"
+    assert_clean(rd)
+    if lora:
+        assert all(f"iter_{t}/adapter" in stages[f"iter_{t}/train"]["outputs"] for t in range(2))
     return rd
 
 
@@ -233,41 +256,26 @@ KILL_POINTS = [
 ]
 
 
+# With LoRA: kills inside both training stages (between checkpoints, and right after the adapter or
+# the merged policy is written) and around them.
+LORA_KILL_POINTS = [
+    {"after_running": "iter_0/generate"},
+    {"train_step": ["iter_0/train", 2]},
+    {"before_replace": "iter_0/adapter"},
+    {"before_replace": "iter_0/policy"},
+    {"before_done": "iter_0/train"},
+    {"before_replace": "iter_1/samples.parquet"},
+    {"train_step": ["iter_1/train", 0]},
+    {"train_step": ["iter_1/train", 3]},
+    {"after_replace": "iter_1/adapter"},
+    {"before_replace": "iter_1/eval"},
+]
+
+
 def test_sigkill_anywhere_then_resume_gives_identical_files(worker, tiny_model, reference, tmp_path):
-    recipe = write_recipe(tmp_path / "recipe.yaml", resume_config(tiny_model, tmp_path / "runs"))
+    killed_in, logs = kill_and_resume(worker, tiny_model, tmp_path, KILL_POINTS, lora=False)
     root = tmp_path / "runs" / "r"
     rd = RunDir(root)
-    rng = random.Random(5)
-    commands = [["run", str(recipe), "--no-progress"], ["run", "--resume", str(root), "--no-progress"]]
-    killed_in: list[str] = []  # the stage that was running at each kill ("-" for none)
-    attempt = 0
-
-    def launch(**kill) -> dict:
-        nonlocal attempt
-        argv = commands[attempt % 2] if (root / "config.yaml").exists() else commands[0]
-        attempt += 1
-        end = worker.run(argv, root, **kill)
-        if end["signal"] == signal.SIGKILL:
-            stages = rd.manifest()["stages"] if rd.manifest_path.exists() else {}
-            running = [k for k, e in stages.items() if e["status"] == "running"]
-            killed_in.append(running[0] if running else "-")
-            assert_done_stages_trustworthy(rd)
-        return end
-
-    for n, point in enumerate(KILL_POINTS):
-        if n % 2 == 1:
-            # first a kill from outside at a random (seeded) moment on the way to the point: it lands
-            # wherever the child is then (loading the model, in sqlite, in a write...) or, if the child
-            # reaches the point first, the point kills it
-            end = launch(kill=point, kill_after=rng.uniform(0.05, 0.4))
-            if not end["external"]:
-                assert end["signal"] == signal.SIGKILL, f"the run did not reach kill point {point}:\n{end['log'][-3000:]}"
-                continue
-        end = launch(kill=point)
-        assert end["signal"] == signal.SIGKILL, f"the run did not reach kill point {point}:\n{end['log'][-3000:]}"
-    end = launch()
-    assert end["code"] == 0 and end["signal"] is None, end["log"][-3000:]
-
     assert len(killed_in) >= 10
     assert set(ALL_STAGES) <= set(killed_in), f"kills landed in {killed_in}"
     assert_clean(rd)
@@ -277,6 +285,64 @@ def test_sigkill_anywhere_then_resume_gives_identical_files(worker, tiny_model, 
     judge0 = rd.stage("iter_0/judge")["metrics"]
     assert judge0["judge_calls"] == 0 and judge0["cache_hits"] == N_PROMPTS * K * (K - 1) // 2
     assert summary_results(root) == summary_results(reference.root)
+    # both training stages killed after a step resumed from their checkpoint, not from the start
+    for t in range(2):
+        assert f"[iter_{t}/train] resuming from the checkpoint after optimizer step" in logs, t
+
+
+def test_lora_sigkill_anywhere_then_resume_gives_identical_files(worker, tiny_model, lora_reference, tmp_path):
+    killed_in, logs = kill_and_resume(worker, tiny_model, tmp_path, LORA_KILL_POINTS, lora=True)
+    root = tmp_path / "runs" / "r"
+    rd = RunDir(root)
+    assert {"iter_0/train", "iter_1/train"} <= set(killed_in), f"kills landed in {killed_in}"
+    assert_clean(rd)
+    assert_same_outputs(root, lora_reference.root)
+    assert output_hashes(rd) == output_hashes(lora_reference)
+    assert summary_results(root) == summary_results(lora_reference.root)
+    for t in range(2):
+        assert f"[iter_{t}/train] resuming from the checkpoint after optimizer step" in logs, t
+
+
+def kill_and_resume(worker, tiny_model, tmp_path: Path, points: list[dict], lora: bool) -> tuple[list[str], str]:
+    """Run the resume config, SIGKILLed at each of `points` in turn (every other one preceded by a kill
+    from outside at a random moment), resuming after each; then let it finish. Returns the stages the
+    kills landed in and the logs of every launch."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", resume_config(tiny_model, tmp_path / "runs", lora=lora))
+    root = tmp_path / "runs" / "r"
+    rd = RunDir(root)
+    rng = random.Random(5)
+    commands = [["run", str(recipe), "--no-progress"], ["run", "--resume", str(root), "--no-progress"]]
+    killed_in: list[str] = []  # the stage that was running at each kill ("-" for none)
+    logs: list[str] = []
+    attempt = 0
+
+    def launch(**kill) -> dict:
+        nonlocal attempt
+        argv = commands[attempt % 2] if (root / "config.yaml").exists() else commands[0]
+        attempt += 1
+        end = worker.run(argv, root, **kill)
+        logs.append(end["log"])
+        if end["signal"] == signal.SIGKILL:
+            stages = rd.manifest()["stages"] if rd.manifest_path.exists() else {}
+            running = [k for k, e in stages.items() if e["status"] == "running"]
+            killed_in.append(running[0] if running else "-")
+            assert_done_stages_trustworthy(rd)
+        return end
+
+    for n, point in enumerate(points):
+        if n % 2 == 1:
+            # first a kill from outside at a random (seeded) moment on the way to the point: it lands
+            # wherever the child is then (loading the model, in sqlite, in a write...) or, if the child
+            # reaches the point first, the point kills it
+            end = launch(kill=point, kill_after=rng.uniform(0.05, 0.4))
+            if not end["external"]:
+                assert end["signal"] == signal.SIGKILL, f"no kill at {point}:\n{end['log'][-3000:]}"
+                continue
+        end = launch(kill=point)
+        assert end["signal"] == signal.SIGKILL, f"the run did not reach kill point {point}:\n{end['log'][-3000:]}"
+    end = launch()
+    assert end["code"] == 0 and end["signal"] is None, end["log"][-3000:]
+    return killed_in, "\n".join(logs)
 
 
 def summary_results(root: Path) -> list[dict]:
@@ -303,6 +369,14 @@ def test_same_config_twice_gives_identical_bits(tiny_model, reference, tmp_path)
     # and the same bits as the reference run, made in another process (forked from the worker)
     assert_same_outputs(a.root, reference.root)
     assert output_hashes(a) == output_hashes(reference)
+
+
+def test_same_lora_config_gives_identical_bits_in_another_process(tiny_model, lora_reference, tmp_path):
+    """LoRA: this process against the worker's child, whose string hash seed differs (the adapter's
+    files must not depend on the order of a set of names)."""
+    a = run_in_process(resume_config(tiny_model, tmp_path / "a", lora=True))
+    assert_same_outputs(a.root, lora_reference.root)
+    assert output_hashes(a) == output_hashes(lora_reference)
 
 
 # ------------------------------------------------------------------ 3. judge cache
@@ -448,7 +522,8 @@ def test_stage_commands_one_by_one_give_the_files_of_run(tiny_model, reference, 
     # No stage command runs base/eval, so the iterations' eval metrics lack win_rate_vs_base.
     assert_same_outputs(root, reference.root, base_eval=False, eval_metrics=False)
     for t in range(2):
-        mine, ref = (json.loads((d / f"iter_{t}" / "eval" / "metrics.json").read_text()) for d in (root, reference.root))
+        mine, ref = (json.loads((d / f"iter_{t}" / "eval" / "metrics.json").read_text())
+                     for d in (root, reference.root))
         for key in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "mean_response_tokens"):
             assert mine[key] == ref[key]
             assert mine["intervals"][key]["ci95"] == ref["intervals"][key]["ci95"] if key in ref["intervals"] else True

@@ -64,9 +64,15 @@ class GenerationConfig:
     max_new_tokens: int = field(default=128, metadata=_range(1, None))
     temperature: float = field(default=0.7, metadata=_range(0, None, lo_open=True))
     top_p: float = field(default=0.9, metadata=_range(0, 1, lo_open=True))
-    batch_size: int = field(default=32, metadata=_range(1, None))  # sequences per generate call
+    batch_size: int = field(default=32, metadata=_range(1, None))  # sequences decoded at once
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     shard_size: int = field(default=16, metadata=_range(1, None))  # prompts per samples shard
+    # transformers' processors' semantics, both backends (docs/generation.md); the recorded log-probs
+    # stay those of the raw model. Defaults: off.
+    top_k: int = field(default=0, metadata=_range(0, None))  # keep the k most likely tokens; 0: off
+    min_p: float = field(default=0.0, metadata=_range(0, 1))  # drop tokens below min_p × the top one's prob
+    repetition_penalty: float = field(default=1.0, metadata=_range(0, None, lo_open=True))  # 1: off
+    stop: list[str] = field(default_factory=list)  # a response ends after the first of these strings
 
 
 @dataclass
@@ -119,6 +125,26 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata=_range(0, None))  # 0 disables clipping
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast, fp32 weights and log-softmax
     mars: MarsConfig = field(default_factory=MarsConfig)  # used when optimizer is mars
+    # recompute each decoder layer's activations in the backward pass instead of keeping them
+    # (transformers' activation / gradient checkpointing): less memory, about one more forward pass of time
+    gradient_checkpointing: bool = False
+    # save the training state (weights or adapter, optimizer, schedule, RNG, step) every N optimizer
+    # steps under iter_<t>/train_checkpoint/, so a killed stage resumes from there; 0: off
+    checkpoint_every: int = field(default=0, metadata=_range(0, None))
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA through peft (docs/cli.md): each iteration trains a fresh adapter on top of π_t, and π_{t+1}
+    is π_t with that adapter merged in, so sampling and evaluation see plain weights. The run keeps each
+    iteration's adapter (iter_<t>/adapter/) and the merged policy (iter_<t>/policy/)."""
+
+    r: int = field(default=0, metadata=_range(0, None))  # the adapter's rank; 0: no LoRA, every weight trains
+    alpha: float = field(default=16.0, metadata=_range(0, None, lo_open=True))  # the update is scaled by alpha / r
+    dropout: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))  # dropout on the adapter's input
+    # names (last component) of the linear layers that get an adapter: the attention and MLP projections
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])
 
 
 @dataclass
@@ -159,6 +185,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # train a LoRA adapter per iteration instead of every weight
+    # keep only the newest N iter_<t>/policy directories (and APO's policy_trained): older ones are deleted
+    # once a newer one is recorded and no pending stage reads them; 0: keep all (docs/cli.md)
+    keep_policies: int = field(default=0, metadata=_range(0, None))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,6 +281,8 @@ def _build(cls, data: dict, prefix: str, where: str):
 
             hint = key_hint(full) or f"; valid keys: {', '.join(prefix + k for k in fields)}"
             raise UserError(f"{where}: unknown key {full!r}{hint}")
+        if not prefix and key == "model" and isinstance(value, dict):
+            raise UserError(_model_is_a_name(value, where))
         typ = hints[key]
         inner = _optional_dataclass(typ)
         if dataclasses.is_dataclass(typ):
@@ -260,6 +292,20 @@ def _build(cls, data: dict, prefix: str, where: str):
         else:
             kwargs[key] = _check_value(full, value, typ, dict(fields[key].metadata), where)
     return cls(**kwargs)
+
+
+def _model_is_a_name(value: dict, where: str) -> str:
+    """The error for `model` given as a mapping (`model.lora.r=16`, or `model: {lora: ...}` in a recipe):
+    `model` is the model's name in every recipe, so LoRA is the top-level section `lora`."""
+    def dotted(d: dict, prefix: str) -> list[str]:
+        return [k for key, v in d.items()
+                for k in (dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])]
+
+    keys = dotted(value, "model.")
+    lora = [k.removeprefix("model.") for k in keys if k.startswith("model.lora.")]
+    hint = (f"; LoRA settings are the top-level section lora: write {', '.join(lora)}" if lora else
+            "; LoRA settings are the top-level section lora (lora.r, lora.alpha, lora.dropout, lora.target_modules)")
+    return f"{where}: {keys[0] if keys else 'model'}: model is the model's name (a string), not a section{hint}"
 
 
 def config_from_dict(data: dict, where: str = "config") -> RunConfig:
@@ -304,6 +350,10 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         if {"win_rate", "length_controlled"} & set(cfg.eval.metrics) and not cfg.eval.base:
             raise UserError(f"{where}: eval.metrics {sorted({'win_rate', 'length_controlled'} & set(cfg.eval.metrics))} "
                             "compare with the base policy, which eval.base: false does not evaluate")
+    if cfg.lora.r > 0:
+        if not cfg.lora.target_modules or not all(m.strip() for m in cfg.lora.target_modules):
+            raise UserError(f"{where}: lora.target_modules = {cfg.lora.target_modules!r} must name at least one linear "
+                            "layer (e.g. q_proj), with no empty names")
     if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
         raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
 

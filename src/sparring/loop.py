@@ -167,6 +167,10 @@ def load_inputs(cfg: RunConfig) -> Inputs:
         heldout = heldout[: cfg.eval.limit]
     metrics, reference = eval_plan(cfg, heldout)
     check_tracker(cfg)
+    if cfg.lora.r > 0:
+        from sparring.lora import check_model_targets
+
+        check_model_targets(cfg.model, cfg.lora)  # lora.target_modules against the model, before any work
     return Inputs(train_prompts, heldout, metrics, reference)
 
 
@@ -249,8 +253,6 @@ def tracker_values(record: dict, train_offset: int = 0) -> tuple[dict, int | Non
                 values[f"eval/{k}_ci_lo"], values[f"eval/{k}_ci_hi"] = iv["ci95"]
         return {**values, "eval/iteration": iteration}, iteration
     return {**{f"{kind or where}/{k}": v for k, v in numbers.items()}, f"{kind or where}/iteration": t}, t
-
-
 
 
 def start_tracking(ctx: "Context") -> None:
@@ -365,11 +367,18 @@ def stage_inputs(cfg: RunConfig, key: str) -> list[str]:
     return {
         "generate": before,
         "judge": [samples],
-        "rows": [samples, prefs] + ([f"iter_{t - 1}/train.parquet"] if cfg.method.spin_history and t > 0 else []),
+        "rows": [samples, prefs] + ([f"iter_{t - 1}/train.parquet"] if cfg.method.spin_history and t > 0 else [])
+        + (before if _tokenizes_references(cfg) else []),  # SPIN tokenizes its references with π_t's tokenizer
         "train": [f"iter_{t}/train.parquet", *before]
         + ([f"iter_{t - 1}/policy_trained"] if cfg.method.apo_alpha > 0 and t > 0 else []),
         "eval": [f"iter_{t}/policy"] + (["base/eval"] if cfg.eval.base else []),
     }[name]
+
+
+def _tokenizes_references(cfg: RunConfig) -> bool:
+    from sparring.methods import get_method
+
+    return get_method(cfg.method.name).needs_reference_response
 
 
 def heal(ctx: Context, keys: list[str] | None = None) -> None:
@@ -391,6 +400,17 @@ def heal(ctx: Context, keys: list[str] | None = None) -> None:
                 continue
             seen.add(rel)
             producer = rd.producer(rel)
+            pruned = _pruned_by(rd, rel) if producer is None else None
+            if pruned is not None and pruned[1].get("status") == "done":
+                # deleted on purpose by keep_policies, and needed again: its training stage rebuilds it
+                # (deterministic: the same bits, which `_after_healing` compares with the recorded hash)
+                producer, entry = pruned
+                ctx.log(f"[{producer}] {rel} was deleted by keep_policies and is needed again; running {producer} "
+                        "again to rebuild it")
+                ctx.healed[producer] = {**entry.get("outputs", {}), **entry["pruned"]}
+                rd.forget(producer)
+                todo.append(producer)
+                continue
             if producer is None or not rd.is_done(producer):
                 continue
             if producer not in damaged_of:
@@ -474,6 +494,8 @@ def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]])
         return
     ctx.rd.mark_done(key, outputs, seconds, metrics)
     _after_healing(ctx, key)
+    if key.endswith("/train"):
+        prune_policies(ctx)  # keep_policies: an older policy may go now that a newer one is recorded
     ctx.metrics({"stage": key, "seconds": round(seconds, 3), **(metrics or {})})
     ctx.log(f"[{key}] done in {seconds:.1f}s" + (f"  {_fmt(metrics)}" if metrics else ""))
 
@@ -522,8 +544,7 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         for s in todo:
             part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
             rows = []
-            sampling = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
-                        "batch_size": g.batch_size}
+            sampling = {"params": g, "batch_size": g.batch_size}  # iter_samples: SamplingParams.from_generation(g)
             if nash:  # K/2 own samples (with log μ), then K/2 opponents from the mixture
                 draws = [(iter_samples(model, tok, [p.messages for p in part], k=g.k // 2, ref_model=mu, **sampling,
                                        seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False),
@@ -732,22 +753,43 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
 
 
 def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
+    """π_{t+1} from π_t and the iteration's rows. Full fine-tuning trains every weight; with LoRA
+    (lora.r > 0) a fresh adapter is trained on π_t and merged into it, so iter_t/policy is a plain model
+    either way, and the adapter is kept in iter_t/adapter/. The policy carries a fingerprint of its
+    trained weights (sparring.models.FINGERPRINT_FILE), which the next sampler that loads it checks.
+    With train.checkpoint_every the training state is saved in iter_t/train_checkpoint/ as it goes,
+    and a killed stage resumes from there; the checkpoints are deleted once the policy is written."""
     import pyarrow.parquet as pq
 
     from sparring.methods import get_method
-    from sparring.models import load_model, load_tokenizer
+    from sparring.models import FINGERPRINT_FILE, fingerprint_record, load_model, load_tokenizer
     from sparring.train import train
 
+    cfg = ctx.cfg
     d = ctx.rd.iter_dir(t)
     rows = pq.read_table(d / "train.parquet").to_pylist()
     policy = policy_at(ctx, t)
     tok = load_tokenizer(policy)
-    model = load_model(policy, "float32").to(ctx.dist.device)
+    seed = _seed(cfg.seed, "train", t) % (2**31)
+    lora = cfg.lora.r > 0
+
+    def fresh(device):
+        """π_t, with a fresh adapter when LoRA is on (the same adapter for the same seed)."""
+        model = load_model(policy, "float32").to(device)
+        if lora:
+            from sparring.lora import attach
+
+            model = attach(model, cfg.lora, seed)
+        return model
+
+    model = fresh(ctx.dist.device)
+    checkpoints = d / "train_checkpoint"
     if rows and "prompt_ids" in rows[0]:
-        result = train(model, rows, get_method(ctx.cfg.method.name), ctx.cfg.method, ctx.cfg.train,
-                       pad_id=tok.pad_token_id, seed=_seed(ctx.cfg.seed, "train", t) % (2**31),
-                       on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}), progress=ctx.progress,
-                       dist=ctx.dist)
+        result = train(model, rows, get_method(cfg.method.name), cfg.method, cfg.train, pad_id=tok.pad_token_id,
+                       seed=seed, on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}),
+                       progress=ctx.progress, dist=ctx.dist, checkpoint_dir=checkpoints,
+                       identity=_training_identity(ctx, t, policy),
+                       log=lambda line: ctx.log(f"[iter_{t}/train] {line}"))
     else:
         result = {"steps": 0, "rows": 0}
         ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
@@ -758,19 +800,32 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         state = ctx.dist.full_state_dict(model)
         del model
         if ctx.dist.is_main:
-            model = load_model(policy, "float32")
+            model = fresh("cpu")
             model.load_state_dict(state)
     if not ctx.dist.is_main:  # every rank holds the same weights after the last step; rank 0 saves them
         return [], {}
+    outputs = []
+    if lora:
+        from sparring.lora import merge, save_adapter, targeted_weights
+
+        with atomic_dir(d / "adapter") as tmp:
+            # π_t named relative to the run directory (iter_<t-1>/policy), or the run's model for t = 0
+            save_adapter(model, tmp, base=cfg.model if t == 0 else f"iter_{t - 1}/policy")
+        changed = targeted_weights(model)
+        model = merge(model)
+        outputs.append(d / "adapter")
+    else:
+        changed = [name for name, _ in model.named_parameters()]
     model.config.use_cache = True
-    alpha = ctx.cfg.method.apo_alpha
-    outputs = [d / "policy"]
+    alpha = cfg.method.apo_alpha
     if alpha > 0:
         # APO: θ̂_{t+1} = θ_{t+1} + α(θ_{t+1} − θ_t) with θ_t the previous *trained* (not extrapolated)
-        # weights; θ̂ becomes the next sampler and reference. Same rule as the game laboratory's.
+        # weights; θ̂ becomes the next sampler and reference. Same rule as the game laboratory's. With
+        # LoRA it applies to the merged weights (θ_{t+1} = π_t + the adapter), where every weight the
+        # adapter does not touch has new − old = 0 and stays as it was.
         from sparring.apo import extrapolate
 
-        previous = ctx.cfg.model if t == 0 else str(ctx.rd.iter_dir(t - 1) / "policy_trained")
+        previous = cfg.model if t == 0 else str(ctx.rd.iter_dir(t - 1) / "policy_trained")
         theta_t = load_model(previous, "float32").state_dict()
         with atomic_dir(d / "policy_trained") as tmp:
             model.save_pretrained(tmp)
@@ -780,12 +835,74 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     with atomic_dir(d / "policy") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        # what the next sampler must hold: checked when generate / eval load this policy
+        write_json(tmp / FINGERPRINT_FILE, fingerprint_record(model, changed))
         from sparring.share import write_model_card
 
         # the card says what this policy is; its held-out metrics are added once they exist (run())
-        write_model_card(tmp, run_dir=ctx.rd.root, iteration=t, cfg=ctx.cfg.to_dict(), summary=None)
+        write_model_card(tmp, run_dir=ctx.rd.root, iteration=t, cfg=cfg.to_dict(), summary=None)
+    outputs.insert(0, d / "policy")
     del model
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the policy is written: nothing to resume any more
     return outputs, result
+
+
+def _training_identity(ctx: Context, t: int, policy: str) -> str:
+    """What a training stage computes from, as one digest: a checkpoint of iter_t/train is resumed only
+    by a stage with the same rows, π_t and settings (a healed or --force'd stage starts over)."""
+    import hashlib
+
+    rd = ctx.rd
+    entry = rd.stage(f"iter_{t - 1}/train") if t > 0 else None
+    pi_t = (entry or {}).get("outputs", {}).get(f"iter_{t - 1}/policy", policy)
+    cfg = ctx.cfg.to_dict()
+    # FSDP's checkpoints hold the optimizer state by parameter name, a plain run's by position: a
+    # checkpoint is resumed only by the same kind of launch (the number of ranks may differ)
+    what = {"rows": sha256_of(rd.iter_dir(t) / "train.parquet"), "policy": pi_t, "seed": cfg["seed"],
+            "train": cfg["train"], "method": cfg["method"], "lora": cfg["lora"], "fsdp": ctx.dist.fsdp}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def prune_policies(ctx: Context) -> None:
+    """keep_policies = N: delete the full policy directories (iter_j/policy, APO's iter_j/policy_trained)
+    of all but the newest N trained iterations, except those a stage not done yet reads. The manifest
+    first moves a deleted directory's hash from the train stage's `outputs` to its `pruned` (so
+    verification does not call it damaged), then the directory goes. A stage rerun later that needs a
+    deleted policy (healing an earlier stage) rebuilds it by running its training stage again (`heal`),
+    which gives the same bits; the adapters (LoRA) are always kept."""
+    keep = ctx.cfg.keep_policies
+    if not keep or not ctx.dist.is_main:
+        return
+    rd, cfg = ctx.rd, ctx.cfg
+    data = rd.manifest()
+    stages = data["stages"]
+    trained = [t for t in range(cfg.iterations) if stages.get(f"iter_{t}/train", {}).get("status") == "done"]
+    if not trained:
+        return
+    needed = {rel for key in stage_keys(cfg) if stages.get(key, {}).get("status") != "done"
+              for rel in stage_inputs(cfg, key)}
+    gone = []
+    for t in trained:
+        entry = stages[f"iter_{t}/train"]
+        for rel in [f"iter_{t}/policy", f"iter_{t}/policy_trained"]:
+            if t <= max(trained) - keep and rel in entry["outputs"] and rel not in needed:
+                entry.setdefault("pruned", {})[rel] = entry["outputs"].pop(rel)
+                gone.append(rel)
+    if gone:
+        write_json(rd.manifest_path, data)
+        ctx.log(f"[keep_policies] deleted {', '.join(gone)} (keep_policies = {keep})")
+    for entry in stages.values():  # and any a killed run recorded as deleted but left on disk
+        for rel in entry.get("pruned", {}):
+            if (rd.root / rel).exists():
+                shutil.rmtree(rd.root / rel, ignore_errors=True)
+
+
+def _pruned_by(rd: RunDir, rel: str) -> tuple[str, dict] | None:
+    """(the stage, its entry) whose output `rel` keep_policies deleted, or None."""
+    for key, entry in rd.manifest()["stages"].items():
+        if rel in entry.get("pruned", {}):
+            return key, entry
+    return None
 
 
 def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:

@@ -34,6 +34,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,31 +43,84 @@ import torch.nn.functional as F
 from sparring.dist import Dist, current
 from sparring.methods.base import Method, SeqLogp
 
+# Response positions per chunk of the LM head + log-softmax (`head_token_logps`); 0 runs the head
+# on all of a micro-batch's response positions at once. bench/README.md has the measurements.
+HEAD_CHUNK = 0
 
-def response_logits(model, pick: torch.Tensor, **inputs) -> torch.Tensor:
-    """float32 LM-head logits at the flat positions `pick` (a bool mask or indices into the
-    batch × length positions) of the decoder's last hidden states for `inputs`.
+
+def response_token_logps(model, pick: torch.Tensor, targets: torch.Tensor, **inputs) -> torch.Tensor:
+    """float32 log π(target | prefix) at the flat positions `pick` (a bool mask or indices into the
+    batch × length positions) of the decoder's last hidden states for `inputs`, `targets` the token
+    each of those positions predicts.
 
     The decoder and the head are called separately so the head runs on response positions only.
     Under FSDP that bypasses the root module's forward, which is where FSDP gathers the root's
     parameters (embeddings, norm, the tied head): `prepare_fsdp` registers this function as an FSDP
-    forward method of the model, and `_logits` calls it through that registration."""
+    forward method of the model, and `_token_logps` calls it through that registration."""
     hidden = model.get_decoder()(**inputs).last_hidden_state
-    return model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[pick]).float()
+    hidden = hidden.reshape(-1, hidden.shape[-1])[pick]
+    head = model.get_output_embeddings()
+    if HEAD_CHUNK and type(head) is torch.nn.Linear and head.bias is None:  # not a LoRA-wrapped head
+        return head_token_logps(hidden, head.weight, targets, HEAD_CHUNK)
+    return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
-def _logits(model):
-    return getattr(model, "sparring_response_logits", None) or partial(response_logits, model)
+def _token_logps(model):
+    return getattr(model, "sparring_token_logps", None) or partial(response_token_logps, model)
 
 
 def prepare_fsdp(model, dist: Dist):
-    """Shard `model` (on dist.device) for an FSDP launch and route `response_logits` through FSDP."""
+    """Shard `model` (on dist.device) for an FSDP launch and route `response_token_logps` through FSDP."""
     from torch.distributed.fsdp import register_fsdp_forward_method
 
     dist.shard(model)
-    model.sparring_response_logits = partial(response_logits, model)
-    register_fsdp_forward_method(model, "sparring_response_logits")
+    model.sparring_token_logps = partial(response_token_logps, model)
+    register_fsdp_forward_method(model, "sparring_token_logps")
     return model
+
+
+def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log_softmax(hidden · weightᵀ)[target] per row, `chunk` rows at a time, without keeping any
+    row's logits: the forward pass keeps one float32 log-sum-exp per row, and the backward pass
+    computes each chunk's logits again (one more head matmul) to form its gradient. The same values as
+    `-cross_entropy(linear(hidden, weight).float(), targets)`, and under bf16 autocast the same
+    precision: bf16 matmuls, float32 logits and softmax."""
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+        else weight.dtype
+    return _HeadLogps.apply(hidden, weight, targets, chunk, dtype)
+
+
+class _HeadLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, dtype):
+        w = weight.to(dtype)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (hidden[s : s + chunk].to(dtype) @ w.T).float()
+            lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None])[:, 0] - lse[s : s + chunk]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        w = weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk].to(dtype)
+            g = grad[s : s + chunk, None].float()
+            # d log p[t] / d logits = onehot(t) − softmax(logits)
+            d_logits = torch.exp((h @ w.T).float() - lse[s : s + chunk, None]).mul_(-g)
+            d_logits.scatter_add_(1, targets[s : s + chunk, None], g)
+            d_logits = d_logits.to(dtype)
+            grad_hidden[s : s + chunk] = d_logits @ w
+            grad_weight += (d_logits.T @ h).float()
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None
 
 
 def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SeqLogp:
@@ -87,9 +141,8 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
     # built on the CPU (row by row), then moved once; a no-op on the CPU
     device = model.device
     input_ids, attention, target_mask = input_ids.to(device), attention.to(device), target_mask.to(device)
-    logits = _logits(model)(target_mask.reshape(-1), input_ids=input_ids, attention_mask=attention)
     targets = input_ids[:, 1:][target_mask[:, :-1]]
-    token_logp = -F.cross_entropy(logits, targets, reduction="none")
+    token_logp = _token_logps(model)(target_mask.reshape(-1), targets, input_ids=input_ids, attention_mask=attention)
     rows = torch.arange(len(seqs), device=device).unsqueeze(1).expand(-1, width)[target_mask]
     logp = torch.zeros(len(seqs), dtype=token_logp.dtype, device=device).index_add(0, rows, token_logp)
     n_tokens = target_mask.sum(1)
@@ -135,7 +188,8 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
             L = len(r)
             ids[b, at : at + L], pos[b, at : at + L], seg[b, at : at + L] = r, np.arange(P, P + L), s + 1
             # token j of the response is predicted from token j−1 of it, the first one from the prompt's last
-            pred.append(np.concatenate([[P - 1], np.arange(at, at + L - 1)]) + b * width if L else np.zeros(0, np.int64))
+            pred.append(np.concatenate([[P - 1], np.arange(at, at + L - 1)]) + b * width if L
+                        else np.zeros(0, np.int64))
             tgt.append(np.asarray(r, dtype=np.int64))
             owner.append(np.full(L, s * n + b, dtype=np.int64))
             at += L
@@ -144,14 +198,16 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
     q, k = seg_t[:, :, None], seg_t[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     mask = causal & (k >= 0) & ((k == 0) | (k == q))
-    mask |= torch.eye(width, dtype=torch.bool, device=device) & (q < 0)  # padding attends to itself (no empty softmax row)
+    # padding attends to itself (no empty softmax row)
+    mask |= torch.eye(width, dtype=torch.bool, device=device) & (q < 0)
     mask = mask[:, None]
     if kind == "additive":
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     on = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    logits = _logits(model)(on(np.concatenate(pred)), input_ids=on(ids), attention_mask=mask, position_ids=on(pos))
-    token_logp = -F.cross_entropy(logits, on(np.concatenate(tgt)), reduction="none")
-    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(0, on(np.concatenate(owner)), token_logp)
+    token_logp = _token_logps(model)(on(np.concatenate(pred)), on(np.concatenate(tgt)), input_ids=on(ids),
+                                     attention_mask=mask, position_ids=on(pos))
+    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(0, on(np.concatenate(owner)),
+                                                                                   token_logp)
     n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)], device=device)
     return [SeqLogp(logp[s * n : (s + 1) * n], n_tokens[s * n : (s + 1) * n]) for s in range(n_seq)]
 
@@ -176,7 +232,10 @@ def _batches(n_rows: int, batch_size: int, epochs: int, seed: int) -> Iterator[n
             yield order[start : start + batch_size]
 
 
-def make_optimizer(params, cfg):
+def make_optimizer(params, cfg, fused: bool = False):
+    """The optimizer of train.optimizer over `params`. `fused`: AdamW as one fused kernel per tensor
+    (torch's CPU and CUDA kernels), the same update as its default loop over element-wise ops in ~5x
+    less time on this CPU (bench/README.md); the caller passes False for FSDP's sharded parameters."""
     if cfg.optimizer == "mars":
         from sparring.mars import make_mars
 
@@ -187,7 +246,9 @@ def make_optimizer(params, cfg):
             options["lr_1d"] = m.lr_1d
         return make_mars(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(params)
+        fused = fused and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.optimizer == "rmsprop":  # the SPPO reference recipe's optimizer
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
@@ -219,18 +280,28 @@ def train(
     on_step: Callable[[dict], None] | None = None,
     progress: bool = True,
     dist: Dist | None = None,
+    checkpoint_dir: Path | None = None,
+    identity: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train `model` in place on `rows` (with `dist`: this rank's share of each step; see the module
-    docstring). Returns summary metrics."""
+    docstring). Only the parameters that require grad are trained (all of them, or a LoRA adapter's).
+
+    With `checkpoint_dir` and train_cfg.checkpoint_every = N > 0, the training state is saved there
+    every N optimizer steps, and a checkpoint found there at the start whose `identity` (what the
+    caller says the stage computes from: rows, π_t, settings) matches is resumed from, with the bits
+    of an uninterrupted run (see `save_checkpoint`). Returns summary metrics."""
     from tqdm.auto import tqdm
 
     dist = dist or current()
+    if train_cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model, True)
     if dist.fsdp:
         prepare_fsdp(model, dist)
     torch.manual_seed(seed)
     model.train()
     model.config.use_cache = False
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, fused=not dist.fsdp)
     steps = train_cfg.epochs * math.ceil(len(rows) / train_cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(steps, train_cfg.warmup_ratio))
     autocast = (
@@ -238,18 +309,32 @@ def train(
         if train_cfg.precision == "bf16"
         else contextlib.nullcontext()
     )
+    # with π_t's weights, before any checkpoint is restored: the reference is π_t, not a resumed state
     fill_reference_logps(model, rows, method, pad_id, train_cfg.micro_batch_size, autocast)
     losses_seen: list[float] = []
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    every = train_cfg.checkpoint_every if checkpoint_dir is not None else 0
+    start = 0
+    if every:
+        found = find_checkpoint(checkpoint_dir, identity, dist)
+        if found is not None:
+            start, losses_seen = load_checkpoint(found, model, opt, sched, dist)
+            if log:
+                log(f"resuming from the checkpoint after optimizer step {start} of {steps} ({found.name})")
+    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     for step, idx in enumerate(_batches(len(rows), train_cfg.batch_size, train_cfg.epochs, seed)):
+        if step < start:  # done before the checkpoint: the order of the steps is drawn from the seed alone
+            continue
         opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         parts = _micro_batches(idx, rows, method.sequences, train_cfg.micro_batch_size)
-        mine = [(part, 1.0) for part in dist.mine(parts)]
+        mine = [(m, part, 1.0) for m, part in dist.mine(list(enumerate(parts)))]
         if dist.fsdp:  # as many passes as the busiest rank: weight-0 repeats (see the module docstring)
-            mine += [(parts[0], 0.0)] * (-(-len(parts) // dist.world) - len(mine))
-        for part, weight in mine:
+            mine += [(0, parts[0], 0.0)] * (-(-len(parts) // dist.world) - len(mine))
+        for m, part, weight in mine:
             micro = [rows[i] for i in part]
+            # dropout (a LoRA adapter's) draws from a seed of its own micro-batch, so a micro-batch's
+            # masks do not depend on which rank runs it or on where a resumed run started
+            torch.manual_seed(_micro_seed(seed, step, m))
             loss = _micro_batch_loss(model, micro, method, method_cfg, pad_id, autocast)
             # mean over the rows of the optimizer step, whatever the micro-batch split (and the ranks)
             objective = loss.sum() / len(idx)
@@ -278,16 +363,160 @@ def train(
         opt.step()
         sched.step()
         losses_seen.append(step_loss / len(idx))
+        if every and ((step + 1) % every == 0 or step + 1 == steps):
+            # before the step is reported: a run killed after the report resumes after this step
+            save_checkpoint(checkpoint_dir, step + 1, steps, model, opt, sched, losses_seen, identity, dist)
         record = {"step": step, "loss": losses_seen[-1], "grad_norm": grad_norm, "lr": sched.get_last_lr()[0]}
         if on_step:
             on_step(record)
         bar.set_postfix(loss=f"{losses_seen[-1]:.4g}")
         bar.update(1)
     bar.close()
+    if train_cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model, False)
     model.eval()
     return {"steps": len(losses_seen), "rows": len(rows), "loss_first": losses_seen[0] if losses_seen else None,
             "loss_last": losses_seen[-1] if losses_seen else None,
             "loss_mean": float(np.mean(losses_seen)) if losses_seen else None}
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """transformers' own checkpointing of each decoder layer: its activations are recomputed in the
+    backward pass instead of kept (`activation_checkpointing_enable`, called
+    `gradient_checkpointing_enable` before transformers 5.2x, which still has it as a deprecated alias).
+    Non-reentrant: it works when the layers' inputs need no grad (a LoRA model's frozen embeddings)."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if on and new:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+
+
+def _micro_seed(seed: int, step: int, micro: int) -> int:
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+# ------------------------------------------------------------------ checkpoints inside a stage
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    """The complete checkpoints under `directory`, oldest first. Each is renamed into place whole
+    (atomic_dir), so a directory with the prefix is complete; a killed write left a temporary name."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def find_checkpoint(directory: Path, identity: str, dist: Dist) -> Path | None:
+    """The newest checkpoint of this training (same `identity`), or None. Checkpoints of other inputs
+    (a stage rerun after its rows or π_t changed, a --force with other settings) are deleted by rank 0
+    once every rank has looked."""
+    import json
+
+    newest, stale = None, []
+    for path in _checkpoints(directory):
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("identity") == identity:
+            newest = path
+        else:
+            stale.append(path)
+    dist.barrier()
+    if dist.is_main:
+        import shutil
+
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+    return newest
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: Path, done: int, steps: int, model, opt, sched, losses: list[float], identity: str,
+                    dist: Dist) -> None:
+    """Write `directory`/step_<done>/ atomically (rank 0; under FSDP every rank takes part in the
+    gather) and delete the older ones: the trained parameters (every weight, or only the adapter's),
+    the optimizer's and the schedule's state, the RNG states, the losses so far. A new name per
+    checkpoint, so the previous one is complete on disk until the new one is."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from sparring.rundir import atomic_dir
+
+    if dist.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        # the whole state on rank 0's CPU (the others get empty dicts); only what trains is saved
+        weights, optim = get_state_dict(model, opt, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        weights = {k: v.contiguous() for k, v in weights.items()}
+    else:
+        weights, optim = _trainable_state(model), opt.state_dict()
+    if not dist.is_main:
+        return
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    with atomic_dir(directory / f"{CHECKPOINT_PREFIX}{done:08d}") as tmp:
+        save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
+        torch.save({"optimizer": optim, "scheduler": sched.state_dict(), "rng": rng}, tmp / "state.pt")
+        # json keeps a float's shortest repr, which reads back as the same float
+        (tmp / "meta.json").write_text(json.dumps({"identity": identity, "step": done, "steps": steps,
+                                                   "losses": losses}))
+    for old in _checkpoints(directory):
+        if old.name != f"{CHECKPOINT_PREFIX}{done:08d}":
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, opt, sched, dist: Dist) -> tuple[int, list[float]]:
+    """Restore what `save_checkpoint` wrote into the model, optimizer and schedule built as for a
+    fresh start; returns (optimizer steps done, their losses)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "meta.json").read_text())
+    weights = load_file(str(path / "weights.safetensors"))
+    state = torch.load(path / "state.pt", weights_only=True)
+    if dist.fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        # every rank read the whole state from disk; each keeps its shard of it
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, weights, options=options)
+        if state["optimizer"].get("state"):  # a stateless optimizer (SGD) has nothing to restore, and torch
+            set_optimizer_state_dict(model, opt, state["optimizer"], options=options)  # refuses to try
+    else:
+        params = dict(model.named_parameters())
+        missing = sorted(set(name for name, p in params.items() if p.requires_grad) ^ set(weights))
+        if missing:
+            raise ValueError(f"{path}: the checkpoint's parameters are not the model's trainable ones ({missing[:3]})")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    # the learning rate the next step uses is the schedule's, whatever the optimizer's state held
+    for group, lr in zip(opt.param_groups, sched.get_last_lr()):
+        group["lr"] = lr
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(meta["step"]), [float(x) for x in meta["losses"]]
 
 
 @torch.no_grad()
