@@ -18,11 +18,11 @@ Why it is shaped this way (measurements in bench/README.md, "Generation"):
 
 Batch invariance. A row's arithmetic does not depend on the other rows: its prefill runs alone, its
 keys sit at the same cache positions whatever the batch, the masked positions add exact zeros to
-the attention's sums, and the matmuls (oneDNN's bf16 kernels on the CPU) give a row the same bits
-whatever the number of rows, which tests/test_generation.py checks on the CPU. So greedy decoding
-gives the same tokens at any batch size, and sampling (one uniform stream per sample, see
-`sampling.py`) the same samples. fp32 matmuls on the CPU (MKL) pick kernels by the number of rows,
-so in fp32 the bits can differ in the last place between batch sizes (the tokens, in practice, not).
+the attention's sums, and every linear layer runs on whole blocks of `ROWS` rows (`Linear`): oneDNN
+picks its blocking by the number of rows, so without that a row's bits depended on how many rows
+shared the step. So greedy decoding gives the same tokens at any batch size, and sampling (one
+uniform stream per sample, see `sampling.py`) the same samples, which tests/test_generation.py
+checks on the CPU.
 
 Models: LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM without sliding windows (`supported`);
 other models decode with the padded loop in hf.py.
@@ -98,13 +98,15 @@ def _bias(module):
     return getattr(module, "bias", None)
 
 
+ROWS = 32  # rows per call of a prepacked linear (`Linear`): a fixed count makes a row's bits independent of the batch
+
+
 class Linear:
     """x @ W.T + b. On the CPU (with `packed`), oneDNN's linear on a weight reordered into its blocked
     layout once, instead of `F.linear`, which reorders the weight at every call: 1.3-1.6× faster on
     the decode shapes in bf16 (32 rows: the LM head 13.4 → 10.3 ms, gate+up 1.27 → 0.76 ms, 1 thread)
-    and 2-4× in fp32 (where F.linear goes to MKL). Both dtypes give a row the same bits whatever the
-    number of rows (≥ 2), which MKL's fp32 GEMM does not (a row's bits there depend on the row count
-    modulo its blocking); in bf16 the bits are F.linear's own (the same oneDNN kernel)."""
+    and 2-4× in fp32 (where F.linear goes to MKL). Calls run on whole blocks of ROWS rows (see
+    `__call__`), so a row's bits do not depend on the batch."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool):
         self.weight, self.bias, self.packed = weight, bias, None
@@ -118,9 +120,20 @@ class Linear:
                 self.packed = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        # Batch invariance: oneDNN picks its blocking by the number of rows, and a row's bits differ
+        # between row counts (measured on SmolLM2-135M's shapes, bf16, 1 and 2 threads: the LM head gives
+        # other bits for 1-32 rows than for 33-300, down_proj for 1-255 than for 256+, with no simple
+        # rule). With a fixed number of rows a row's bits depend neither on its offset nor on the other
+        # rows (checked for every offset), so every call runs whole blocks of ROWS rows, the last one
+        # padded with zeros.
+        n = x.shape[0]
+        pad = -n % ROWS
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        out = [torch.ops.mkldnn._linear_pointwise(c, self.packed, self.bias, "none", [], "") for c in x.split(ROWS)]
+        return (out[0] if len(out) == 1 else torch.cat(out))[:n]
 
 
 def _cat_bias(*modules):
@@ -364,8 +377,8 @@ def decode(models: Sequence, tokenizer, prompts: Sequence[list[int]], *, k: int,
                 if all(x is not None for x in done_rows[i]):
                     yield i, done_rows.pop(i)
         if bool(active[:hi].any()):
-            # at least 2 rows: oneDNN's bf16 matmul sends a single row to another kernel (a gemv, its
-            # own summation order) than 2 or more rows, which all get the same bits (checked up to 300)
+            # at least 2 rows (an idle one included): the linears pad to ROWS rows anyway, and HF's
+            # modules (embedding, rotary) are written for batches
             run = max(hi, 2)
             length = int(pos[:run].max()) + 1
             for st, lg in zip(steppers, logits):
