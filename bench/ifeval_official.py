@@ -126,8 +126,13 @@ def compare_file(path: Path, prompt_to_response: dict[str, str], lib, inputs, re
     t_official = (time.perf_counter() - t0) / args.repeats
     official = runs[0]
 
-    report: dict = {"file": str(path), "prompts": len(inps), "prompts_without_response": missing,
-                    "seconds_sparring": round(t_ours, 2), "seconds_official": round(t_official, 2)}
+    report: dict = {
+        "file": str(path),
+        "prompts": len(inps),
+        "prompts_without_response": missing,
+        "seconds_sparring": round(t_ours, 2),
+        "seconds_official": round(t_official, 2),
+    }
     for mode in ("strict", "loose"):
         n = same = unstable = 0
         differ: dict[str, list] = {"random_letter": [], "unstable": [], "other": []}
@@ -150,8 +155,12 @@ def compare_file(path: Path, prompt_to_response: dict[str, str], lib, inputs, re
                     differ["unstable"].append(entry)
                 else:
                     differ["other"].append(entry)
-        report[mode] = {"instructions": n, "same_in_every_official_run": same, "official_unstable": unstable,
-                        "differ": {kind: len(v) for kind, v in differ.items()}}
+        report[mode] = {
+            "instructions": n,
+            "same_in_every_official_run": same,
+            "official_unstable": unstable,
+            "differ": {kind: len(v) for kind, v in differ.items()},
+        }
         for kind, entries in differ.items():
             for e in entries:
                 print(f"  {path.name} {mode} {kind}: {e}", file=sys.stderr)
@@ -159,8 +168,10 @@ def compare_file(path: Path, prompt_to_response: dict[str, str], lib, inputs, re
     report["metrics_official"] = metrics(official)
     # The same four metrics without the letter_frequency instructions where the official code counts
     # a random letter (prompts left with no instruction drop out).
-    kept = [[k for k, i in enumerate(inp.instruction_id_list) if not is_random_letter(i, rec["kwargs"][k])]
-            for inp, rec in zip(inps, recs)]
+    kept = [
+        [k for k, i in enumerate(inp.instruction_id_list) if not is_random_letter(i, rec["kwargs"][k])]
+        for inp, rec in zip(inps, recs)
+    ]
 
     def without_random_letter(verdicts):
         return {mode: [[rows[j][k] for k in ks] for j, ks in enumerate(kept) if ks] for mode, rows in verdicts.items()}
@@ -193,8 +204,13 @@ def compare_tokenizers(lib, responses) -> dict:
     # On the responses only (langdetect is the slow part); the official detect uses the global
     # factory, seeded by --langdetect-seed 0.
     lang = sum(official_detect(r) != detect_language(r) for r in responses if r.strip())
-    return {"texts": len(texts), "sentence_count_differs": sent, "word_tokens_differ": words,
-            "responses": sum(1 for r in responses if r.strip()), "language_differs": lang}
+    return {
+        "texts": len(texts),
+        "sentence_count_differs": sent,
+        "word_tokens_differ": words,
+        "responses": sum(1 for r in responses if r.strip()),
+        "language_differs": lang,
+    }
 
 
 def main(argv=None) -> int:
@@ -230,27 +246,49 @@ def main(argv=None) -> int:
             reports.append(compare_file(name, prompt_to_response, lib, inputs, records, args))
     for rep in reports:
         path = Path(rep["file"])
-        print(f"{path.name}: {rep['prompts']} prompts ({rep['prompts_without_response']} without response)",
-              file=sys.stderr)
+        print(
+            f"{path.name}: {rep['prompts']} prompts ({rep['prompts_without_response']} without response)",
+            file=sys.stderr,
+        )
         for mode in ("strict", "loose"):
             r = rep[mode]
-            print(f"  {mode}: {r['same_in_every_official_run']}/{r['instructions']} verdicts equal, "
-                  f"official unstable {r['official_unstable']}, differ {r['differ']}", file=sys.stderr)
+            print(
+                f"  {mode}: {r['same_in_every_official_run']}/{r['instructions']} verdicts equal, "
+                f"official unstable {r['official_unstable']}, differ {r['differ']}",
+                file=sys.stderr,
+            )
         print(f"  sparring {rep['metrics_sparring']}\n  official {rep['metrics_official']}", file=sys.stderr)
         if "tokenizers" in rep:
             print(f"  tokenizers {rep['tokenizers']}", file=sys.stderr)
-    totals = {mode: {"instructions": sum(r[mode]["instructions"] for r in reports),
-                     "same_in_every_official_run": sum(r[mode]["same_in_every_official_run"] for r in reports),
-                     "official_unstable": sum(r[mode]["official_unstable"] for r in reports),
-                     **{f"differ_{kind}": sum(r[mode]["differ"][kind] for r in reports)
-                        for kind in ("random_letter", "unstable", "other")}}
-              for mode in ("strict", "loose")}
+    totals = {
+        mode: {
+            "instructions": sum(r[mode]["instructions"] for r in reports),
+            "same_in_every_official_run": sum(r[mode]["same_in_every_official_run"] for r in reports),
+            "official_unstable": sum(r[mode]["official_unstable"] for r in reports),
+            **{
+                f"differ_{kind}": sum(r[mode]["differ"][kind] for r in reports)
+                for kind in ("random_letter", "unstable", "other")
+            },
+        }
+        for mode in ("strict", "loose")
+    }
     totals["metrics_equal_files"] = sum(r["metrics_sparring"] == r["metrics_official"] for r in reports)
     totals["metrics_without_random_letter_equal_files"] = sum(
-        r["metrics_without_random_letter_sparring"] == r["metrics_without_random_letter_official"] for r in reports)
+        r["metrics_without_random_letter_sparring"] == r["metrics_without_random_letter_official"] for r in reports
+    )
     print(f"total over {len(reports)} response sets: {totals}", file=sys.stderr)
-    print(json.dumps({"input_data": str(input_path), "prompts": len(inputs), "langdetect_seed": args.langdetect_seed,
-                      "repeats": args.repeats, "totals": totals, "files": reports}))
+    print(
+        json.dumps(
+            {
+                "input_data": str(input_path),
+                "prompts": len(inputs),
+                "langdetect_seed": args.langdetect_seed,
+                "repeats": args.repeats,
+                "totals": totals,
+                "files": reports,
+            }
+        )
+    )
     return 0
 
 

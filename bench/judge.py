@@ -59,8 +59,15 @@ def bench_ifeval(records, responses, args) -> dict:
                 best["cached_warm"] = min(best["cached_warm"], time.perf_counter() - start)
                 assert cached.judge.calls == args.prompts * args.k  # the warm pass never called the judge
             assert all((a == b).all() and (a == c).all() for a, b, c in zip(bare, cold, warm))
-    out = {"bench": "judge", "judge": judge.id, "prompts": args.prompts, "k": args.k, "pairs": pairs,
-           "responses": args.prompts * args.k, "repeats": args.repeats}
+    out = {
+        "bench": "judge",
+        "judge": judge.id,
+        "prompts": args.prompts,
+        "k": args.k,
+        "pairs": pairs,
+        "responses": args.prompts * args.k,
+        "repeats": args.repeats,
+    }
     for name, sec in best.items():
         out[name] = {"seconds": round(sec, 4), "pairs_per_s": round(pairs / sec, 1)}
     out["warm_speedup_vs_bare"] = round(best["bare"] / best["cached_warm"], 2)
@@ -80,8 +87,9 @@ def bench_reward_model(records, responses, args) -> dict:
     pairs = args.prompts * args.k * (args.k - 1) // 2
     with tempfile.TemporaryDirectory() as tmp:
         path = make_tiny_reward_model(Path(tmp) / "rm", hidden=64)
-        judge = build_judge({"name": "reward_model", "model": str(path), "dtype": "float32", "batch_size": 32},
-                            device="cpu")
+        judge = build_judge(
+            {"name": "reward_model", "model": str(path), "dtype": "float32", "batch_size": 32}, device="cpu"
+        )
         best = {"pointwise": float("inf"), "per_pair": float("inf")}
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -99,9 +107,16 @@ def bench_reward_model(records, responses, args) -> dict:
             best["per_pair"] = min(best["per_pair"], time.perf_counter() - start)
         worst = max(float(np.max(np.abs(a - b))) for a, b in zip(point, per_pair))
         assert worst < 1e-5, worst
-    out = {"bench": "judge", "judge": "reward_model (tiny: 2 layers, hidden 64, random weights, fp32)",
-           "prompts": args.prompts, "k": args.k, "pairs": pairs, "repeats": args.repeats,
-           "threads": torch.get_num_threads(), "max_abs_diff_P": worst}
+    out = {
+        "bench": "judge",
+        "judge": "reward_model (tiny: 2 layers, hidden 64, random weights, fp32)",
+        "prompts": args.prompts,
+        "k": args.k,
+        "pairs": pairs,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "max_abs_diff_P": worst,
+    }
     for name, sec in best.items():
         out[name] = {"seconds": round(sec, 3), "pairs_per_s": round(pairs / sec, 1)}
     out["pointwise_speedup"] = round(best["per_pair"] / best["pointwise"], 2)

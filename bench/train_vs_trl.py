@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 from sparring.config import MethodConfig, TrainConfig
-from sparring.prompts import load_prompts
 from sparring.methods import METHODS
 from sparring.models import load_model, load_tokenizer, resolve_model
+from sparring.prompts import load_prompts
 from sparring.train import _batches, _micro_batches, fill_reference_logps, packed_logps, sequence_logps, train
 
 # ---------------------------------------------------------------- pairs
@@ -75,11 +75,13 @@ def build_pairs(tok, n: int, seed: int, lo: int = 60, hi: int = 150) -> list[dic
     for i in range(n):
         rec = records[i % len(records)]
         other = int(rng.integers(1, len(records)))
-        pairs.append({
-            "prompt": [{"role": "user", "content": rec.text}],
-            "chosen": [{"role": "assistant", "content": response(i, int(rng.integers(lo, hi + 1)))}],
-            "rejected": [{"role": "assistant", "content": response(i + other, int(rng.integers(lo, hi + 1)))}],
-        })
+        pairs.append(
+            {
+                "prompt": [{"role": "user", "content": rec.text}],
+                "chosen": [{"role": "assistant", "content": response(i, int(rng.integers(lo, hi + 1)))}],
+                "rejected": [{"role": "assistant", "content": response(i + other, int(rng.integers(lo, hi + 1)))}],
+            }
+        )
     return pairs
 
 
@@ -88,12 +90,14 @@ def tokenize_pairs(tok, pairs: list[dict]) -> list[dict]:
     rendered conversation (response, <|im_end|>, newline)."""
     out = []
     for p in pairs:
-        prompt_ids = tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        prompt_ids = tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         row = {"prompt_ids": list(prompt_ids)}
         for side, key in (("chosen", "w_ids"), ("rejected", "l_ids")):
             full = tok.apply_chat_template(p["prompt"] + p[side], tokenize=True, return_dict=True)["input_ids"]
             assert full[: len(prompt_ids)] == list(prompt_ids), "prompt is not a prefix of prompt+response"
-            row[key] = list(full[len(prompt_ids):])
+            row[key] = list(full[len(prompt_ids) :])
         out.append(row)
     return out
 
@@ -108,15 +112,34 @@ def work_tokens(rows: list[dict]) -> int:
 def run_sparring(args, rows_tok, precision: str, ref: list[tuple[float, float]]) -> dict:
     model = load_model(args.model, "float32")
     tok = load_tokenizer(args.model)
-    rows = [{"prompt_id": str(i), **r, "ref_logp_w": ref[i][0], "ref_logp_l": ref[i][1]} for i, r in enumerate(rows_tok)]
+    rows = [
+        {"prompt_id": str(i), **r, "ref_logp_w": ref[i][0], "ref_logp_l": ref[i][1]} for i, r in enumerate(rows_tok)
+    ]
     mcfg = MethodConfig(name="dpo", beta=args.beta)
-    tcfg = TrainConfig(optimizer="adamw", lr=args.lr, epochs=1, batch_size=args.batch_size,
-                       micro_batch_size=args.micro_batch_size, warmup_ratio=0.0, weight_decay=0.0,
-                       max_grad_norm=1.0, precision=precision)
+    tcfg = TrainConfig(
+        optimizer="adamw",
+        lr=args.lr,
+        epochs=1,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        precision=precision,
+    )
     losses: list[float] = []
     start = time.perf_counter()
-    train(model, rows, METHODS["dpo"], mcfg, tcfg, pad_id=tok.pad_token_id, seed=args.seed,
-          on_step=lambda rec: losses.append(rec["loss"]), progress=False)
+    train(
+        model,
+        rows,
+        METHODS["dpo"],
+        mcfg,
+        tcfg,
+        pad_id=tok.pad_token_id,
+        seed=args.seed,
+        on_step=lambda rec: losses.append(rec["loss"]),
+        progress=False,
+    )
     sec = time.perf_counter() - start
     return {"seconds": sec, "losses": losses}
 
@@ -161,12 +184,31 @@ def make_trl_trainer(args, pairs_ordered, precision: str, precompute: bool, out_
     tok = load_tokenizer(args.model)
     ga = args.batch_size // args.micro_batch_size
     cfg = DPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=args.micro_batch_size, gradient_accumulation_steps=ga,
-        learning_rate=args.lr, num_train_epochs=1, beta=args.beta, loss_type=["sigmoid"],
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-        report_to=[], disable_tqdm=True, precompute_ref_log_probs=precompute, max_length=None, seed=args.seed,
-        dataloader_num_workers=0, use_cpu=True, dataset_num_proc=None,
+        output_dir=out_dir,
+        per_device_train_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=ga,
+        learning_rate=args.lr,
+        num_train_epochs=1,
+        beta=args.beta,
+        loss_type=["sigmoid"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        fp16=False,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        precompute_ref_log_probs=precompute,
+        max_length=None,
+        seed=args.seed,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        dataset_num_proc=None,
         # a fresh fingerprint per run: the precompute pass must not hit the datasets cache of an earlier run
         precompute_ref_batch_size=args.micro_batch_size,
     )
@@ -186,16 +228,24 @@ def run_trl(args, pairs_ordered, precision: str, precompute: bool, check_rows=No
         if check_rows is not None:  # the same token ids on both sides
             ds = trainer.train_dataset
             for i, r in enumerate(check_rows):
-                assert ds[i]["prompt_ids"] == r["prompt_ids"] and ds[i]["chosen_ids"] == r["w_ids"] \
-                    and ds[i]["rejected_ids"] == r["l_ids"], f"tokenization differs at pair {i}"
+                assert (
+                    ds[i]["prompt_ids"] == r["prompt_ids"]
+                    and ds[i]["chosen_ids"] == r["w_ids"]
+                    and ds[i]["rejected_ids"] == r["l_ids"]
+                ), f"tokenization differs at pair {i}"
         ref_seconds = cls.ref_seconds  # the precompute pass ran inside the constructor
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             start = time.perf_counter()
             trainer.train()
             train_seconds = time.perf_counter() - start
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
-    return {"seconds": train_seconds + ref_seconds, "train_seconds": train_seconds, "ref_seconds": ref_seconds,
-            "init_seconds": init_seconds, "losses": losses}
+    return {
+        "seconds": train_seconds + ref_seconds,
+        "train_seconds": train_seconds,
+        "ref_seconds": ref_seconds,
+        "init_seconds": init_seconds,
+        "losses": losses,
+    }
 
 
 # ---------------------------------------------------------------- levers
@@ -229,13 +279,17 @@ def run_levers(args, rows_tok) -> dict:
                         lw, ll = (x.logp for x in packed_logps(model, prompts, [w, l], pad))
                     else:
                         out = sequence_logps(model, prompts * 2, w + l, pad).logp
-                        lw, ll = out[: len(micro)], out[len(micro):]
+                        lw, ll = out[: len(micro)], out[len(micro) :]
                 dpo(lw, ll, ref[: len(micro)], ref[: len(micro)], args.beta).mean().backward()
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    variants = {"padded": ("padded", False), "padded_sorted": ("padded", True), "packed": ("packed", False),
-                "packed_sorted": ("packed", True)}
+    variants = {
+        "padded": ("padded", False),
+        "padded_sorted": ("padded", True),
+        "packed": ("packed", False),
+        "packed_sorted": ("packed", True),
+    }
     runs = [(f"{name}_bf16", layout, sort, "bf16") for name, (layout, sort) in variants.items()]
     runs += [("padded_fp32", "padded", False, "fp32"), ("packed_sorted_fp32", "packed", True, "fp32")]
     best: dict[str, float] = {}
@@ -244,11 +298,17 @@ def run_levers(args, rows_tok) -> dict:
             best[key] = min(best.get(key, float("inf")), one(layout, sort, precision))
             print(f"lever {key}: {best[key]:.2f} s", file=sys.stderr, flush=True)
     tokens = work_tokens(rows_tok)
-    return {"bench": "train_levers", "pairs": len(rows_tok), "batch_size": args.batch_size,
-            "micro_batch_size": args.micro_batch_size, "threads": torch.get_num_threads(), "tokens": tokens,
-            "seconds": {k: round(v, 2) for k, v in best.items()},
-            "tokens_per_s": {k: round(tokens / v, 1) for k, v in best.items()},
-            "vs_padded_bf16": {k: round(best["padded_bf16"] / v, 2) for k, v in best.items()}}
+    return {
+        "bench": "train_levers",
+        "pairs": len(rows_tok),
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "threads": torch.get_num_threads(),
+        "tokens": tokens,
+        "seconds": {k: round(v, 2) for k, v in best.items()},
+        "tokens_per_s": {k: round(tokens / v, 1) for k, v in best.items()},
+        "vs_padded_bf16": {k: round(best["padded_bf16"] / v, 2) for k, v in best.items()},
+    }
 
 
 def run_step_levers(args, rows_tok) -> dict:
@@ -307,14 +367,21 @@ def run_step_levers(args, rows_tok) -> dict:
     # the optimizer step: gradients of one real micro-batch, then 5 steps of each implementation
     micro = [rows_tok[i] for i in steps[0][: args.micro_batch_size]]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lw, ll = (x.logp for x in packed_logps(model, [r["prompt_ids"] for r in micro],
-                                                [[r["w_ids"] for r in micro], [r["l_ids"] for r in micro]], pad))
+        lw, ll = (
+            x.logp
+            for x in packed_logps(
+                model, [r["prompt_ids"] for r in micro], [[r["w_ids"] for r in micro], [r["l_ids"] for r in micro]], pad
+            )
+        )
     dpo(lw, ll, ref[: len(micro)], ref[: len(micro)], args.beta).mean().backward()
     opt_seconds: dict[str, float] = {}
     params = [p for p in model.parameters() if p.requires_grad]
     for _ in range(args.repeats):
-        for name, kw in (("adamw_for_loop", {"foreach": False}), ("adamw_foreach", {"foreach": True}),
-                         ("adamw_fused", {"fused": True})):
+        for name, kw in (
+            ("adamw_for_loop", {"foreach": False}),
+            ("adamw_foreach", {"foreach": True}),
+            ("adamw_fused", {"fused": True}),
+        ):
             opt = torch.optim.AdamW(params, lr=args.lr, **kw)
             times = []
             for _ in range(5):
@@ -324,12 +391,18 @@ def run_step_levers(args, rows_tok) -> dict:
             opt_seconds[name] = min(opt_seconds.get(name, float("inf")), statistics.median(times))
             print(f"lever {name}: {opt_seconds[name]:.3f} s/step", file=sys.stderr, flush=True)
     tokens = work_tokens(rows_tok)
-    out = {"bench": "train_step_levers", "pairs": len(rows_tok), "batch_size": args.batch_size,
-           "micro_batch_size": args.micro_batch_size, "threads": torch.get_num_threads(), "tokens": tokens,
-           "forward_backward_seconds": {k: round(v, 2) for k, v in best.items()},
-           "vs_base": {k: round(best["base"] / v, 3) for k, v in best.items()},
-           "optimizer_step_seconds": {k: round(v, 3) for k, v in opt_seconds.items()},
-           "optimizer_vs_for_loop": {k: round(opt_seconds["adamw_for_loop"] / v, 2) for k, v in opt_seconds.items()}}
+    out = {
+        "bench": "train_step_levers",
+        "pairs": len(rows_tok),
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "threads": torch.get_num_threads(),
+        "tokens": tokens,
+        "forward_backward_seconds": {k: round(v, 2) for k, v in best.items()},
+        "vs_base": {k: round(best["base"] / v, 3) for k, v in best.items()},
+        "optimizer_step_seconds": {k: round(v, 3) for k, v in opt_seconds.items()},
+        "optimizer_vs_for_loop": {k: round(opt_seconds["adamw_for_loop"] / v, 2) for k, v in opt_seconds.items()},
+    }
     if compile_seconds is not None:
         out["compile_seconds"] = round(compile_seconds, 1)
     return out
@@ -369,27 +442,46 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="trl_ref_model,trl_precompute,sparring")
-    ap.add_argument("--levers", nargs="?", const="step", choices=["step", "layouts"],
-                    help="only time sparring's levers (own JSON line): step (default: the LM head in chunks, "
-                         "torch.compile, the optimizer step) or layouts (micro-batch layouts)")
+    ap.add_argument(
+        "--levers",
+        nargs="?",
+        const="step",
+        choices=["step", "layouts"],
+        help="only time sparring's levers (own JSON line): step (default: the LM head in chunks, "
+        "torch.compile, the optimizer step) or layouts (micro-batch layouts)",
+    )
     ap.add_argument("--head-chunks", default="256,1024", help="--levers step: the HEAD_CHUNK values to time")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="--levers step: also time torch.compile of the decoder")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--levers step: also time torch.compile of the decoder",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     import datasets
+
     datasets.disable_progress_bars()
 
     tok = load_tokenizer(args.model)
     resolve_model(args.model)  # convert the embedded model once, outside any timing
-    out: dict = {"bench": "train_vs_trl", "model": args.model, "threads": torch.get_num_threads(),
-                 "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "lr": args.lr,
-                 "beta": args.beta, "loss": "dpo sigmoid", "epochs": 1}
-    import trl
+    out: dict = {
+        "bench": "train_vs_trl",
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "micro_batch_size": args.micro_batch_size,
+        "lr": args.lr,
+        "beta": args.beta,
+        "loss": "dpo sigmoid",
+        "epochs": 1,
+    }
     import transformers
+    import trl
+
     out["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
 
     def ordered(n: int):
@@ -405,8 +497,9 @@ def main() -> None:
 
     # ---- phase 1: loss agreement in float32 (a smaller step, so a few pairs make several steps)
     if args.agree_pairs:
-        a_args = argparse.Namespace(**{**vars(args), "batch_size": args.agree_batch_size,
-                                       "micro_batch_size": args.agree_micro_batch_size})
+        a_args = argparse.Namespace(
+            **{**vars(args), "batch_size": args.agree_batch_size, "micro_batch_size": args.agree_micro_batch_size}
+        )
         pairs = build_pairs(tok, args.agree_pairs, args.seed)
         rows = tokenize_pairs(tok, pairs)
         order = np.concatenate(list(_batches(len(rows), a_args.batch_size, 1, args.seed)))
@@ -415,10 +508,17 @@ def main() -> None:
         t = run_trl(a_args, [pairs[i] for i in order], "fp32", precompute=True, check_rows=[rows[i] for i in order])
         diffs = [abs(a - b) for a, b in zip(s["losses"], t["losses"])]
         out["agreement_fp32"] = {
-            "pairs": args.agree_pairs, "batch_size": a_args.batch_size, "micro_batch_size": a_args.micro_batch_size,
-            "steps": len(s["losses"]), "sparring_losses": [round(x, 5) for x in s["losses"]], "trl_losses": t["losses"],
-            "final_loss_sparring": round(s["losses"][-1], 5), "final_loss_trl": t["losses"][-1],
-            "max_abs_step_loss_diff": round(max(diffs), 6), "tolerance": 1e-4, "agree": max(diffs) < 1e-4,
+            "pairs": args.agree_pairs,
+            "batch_size": a_args.batch_size,
+            "micro_batch_size": a_args.micro_batch_size,
+            "steps": len(s["losses"]),
+            "sparring_losses": [round(x, 5) for x in s["losses"]],
+            "trl_losses": t["losses"],
+            "final_loss_sparring": round(s["losses"][-1], 5),
+            "final_loss_trl": t["losses"][-1],
+            "max_abs_step_loss_diff": round(max(diffs), 6),
+            "tolerance": 1e-4,
+            "agree": max(diffs) < 1e-4,
         }
     if not args.pairs:
         print(json.dumps(out))
@@ -428,9 +528,15 @@ def main() -> None:
     pairs, rows, pairs_ord = ordered(args.pairs)
     ref, ref_sec = reference_logps(args, rows, args.precision)
     tokens = work_tokens(rows)
-    out.update({"pairs": args.pairs, "precision": args.precision, "tokens": tokens,
-                "pad_free_tokens_per_pair": round(tokens / args.pairs, 1),
-                "sparring_ref_logps_seconds_not_counted": round(ref_sec, 2)})
+    out.update(
+        {
+            "pairs": args.pairs,
+            "precision": args.precision,
+            "tokens": tokens,
+            "pad_free_tokens_per_pair": round(tokens / args.pairs, 1),
+            "sparring_ref_logps_seconds_not_counted": round(ref_sec, 2),
+        }
+    )
     configs = args.configs.split(",")
     best: dict[str, dict] = {}
     for _ in range(args.repeats):
@@ -448,12 +554,21 @@ def main() -> None:
     for name, r in best.items():
         tps = tokens / r["seconds"]
         flops = 6 * n_params * tps
-        entry = {"seconds": round(r["seconds"], 2), "tokens_per_s": round(tps, 1),
-                 "final_loss": round(r["losses"][-1], 4),
-                 "mfu_vs_bf16_peak": round(flops / peaks["bf16"], 3), "mfu_vs_fp32_peak": round(flops / peaks["fp32"], 3)}
+        entry = {
+            "seconds": round(r["seconds"], 2),
+            "tokens_per_s": round(tps, 1),
+            "final_loss": round(r["losses"][-1], 4),
+            "mfu_vs_bf16_peak": round(flops / peaks["bf16"], 3),
+            "mfu_vs_fp32_peak": round(flops / peaks["fp32"], 3),
+        }
         if name != "sparring":
-            entry.update({"train_seconds": round(r["train_seconds"], 2), "ref_seconds": round(r["ref_seconds"], 2),
-                          "precompute_ref_log_probs": name == "trl_precompute"})
+            entry.update(
+                {
+                    "train_seconds": round(r["train_seconds"], 2),
+                    "ref_seconds": round(r["ref_seconds"], 2),
+                    "precompute_ref_log_probs": name == "trl_precompute",
+                }
+            )
         out[name] = entry
     if "sparring" in best:
         trl_names = [n for n in best if n != "sparring"]
@@ -461,7 +576,8 @@ def main() -> None:
             out[f"speedup_vs_{n}"] = round(best[n]["seconds"] / best["sparring"]["seconds"], 2)
         if "trl_precompute" in best:
             out["speedup_vs_trl_precompute_train_only"] = round(
-                best["trl_precompute"]["train_seconds"] / best["sparring"]["seconds"], 2)
+                best["trl_precompute"]["train_seconds"] / best["sparring"]["seconds"], 2
+            )
         if trl_names:
             fastest = min(trl_names, key=lambda n: best[n]["seconds"])
             out["headline"] = {"trl_best": fastest, "speedup": out[f"speedup_vs_{fastest}"]}

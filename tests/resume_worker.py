@@ -189,8 +189,20 @@ def main() -> None:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         point = os.path.exists(req["log"] + ".point")
-        print(json.dumps({"pid": pid, "code": code, "signal": sig, "external": external and not point, "point": point,
-                          "seconds": round(time.monotonic() - started, 3)}), file=out, flush=True)
+        print(
+            json.dumps(
+                {
+                    "pid": pid,
+                    "code": code,
+                    "signal": sig,
+                    "external": external and not point,
+                    "point": point,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            ),
+            file=out,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -112,16 +112,22 @@ def test_apo_with_lora_extrapolates_the_merged_weights(tmp_path):
 
     base = make_tiny_model(tmp_path / "model")
     alpha = 0.5
-    cfg = config_from_dict({
-        "name": "apo", "seed": 3, "iterations": 2, "model": str(base), "runs_dir": str(tmp_path / "runs"),
-        "method": {"name": "sppo", "apo_alpha": alpha},
-        "judge": {"name": "python", "function": "lengthjudge:by_length"},
-        "prompts": {"per_iteration": 8},
-        "generation": {"k": 4, "max_new_tokens": 8, "batch_size": 8, "dtype": "float32", "shard_size": 8},
-        "train": {"lr": 1e-2, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "apo",
+            "seed": 3,
+            "iterations": 2,
+            "model": str(base),
+            "runs_dir": str(tmp_path / "runs"),
+            "method": {"name": "sppo", "apo_alpha": alpha},
+            "judge": {"name": "python", "function": "lengthjudge:by_length"},
+            "prompts": {"per_iteration": 8},
+            "generation": {"k": 4, "max_new_tokens": 8, "batch_size": 8, "dtype": "float32", "shard_size": 8},
+            "train": {"lr": 1e-2, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+            "eval": {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False},
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        }
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -132,7 +138,10 @@ def test_apo_with_lora_extrapolates_the_merged_weights(tmp_path):
         previous_policy, previous_trained = str(base), load_file(base / "model.safetensors")
         for t in range(2):
             assert sorted(rd.stage(f"iter_{t}/train")["outputs"]) == [
-                f"iter_{t}/adapter", f"iter_{t}/policy", f"iter_{t}/policy_trained"]
+                f"iter_{t}/adapter",
+                f"iter_{t}/policy",
+                f"iter_{t}/policy_trained",
+            ]
             trained = load_file(root / f"iter_{t}" / "policy_trained" / "model.safetensors")
             policy = load_file(root / f"iter_{t}" / "policy" / "model.safetensors")
             # θ_{t+1}: the sampler π_t (extrapolated) with this iteration's adapter merged

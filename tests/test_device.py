@@ -37,11 +37,14 @@ def test_a_single_process_picks_the_gpu_only_when_cuda_is_available(monkeypatch)
     assert Dist().device == torch.device("cuda", 0)  # only named, nothing is put there
 
 
-@pytest.mark.parametrize("env, says", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version: 2"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "offload"),
-])
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version: 2"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "offload"),
+    ],
+)
 def test_unsupported_launches_are_refused_before_joining(monkeypatch, env, says):
     monkeypatch.setenv("WORLD_SIZE", "2")  # no process group is joined: the refusal comes first
     for k, v in env.items():
@@ -61,7 +64,10 @@ def test_decoding_and_log_probs_on_an_explicit_cpu_device(tiny):
     assert sample_batch(moved, tok, ids, **kw) == sample_batch(plain, tok, ids, **kw)
     assert sample_batch_generate(moved, tok, ids, **kw) == sample_batch_generate(plain, tok, ids, **kw)
     responses = [[5, 6, 7], [8, 9]]
-    a, b = sequence_logps(moved, ids, responses, tok.pad_token_id), sequence_logps(plain, ids, responses, tok.pad_token_id)
+    a, b = (
+        sequence_logps(moved, ids, responses, tok.pad_token_id),
+        sequence_logps(plain, ids, responses, tok.pad_token_id),
+    )
     assert a.logp.device == moved.device and torch.equal(a.logp, b.logp) and torch.equal(a.n_tokens, b.n_tokens)
     pa = packed_logps(moved, ids, [responses, [[4], [3, 2, 1]]], tok.pad_token_id)
     pb = packed_logps(plain, ids, [responses, [[4], [3, 2, 1]]], tok.pad_token_id)

@@ -57,10 +57,15 @@ LAUNCH_TIMEOUT = 300  # seconds for one launch; generous, a launch takes ~20 s o
 
 def dist_config(model: Path, runs_dir: Path) -> dict:
     """One SPPO iteration judged by length (tests/lengthjudge.py), so the tiny model's samples are seldom
-    tied and there are training rows whatever it samples; batch 3 with micro-batch 1 puts 3 micro-batches in each step, so the ranks split a step unevenly.
+    tied and there are training rows whatever it samples; batch 3 with micro-batch 1 puts 3 micro-batches
+    in each step, so the ranks split a step unevenly.
     8 generation shards and 3 eval batches: both ranks get work in every stage."""
     return {
-        "name": "d", "seed": 5, "iterations": 1, "model": str(model), "runs_dir": str(runs_dir),
+        "name": "d",
+        "seed": 5,
+        "iterations": 1,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "judge": {"name": "python", "function": "lengthjudge:by_length"},
         "prompts": {"per_iteration": 24},
@@ -68,8 +73,15 @@ def dist_config(model: Path, runs_dir: Path) -> dict:
         # plain SGD, no clipping: the update is lr × the summed gradient, so a gradient off by a factor
         # (averaged over the ranks once too often) moves the weights far outside WEIGHT_ATOL; AdamW and
         # clipping would hide a scale error
-        "train": {"optimizer": "sgd", "lr": 1e-3, "max_grad_norm": 0.0, "batch_size": 3, "micro_batch_size": 1,
-                  "epochs": 2, "precision": "fp32"},
+        "train": {
+            "optimizer": "sgd",
+            "lr": 1e-3,
+            "max_grad_norm": 0.0,
+            "batch_size": 3,
+            "micro_batch_size": 1,
+            "epochs": 2,
+            "precision": "fp32",
+        },
         "eval": {"max_new_tokens": 6, "limit": 6, "batch_size": 2},
     }
 
@@ -90,16 +102,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(argv: list[str], log: Path, config: str = "cpu-2proc.yaml", extra: tuple[str, ...] = (),
-           port: str | None = None) -> subprocess.Popen:
+def launch(
+    argv: list[str], log: Path, config: str = "cpu-2proc.yaml", extra: tuple[str, ...] = (), port: str | None = None
+) -> subprocess.Popen:
     """`accelerate launch --config_file accelerate/<config> <extra> -m sparring.cli <argv>` (on a free
     port unless `port` is given: the launchers of several 'nodes' share one)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false",
-           # the sparring under test, wherever it is checked out (and tests/, for the length judge)
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate" / config),
-           *extra, "--main_process_port", port or str(free_port()), "-m", "sparring.cli", *argv]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # the sparring under test, wherever it is checked out (and tests/, for the length judge)
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate" / config),
+        *extra,
+        "--main_process_port",
+        port or str(free_port()),
+        "-m",
+        "sparring.cli",
+        *argv,
+    ]
     with open(log, "w") as fh:
         return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -247,8 +276,12 @@ def test_two_processes_killed_while_generating_resume_to_the_same_files(tiny_mod
     assert rd.leftover_temporaries() == [] and not shards.exists()
     for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
         assert pq.read_table(root / rel).equals(pq.read_table(two_procs / rel)), f"{rel} differs"
-    for rel in ("base/eval/responses.jsonl", "iter_0/eval/responses.jsonl", "iter_0/eval/metrics.json",
-                "iter_0/policy/model.safetensors"):
+    for rel in (
+        "base/eval/responses.jsonl",
+        "iter_0/eval/responses.jsonl",
+        "iter_0/eval/metrics.json",
+        "iter_0/policy/model.safetensors",
+    ):
         assert (root / rel).read_bytes() == (two_procs / rel).read_bytes(), f"{rel} differs"
     outputs = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
     assert outputs == {k: e["outputs"] for k, e in RunDir(two_procs).manifest()["stages"].items()}
@@ -260,8 +293,12 @@ def test_fsdp_two_processes_train_like_one(tiny_model, single, tmp_path):
     the gathered full state dict. Everything before training is bitwise the one-process run's."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(dist_config(tiny_model, tmp_path / "runs")))
-    launch_and_wait(["run", str(recipe), "--no-progress"], tmp_path / "launch.log", config="fsdp.yaml",
-                    extra=("--num_processes", "2"))
+    launch_and_wait(
+        ["run", str(recipe), "--no-progress"],
+        tmp_path / "launch.log",
+        config="fsdp.yaml",
+        extra=("--num_processes", "2"),
+    )
     root = tmp_path / "runs" / "d"
     assert "FSDP: the training model was sharded over 2 ranks" in (tmp_path / "launch.log").read_text()
     for rel in ("iter_0/samples.parquet", "iter_0/preferences.parquet", "iter_0/train.parquet"):
@@ -285,10 +322,24 @@ def test_two_nodes_on_one_machine_give_the_files_of_one(tiny_model, single, tmp_
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(dist_config(tiny_model, tmp_path / "runs")))
     port = str(free_port())
-    procs = [launch(["run", str(recipe), "--no-progress"], tmp_path / f"node{r}.log",
-                    extra=("--num_machines", "2", "--machine_rank", str(r), "--num_processes", "2",
-                           "--main_process_ip", "127.0.0.1"), port=port)
-             for r in (0, 1)]
+    procs = [
+        launch(
+            ["run", str(recipe), "--no-progress"],
+            tmp_path / f"node{r}.log",
+            extra=(
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(r),
+                "--num_processes",
+                "2",
+                "--main_process_ip",
+                "127.0.0.1",
+            ),
+            port=port,
+        )
+        for r in (0, 1)
+    ]
     for r, proc in enumerate(procs):
         wait_ok(proc, tmp_path / f"node{r}.log", others=tuple(procs))
     assert "rank 0 judges every prompt" in (tmp_path / "node0.log").read_text()
@@ -313,8 +364,10 @@ def assert_lora_run_like(root: Path, single: Path, tiny_model: Path, label: str)
     adapter = max_weight_difference(single, root, "iter_0/adapter/adapter_model.safetensors")
     diff = max_weight_difference(single, root)
     update = max_weight_difference(tiny_model / "model.safetensors", single)
-    print(f"LoRA, {label} vs 1 process: max abs difference {diff:.3g} (merged), {adapter:.3g} (adapter); "
-          f"largest update of a merged weight: {update:.3g}")
+    print(
+        f"LoRA, {label} vs 1 process: max abs difference {diff:.3g} (merged), {adapter:.3g} (adapter); "
+        f"largest update of a merged weight: {update:.3g}"
+    )
     assert diff <= WEIGHT_ATOL and adapter <= WEIGHT_ATOL
     assert update >= 100 * WEIGHT_ATOL
     assert (root / "summary.json").exists() and not list(root.rglob("train_checkpoint"))
@@ -326,8 +379,7 @@ def test_two_processes_with_lora_train_like_one(tiny_model, single_lora, two_pro
         assert (two_procs_lora / rel).read_text() == (single_lora / rel).read_text(), f"{rel} differs"
 
 
-def test_two_processes_with_lora_killed_while_training_resume_from_the_checkpoint(tiny_model, two_procs_lora,
-                                                                                  tmp_path):
+def test_two_processes_with_lora_killed_while_training_resume_from_the_checkpoint(tiny_model, two_procs_lora, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(lora_dist_config(tiny_model, tmp_path / "runs", checkpoint_every=1)))
     root = tmp_path / "runs" / "d"
@@ -346,8 +398,12 @@ def test_two_processes_with_lora_killed_while_training_resume_from_the_checkpoin
     launch_and_wait(["run", "--resume", str(root), "--no-progress"], tmp_path / "resumed.log")
     assert "[iter_0/train] resuming from the checkpoint after optimizer step" in (tmp_path / "resumed.log").read_text()
     assert rd.leftover_temporaries() == [] and not checkpoints.exists()
-    for rel in ("iter_0/train.parquet", "iter_0/eval/responses.jsonl", "iter_0/policy/model.safetensors",
-                "iter_0/adapter/adapter_model.safetensors"):
+    for rel in (
+        "iter_0/train.parquet",
+        "iter_0/eval/responses.jsonl",
+        "iter_0/policy/model.safetensors",
+        "iter_0/adapter/adapter_model.safetensors",
+    ):
         assert (root / rel).read_bytes() == (two_procs_lora / rel).read_bytes(), f"{rel} differs"
     outputs = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
     assert outputs == {k: e["outputs"] for k, e in RunDir(two_procs_lora).manifest()["stages"].items()}

@@ -90,8 +90,11 @@ def truncated_bin(d):
 
 
 def custom_code(d):
-    edit_config(d, model_type="my-own-llm", auto_map={"AutoConfig": "configuration_mine.MyConfig",
-                                                      "AutoModelForCausalLM": "modeling_mine.MyModel"})
+    edit_config(
+        d,
+        model_type="my-own-llm",
+        auto_map={"AutoConfig": "configuration_mine.MyConfig", "AutoModelForCausalLM": "modeling_mine.MyModel"},
+    )
 
 
 def unknown_type(d):
@@ -117,30 +120,51 @@ def config_not_utf8(d):
 
 def missing_shard(d):
     (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-@pytest.mark.parametrize("damage, where, remedy", [
-    (no_weights, "", "has no weights (transformers reads model.safetensors"),
-    (refused_pickle, "pytorch_model.bin", "torch refuses to unpickle it with weights_only=True (it references print"),
-    (refused_legacy_pickle, "pytorch_model.bin", "convert it to safetensors once"),
-    (truncated_bin, "pytorch_model.bin", "corrupt or truncated"),
-    (custom_code, "", "sparring never passes trust_remote_code=True"),
-    (unknown_type, "", "model_type 'frobnicator', which transformers"),
-    (truncated_safetensors, "model.safetensors", "corrupt or truncated"),
-    (garbage_safetensors, "model.safetensors", "download or copy it again"),
-    (config_not_json, "config.json", "not valid JSON (line 1, column 2"),
-    (config_not_utf8, "config.json", "not UTF-8 text"),
-    (missing_shard, "", "lists 1 missing shard(s), first model-00002-of-00002.safetensors"),
-])
+@pytest.mark.parametrize(
+    "damage, where, remedy",
+    [
+        (no_weights, "", "has no weights (transformers reads model.safetensors"),
+        (
+            refused_pickle,
+            "pytorch_model.bin",
+            "torch refuses to unpickle it with weights_only=True (it references print",
+        ),
+        (refused_legacy_pickle, "pytorch_model.bin", "convert it to safetensors once"),
+        (truncated_bin, "pytorch_model.bin", "corrupt or truncated"),
+        (custom_code, "", "sparring never passes trust_remote_code=True"),
+        (unknown_type, "", "model_type 'frobnicator', which transformers"),
+        (truncated_safetensors, "model.safetensors", "corrupt or truncated"),
+        (garbage_safetensors, "model.safetensors", "download or copy it again"),
+        (config_not_json, "config.json", "not valid JSON (line 1, column 2"),
+        (config_not_utf8, "config.json", "not UTF-8 text"),
+        (missing_shard, "", "lists 1 missing shard(s), first model-00002-of-00002.safetensors"),
+    ],
+)
 def test_a_broken_model_directory_is_one_clear_line_before_any_output(tiny, tmp_path, capsys, damage, where, remedy):
     d = copy_model(tiny, tmp_path / "model")
     damage(d)
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(d), "--prompts", "shipped:heldout", "--out", str(out),
-                 "--max-new-tokens", "2", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(d),
+            "--prompts",
+            "shipped:heldout",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ]
+    )
     line = one_clear_line(capsys)
     assert code == 2
     assert str(d / where).rstrip("/") in line and remedy in line, line
@@ -172,8 +196,20 @@ def test_a_directory_without_tokenizer_names_the_files_to_copy(tiny, tmp_path, c
     for f in d.glob("tokenizer*"):
         f.unlink()
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(d), "--prompts", "shipped:heldout", "--out", str(out),
-                 "--max-new-tokens", "2", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(d),
+            "--prompts",
+            "shipped:heldout",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ]
+    )
     line = one_clear_line(capsys)
     assert code == 2
     assert f"cannot load the tokenizer of model {str(d)!r}" in line and "has no tokenizer files" in line, line
@@ -187,8 +223,7 @@ def test_a_model_transformers_cannot_load_as_a_causal_lm_is_a_user_error(tiny, t
 
     d = tmp_path / "clip"
     d.mkdir()
-    CLIPVisionConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                     num_attention_heads=2).save_pretrained(d)
+    CLIPVisionConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(d)
     shutil.copy(tiny / "model.safetensors", d / "model.safetensors")
     from sparring.models import load_model
 
@@ -212,8 +247,17 @@ def test_an_uncached_hub_id_offline_says_so_without_asking(tmp_path, monkeypatch
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 (conftest) sets
     monkeypatch.chdir(tmp_path)
-    code = main(["eval", "--model", "sparring-test-org/no-such-model", "--prompts", "shipped:heldout",
-                 "--out", str(tmp_path / "eval")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            "sparring-test-org/no-such-model",
+            "--prompts",
+            "shipped:heldout",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     line = one_clear_line(capsys)
     assert code == 2
     assert "model 'sparring-test-org/no-such-model': not on disk, not in the local HF cache" in line
@@ -240,17 +284,36 @@ def fake_hub_cache(root: Path, repo_id: str, snapshot_files: dict[str, Path | st
 def test_a_hub_id_cached_in_part_is_not_taken_for_a_cached_model(tiny, tmp_path, monkeypatch, capsys, files):
     from huggingface_hub import constants
 
-    index = json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
-                                       "b": "model-00002-of-00002.safetensors"}})
-    snapshot_files = {"config.json": tiny / "config.json"} if files == "config only" else {
-        "config.json": tiny / "config.json", "model.safetensors.index.json": index,
-        "model-00001-of-00002.safetensors": tiny / "model.safetensors"}
+    index = json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    )
+    snapshot_files = (
+        {"config.json": tiny / "config.json"}
+        if files == "config only"
+        else {
+            "config.json": tiny / "config.json",
+            "model.safetensors.index.json": index,
+            "model-00001-of-00002.safetensors": tiny / "model.safetensors",
+        }
+    )
     fake_hub_cache(tmp_path / "hub", "sparring-test-org/tiny", snapshot_files)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", "--model", "sparring-test-org/tiny", "--prompts", "shipped:heldout",
-                 "--out", str(tmp_path / "eval")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "sparring-test-org/tiny",
+                "--prompts",
+                "shipped:heldout",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 2
+    )
     line = one_clear_line(capsys)
     assert "model 'sparring-test-org/tiny': not on disk, its weights are not in the local HF cache" in line, line
     assert not (tmp_path / "eval").exists()
@@ -313,16 +376,19 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_an_unreachable_hub_fails_after_one_request_with_one_clear_line(silent_hub, tmp_path):
     out = tmp_path / "eval"
-    proc = run_python("import sys; from sparring.cli import main; sys.exit(main(['eval', '--model', "
-                      f"'sparring-test-org/no-such-model', '--prompts', 'shipped:heldout', '--out', {str(out)!r}]))",
-                      cwd=tmp_path)
+    proc = run_python(
+        "import sys; from sparring.cli import main; sys.exit(main(['eval', '--model', "
+        f"'sparring-test-org/no-such-model', '--prompts', 'shipped:heldout', '--out', {str(out)!r}]))",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     line = lines[0]
-    assert line.startswith("sparring: error: model 'sparring-test-org/no-such-model': not on disk, not in the "
-                           "local HF cache"), line
+    assert line.startswith(
+        "sparring: error: model 'sparring-test-org/no-such-model': not on disk, not in the local HF cache"
+    ), line
     assert f"the hub ({silent_hub.url}) is not reachable" in line and "hf download" in line, line
     # One request about the model, no retries. huggingface_hub may also ask for its "agent harness"
     # list (telemetry it sends with every request, fetched once a day with a 3 s timeout).
@@ -333,14 +399,20 @@ def test_an_unreachable_hub_fails_after_one_request_with_one_clear_line(silent_h
 
 def test_a_hub_id_in_the_local_cache_loads_without_the_hub(silent_hub, tiny, tmp_path):
     fake_hub_cache(tmp_path / "hf" / "hub", "sparring-test-org/tiny", {f.name: f for f in tiny.iterdir()})
-    proc = run_python("from sparring.models import load_model, load_tokenizer, model_fingerprint, resolve_model\n"
-                      "name = 'sparring-test-org/tiny'\n"
-                      "print(resolve_model(name), model_fingerprint(name))\n"
-                      "print(load_tokenizer(name).eos_token, type(load_model(name)).__name__)\n",
-                      cwd=tmp_path)
+    proc = run_python(
+        "from sparring.models import load_model, load_tokenizer, model_fingerprint, resolve_model\n"
+        "name = 'sparring-test-org/tiny'\n"
+        "print(resolve_model(name), model_fingerprint(name))\n"
+        "print(load_tokenizer(name).eos_token, type(load_model(name)).__name__)\n",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["sparring-test-org/tiny", "sparring-test-org/tiny@main", "<|im_end|>",
-                                   "LlamaForCausalLM"], proc.stdout
+    assert proc.stdout.split() == [
+        "sparring-test-org/tiny",
+        "sparring-test-org/tiny@main",
+        "<|im_end|>",
+        "LlamaForCausalLM",
+    ], proc.stdout
     # Nothing asked about the model (huggingface_hub's own "agent harness" telemetry aside).
     assert [r for r in silent_hub.requests if "/api/agent-harnesses" not in r] == [], silent_hub.requests
 
@@ -348,10 +420,12 @@ def test_a_hub_id_in_the_local_cache_loads_without_the_hub(silent_hub, tiny, tmp
 def test_a_damaged_model_in_the_hub_cache_is_named(silent_hub, tiny, tmp_path):
     snapshot = fake_hub_cache(tmp_path / "hf" / "hub", "sparring-test-org/tiny", {f.name: f for f in tiny.iterdir()})
     truncated_safetensors(snapshot)
-    proc = run_python("from sparring.models import resolve_model\nresolve_model('sparring-test-org/tiny')",
-                      cwd=tmp_path)
-    assert "UserError" in proc.stderr and f"{snapshot / 'model.safetensors'}: not a readable safetensors" \
-        in proc.stderr, proc.stderr
+    proc = run_python(
+        "from sparring.models import resolve_model\nresolve_model('sparring-test-org/tiny')", cwd=tmp_path
+    )
+    assert (
+        "UserError" in proc.stderr and f"{snapshot / 'model.safetensors'}: not a readable safetensors" in proc.stderr
+    ), proc.stderr
     assert silent_hub.requests == []
 
 
@@ -372,10 +446,13 @@ def test_game_matrix_that_is_not_utf8(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [m]
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-    ("[[0.5, 1%s], [0, 0.5]]" % ("0" * 400), "a number too large for a float"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+        ("[[0.5, 1%s], [0, 0.5]]" % ("0" * 400), "a number too large for a float"),
+    ],
+)
 def test_game_matrix_files_that_defeat_the_json_reader(tmp_path, capsys, content, fragment):
     m = tmp_path / "m.json"
     m.write_text(content)
@@ -395,17 +472,19 @@ def test_game_out_that_is_a_directory_is_refused_before_any_work(tmp_path, capsy
     assert "exploitability" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("plot, fragment", [
-    ("p.xyz", "matplotlib cannot write .xyz files; use one of"),
-    ("p", "has no extension, which picks the image format"),
-    ("o.json", "--plot and --out are the same file"),
-    ("sub", "is a directory; give a file name"),
-    ("", "--plot needs a file name"),
-])
+@pytest.mark.parametrize(
+    "plot, fragment",
+    [
+        ("p.xyz", "matplotlib cannot write .xyz files; use one of"),
+        ("p", "has no extension, which picks the image format"),
+        ("o.json", "--plot and --out are the same file"),
+        ("sub", "is a directory; give a file name"),
+        ("", "--plot needs a file name"),
+    ],
+)
 def test_game_plot_path_is_checked_before_any_work(tmp_path, capsys, plot, fragment):
     (tmp_path / "sub").mkdir()
-    assert game("--iters", "5", "--out", str(tmp_path / "o.json"),
-                "--plot", str(tmp_path / plot) if plot else "") == 2
+    assert game("--iters", "5", "--out", str(tmp_path / "o.json"), "--plot", str(tmp_path / plot) if plot else "") == 2
     line = one_clear_line(capsys)
     assert fragment in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
@@ -430,8 +509,10 @@ def test_game_plot_that_matplotlib_fails_to_write_leaves_nothing(tmp_path, capsy
     out, png = tmp_path / "o.json", tmp_path / "p.png"
     assert game("--iters", "5", "--out", str(out), "--plot", str(png)) == 2
     line = capsys.readouterr().err.strip()
-    assert line == f"sparring: error: --plot {png}: matplotlib could not write it (no encoder for this format); " \
-                   "use .png or .pdf"
+    assert (
+        line == f"sparring: error: --plot {png}: matplotlib could not write it (no encoder for this format); "
+        "use .png or .pdf"
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -443,16 +524,19 @@ def test_game_plot_extension_in_capitals_and_other_formats_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "p.PNG", "p.svg"]
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--out", ""], "--out needs a file name"),
-    (["--out", "/dev/null"], "--out /dev/null exists and is not a regular file"),
-    (["--seed", "-1", "--matrix", "random"], "--seed must be >= 0, got -1"),
-    (["--seed", "-1", "--algo", "sppo-sampled"], "--seed must be >= 0, got -1"),
-    (["--iters", str(10**13)], "out of memory (Unable to allocate"),
-    (["--eta", "1e300"], "sppo: pi sums to 2.0, not 1: the iteration broke down numerically with --eta 1e+300"),
-    (["--algo", "nash-mp", "--beta", "1e300", "--eta", "1e300"], "try a smaller --eta"),
-    (["--algo", "nash-md", "--beta", "1e-300", "--eta", "1"], "use a larger --beta"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--out", ""], "--out needs a file name"),
+        (["--out", "/dev/null"], "--out /dev/null exists and is not a regular file"),
+        (["--seed", "-1", "--matrix", "random"], "--seed must be >= 0, got -1"),
+        (["--seed", "-1", "--algo", "sppo-sampled"], "--seed must be >= 0, got -1"),
+        (["--iters", str(10**13)], "out of memory (Unable to allocate"),
+        (["--eta", "1e300"], "sppo: pi sums to 2.0, not 1: the iteration broke down numerically with --eta 1e+300"),
+        (["--algo", "nash-mp", "--beta", "1e300", "--eta", "1e300"], "try a smaller --eta"),
+        (["--algo", "nash-md", "--beta", "1e-300", "--eta", "1"], "use a larger --beta"),
+    ],
+)
 def test_game_other_arguments_that_ended_in_a_traceback(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     if "--out" not in argv:

@@ -21,8 +21,11 @@ from sparring.prompts import load_prompts  # noqa: E402
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"policy": make_tiny_model(root / "policy"), "other": make_tiny_model(root / "other", seed=7),
-            "rm": make_tiny_reward_model(root / "rm")}
+    return {
+        "policy": make_tiny_model(root / "policy"),
+        "other": make_tiny_model(root / "other", seed=7),
+        "rm": make_tiny_reward_model(root / "rm"),
+    }
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -33,8 +36,25 @@ def run(argv, capsys) -> tuple[int, str, str]:
 
 
 def test_eval_a_model_on_ifeval_prompts(models, tmp_path, capsys):
-    code, out, err = run(["eval", "--model", models["policy"], "--prompts", "shipped:heldout", "--out", tmp_path / "e",
-                          "--max-new-tokens", 6, "--batch-size", 60, "--no-progress", "--bootstrap", 200], capsys)
+    code, out, err = run(
+        [
+            "eval",
+            "--model",
+            models["policy"],
+            "--prompts",
+            "shipped:heldout",
+            "--out",
+            tmp_path / "e",
+            "--max-new-tokens",
+            6,
+            "--batch-size",
+            60,
+            "--no-progress",
+            "--bootstrap",
+            200,
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["n"] == 120 and set(json.loads(out)) >= {"prompt_strict", "instruction_loose", "n"}
@@ -49,20 +69,44 @@ def test_eval_a_model_on_ifeval_prompts(models, tmp_path, capsys):
 
 
 def test_eval_against_a_baseline_with_a_reward_model_and_compare(models, tmp_path, capsys):
-    common = ["--prompts", "shipped:chat-heldout", "--max-new-tokens", 8, "--batch-size", 111, "--no-progress",
-              "--bootstrap", 200]
+    common = [
+        "--prompts",
+        "shipped:chat-heldout",
+        "--max-new-tokens",
+        8,
+        "--batch-size",
+        111,
+        "--no-progress",
+        "--bootstrap",
+        200,
+    ]
     code, _, err = run(["eval", "--model", models["other"], "--out", tmp_path / "base", *common], capsys)
     assert code == 0, err  # chat prompts, no baseline: no metric beyond lengths
     base = tmp_path / "base" / "responses.jsonl"
     judge = ["judge.name=reward_model", f"judge.model={models['rm']}", "judge.dtype=float32"]
-    code, out, err = run(["eval", "--model", models["policy"], "--out", tmp_path / "pol", "--baseline", base, *common,
-                          *judge], capsys)
+    code, out, err = run(
+        ["eval", "--model", models["policy"], "--out", tmp_path / "pol", "--baseline", base, *common, *judge], capsys
+    )
     assert code == 0, err
     m = json.loads((tmp_path / "pol" / "metrics.json").read_text())
     assert {"win_rate_vs_base", "length_controlled_win_rate"} <= set(m) and m["judge"].startswith("reward_model-v1")
     # compare judges the same pairs: the same win rate (the cache of the eval directory is not shared here)
-    code, out, err = run(["compare", "--prompts", "shipped:chat-heldout", "--a", tmp_path / "pol" / "alpaca_eval.json",
-                          "--b", base, "--out", tmp_path / "cmp", "--no-progress", *judge], capsys)
+    code, out, err = run(
+        [
+            "compare",
+            "--prompts",
+            "shipped:chat-heldout",
+            "--a",
+            tmp_path / "pol" / "alpaca_eval.json",
+            "--b",
+            base,
+            "--out",
+            tmp_path / "cmp",
+            "--no-progress",
+            *judge,
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["win_rate"] == pytest.approx(m["win_rate_vs_base"]) and result["n"] == 111
@@ -74,21 +118,32 @@ def test_eval_against_a_baseline_with_a_reward_model_and_compare(models, tmp_pat
     assert json.loads(out)["ties"] == 111 and json.loads(out)["win_rate"] == 0.5
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["compare", "--prompts", "shipped:heldout", "--a", "X", "--b", "X"], "X: file not found"),
-    (["compare", "--prompts", "shipped:heldout", "--a", "R", "--b", "R", "judge.name=nope"], "judge.name = 'nope'"),
-    (["compare", "--prompts", "shipped:chat-heldout", "--a", "R", "--b", "R"], "there is no default judge"),
-    (["compare", "--prompts", "shipped:heldout", "--a", "R", "--b", "R", "train.lr=1"], "only judge.key=value"),
-    (["eval", "--model", "M", "--prompts", "shipped:chat-heldout", "--out", "O", "--metrics", "ifeval"],
-     "carry no IFEval instructions"),
-    (["eval", "--model", "M", "--prompts", "shipped:heldout", "--out", "O", "--metrics", "win_rate"],
-     "compare with --baseline"),
-    (["eval", "--model", "M", "--prompts", "shipped:heldout", "--out", "O", "--metrics", "bleu"], "unknown metric 'bleu'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["compare", "--prompts", "shipped:heldout", "--a", "X", "--b", "X"], "X: file not found"),
+        (["compare", "--prompts", "shipped:heldout", "--a", "R", "--b", "R", "judge.name=nope"], "judge.name = 'nope'"),
+        (["compare", "--prompts", "shipped:chat-heldout", "--a", "R", "--b", "R"], "there is no default judge"),
+        (["compare", "--prompts", "shipped:heldout", "--a", "R", "--b", "R", "train.lr=1"], "only judge.key=value"),
+        (
+            ["eval", "--model", "M", "--prompts", "shipped:chat-heldout", "--out", "O", "--metrics", "ifeval"],
+            "carry no IFEval instructions",
+        ),
+        (
+            ["eval", "--model", "M", "--prompts", "shipped:heldout", "--out", "O", "--metrics", "win_rate"],
+            "compare with --baseline",
+        ),
+        (
+            ["eval", "--model", "M", "--prompts", "shipped:heldout", "--out", "O", "--metrics", "bleu"],
+            "unknown metric 'bleu'",
+        ),
+    ],
+)
 def test_bad_eval_and_compare_arguments(tmp_path, capsys, argv, message):
     responses = tmp_path / "R"
-    responses.write_text("".join(json.dumps({"prompt": p.text, "response": "x"}) + "\n"
-                                 for p in load_prompts("shipped:heldout")))
+    responses.write_text(
+        "".join(json.dumps({"prompt": p.text, "response": "x"}) + "\n" for p in load_prompts("shipped:heldout"))
+    )
     argv = [str(responses) if a == "R" else str(tmp_path / a) if a in ("X", "O") else a for a in argv]
     code, _, err = run(argv, capsys)
     assert code == 2 and message in err, err

@@ -52,12 +52,18 @@ def judges_module(tmp_path_factory):
 
 def cfg_dict(tiny, runs, judges_module, **over) -> dict:
     """Two iterations judged by response length (every iteration has training rows), 8 prompts in 2 shards."""
-    cfg = {"name": "f", "seed": 3, "iterations": 2, "model": str(tiny), "runs_dir": str(runs),
-           "judge": {"name": "python", "function": judges_module},
-           "prompts": {"per_iteration": 8},
-           "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 4},
-           "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-           "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 100}}
+    cfg = {
+        "name": "f",
+        "seed": 3,
+        "iterations": 2,
+        "model": str(tiny),
+        "runs_dir": str(runs),
+        "judge": {"name": "python", "function": judges_module},
+        "prompts": {"per_iteration": 8},
+        "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 4},
+        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 100},
+    }
     for key, value in over.items():
         node = cfg
         *path, last = key.split(".")
@@ -103,7 +109,7 @@ def rewind(root: Path, after: str) -> None:
     rd = RunDir(root)
     data = rd.manifest()
     keys = ["base/eval"] + [f"iter_{t}/{s}" for t in range(2) for s in STAGES]  # the order stages run in
-    for key in keys[keys.index(after) + 1:]:
+    for key in keys[keys.index(after) + 1 :]:
         for rel in data["stages"][key].get("outputs", {}):
             p = root / rel
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -118,15 +124,19 @@ def flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("after,damage,how", [
-    ("iter_0/judge", "iter_0/samples.parquet", "flip"),       # the rows stage reads it: generate reruns
-    ("iter_0/judge", "iter_0/samples.parquet", "truncate"),
-    ("iter_0/judge", "iter_0/preferences.parquet", "empty"),  # 0 bytes
-    ("iter_0/eval", "iter_0/policy/model.safetensors", "truncate"),  # π_1 for iteration 1: train reruns
-    ("iter_0/train", "base/eval/responses.jsonl", "flip"),   # the eval compares with the base
-])
-def test_a_damaged_recorded_output_is_rerun_to_the_same_bits(tiny, judges_module, reference, tmp_path, after,
-                                                              damage, how):
+@pytest.mark.parametrize(
+    "after,damage,how",
+    [
+        ("iter_0/judge", "iter_0/samples.parquet", "flip"),  # the rows stage reads it: generate reruns
+        ("iter_0/judge", "iter_0/samples.parquet", "truncate"),
+        ("iter_0/judge", "iter_0/preferences.parquet", "empty"),  # 0 bytes
+        ("iter_0/eval", "iter_0/policy/model.safetensors", "truncate"),  # π_1 for iteration 1: train reruns
+        ("iter_0/train", "base/eval/responses.jsonl", "flip"),  # the eval compares with the base
+    ],
+)
+def test_a_damaged_recorded_output_is_rerun_to_the_same_bits(
+    tiny, judges_module, reference, tmp_path, after, damage, how
+):
     root = tmp_path / "f"
     shutil.copytree(reference.root, root)
     rewind(root, after)
@@ -154,16 +164,21 @@ def test_a_damaged_samples_shard_is_regenerated(tiny, judges_module, reference, 
     from sparring.loop import generate_stage
 
     real = shutil.rmtree
-    shutil.rmtree = lambda p, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if str(p).endswith("shards") \
-        else real(p, *a, **k)
+    shutil.rmtree = lambda p, *a, **k: (
+        (_ for _ in ()).throw(KeyboardInterrupt) if str(p).endswith("shards") else real(p, *a, **k)
+    )
     try:
         with pytest.raises(KeyboardInterrupt):
             generate_stage(ctx, 1)
     finally:
         shutil.rmtree = real
     shards = root / "iter_1" / "samples.shards"
-    assert sorted(p.name for p in shards.iterdir()) == ["00000.parquet", "00000.parquet.sha256", "00001.parquet",
-                                                       "00001.parquet.sha256"]
+    assert sorted(p.name for p in shards.iterdir()) == [
+        "00000.parquet",
+        "00000.parquet.sha256",
+        "00001.parquet",
+        "00001.parquet.sha256",
+    ]
     (root / "iter_1" / "samples.parquet").unlink()
     flip(shards / "00000.parquet")
     run_cfg(cfg_dict(tiny, tmp_path, judges_module), root)
@@ -184,13 +199,17 @@ def test_status_verify_names_damaged_outputs(reference, tmp_path, capsys):
 # ------------------------------------------------------------------ 2. inputs validate before the directory is written
 
 
-@pytest.mark.parametrize("over,message", [
-    ({"model": "/no/such/model"}, "model: model '/no/such/model' is neither"),
-    ({"prompts.train": "/no/such/prompts.jsonl"}, "prompt source not found"),
-    ({"tracking.log_with": "wandb"}, "no such tracker is installed"),
-])
-def test_bad_inputs_leave_no_run_directory_and_the_corrected_command_runs(tiny, judges_module, tmp_path, capsys,
-                                                                           over, message):
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"model": "/no/such/model"}, "model: model '/no/such/model' is neither"),
+        ({"prompts.train": "/no/such/prompts.jsonl"}, "prompt source not found"),
+        ({"tracking.log_with": "wandb"}, "no such tracker is installed"),
+    ],
+)
+def test_bad_inputs_leave_no_run_directory_and_the_corrected_command_runs(
+    tiny, judges_module, tmp_path, capsys, over, message
+):
     if over.get("tracking.log_with") == "wandb":
         import importlib.util
 
@@ -209,9 +228,18 @@ def test_bad_inputs_leave_no_run_directory_and_the_corrected_command_runs(tiny, 
 # ------------------------------------------------------------------ 3. non-finite values
 
 
-@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "generation.temperature=.nan",
-                                      "generation.top_p=.nan", "method.beta=.nan", "train.warmup_ratio=.nan",
-                                      "seed=-1"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=.inf",
+        "train.lr=.nan",
+        "generation.temperature=.nan",
+        "generation.top_p=.nan",
+        "method.beta=.nan",
+        "train.warmup_ratio=.nan",
+        "seed=-1",
+    ],
+)
 def test_non_finite_values_and_negative_seeds_are_refused(tmp_path, capsys, override):
     code, err = cli(["run", f"runs_dir={tmp_path}", override, "--dry-run"], capsys)
     assert code == 2 and override.split("=")[0] in err
@@ -233,14 +261,22 @@ def test_a_second_run_of_the_same_directory_is_refused_naming_the_holder(tiny, j
     d = cfg_dict(tiny, tmp_path / "runs", judges_module, iterations=1)
     root = tmp_path / "runs" / "f"
     root.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, sys, time
-        fh = open({str(root / '.sparring.lock')!r}, "a+")
+        fh = open({str(root / ".sparring.lock")!r}, "a+")
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.write("pid 4242 on testhost since now (sparring run other.yaml)"); fh.flush()
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = cli(["run", recipe(tmp_path, d), "--no-progress"], capsys)
@@ -256,8 +292,10 @@ def test_a_second_run_of_the_same_directory_is_refused_naming_the_holder(tiny, j
 
 @pytest.mark.parametrize("name", ["..", "/abs/path", "a/b", "."])
 def test_name_must_be_one_directory_name(tmp_path, capsys, name):
-    for argv in (["run", f"runs_dir={tmp_path}", "--name", name, "--dry-run"],
-                 ["run", f"runs_dir={tmp_path}", f"name={name}", "--dry-run"]):
+    for argv in (
+        ["run", f"runs_dir={tmp_path}", "--name", name, "--dry-run"],
+        ["run", f"runs_dir={tmp_path}", f"name={name}", "--dry-run"],
+    ):
         code, err = cli(argv, capsys)
         assert code == 2 and "must be a single directory name" in err
 
@@ -265,8 +303,12 @@ def test_name_must_be_one_directory_name(tmp_path, capsys, name):
 def test_the_start_up_sweep_touches_only_sparrings_own_temporaries(tiny, judges_module, tmp_path):
     runs = tmp_path / "runs"
     (runs / "f" / "iter_0").mkdir(parents=True)
-    foreign = [tmp_path / ".important.tmp", runs / ".important.tmp", runs / "f" / ".notes.tmp",
-               runs / "f" / "iter_0" / "mine.tmp"]
+    foreign = [
+        tmp_path / ".important.tmp",
+        runs / ".important.tmp",
+        runs / "f" / ".notes.tmp",
+        runs / "f" / "iter_0" / "mine.tmp",
+    ]
     for p in foreign:
         p.write_text("keep me")
     own = runs / "f" / "iter_0" / ".sparring-samples.parquet.abcd1234.tmp"
@@ -278,8 +320,9 @@ def test_the_start_up_sweep_touches_only_sparrings_own_temporaries(tiny, judges_
 # ------------------------------------------------------------------ 5. the environment
 
 
-def test_a_full_disk_while_saving_weights_is_a_clear_error_and_resumable(tiny, judges_module, reference, tmp_path,
-                                                                         capsys, monkeypatch):
+def test_a_full_disk_while_saving_weights_is_a_clear_error_and_resumable(
+    tiny, judges_module, reference, tmp_path, capsys, monkeypatch
+):
     import transformers.modeling_utils as mu
 
     d = cfg_dict(tiny, tmp_path / "runs", judges_module)
@@ -318,20 +361,25 @@ def test_a_finished_run_is_not_rewritten(reference, tiny, judges_module, tmp_pat
     shutil.copytree(reference.root, root)
     command = ["run", recipe(tmp_path, cfg_dict(tiny, tmp_path / "runs", judges_module)), "--no-progress"]
     assert cli(command, capsys)[0] == 0  # the copy's new location is written into config.yaml and summary.json once
-    before = {p: (p.stat().st_mtime_ns, sha256_of(p)) for p in root.rglob("*") if p.is_file() and
-              p.name != ".sparring.lock"}
+    before = {
+        p: (p.stat().st_mtime_ns, sha256_of(p)) for p in root.rglob("*") if p.is_file() and p.name != ".sparring.lock"
+    }
     code, err = cli(command, capsys)
     assert code == 0, err
-    after = {p: (p.stat().st_mtime_ns, sha256_of(p)) for p in root.rglob("*") if p.is_file() and
-             p.name != ".sparring.lock"}
+    after = {
+        p: (p.stat().st_mtime_ns, sha256_of(p)) for p in root.rglob("*") if p.is_file() and p.name != ".sparring.lock"
+    }
     assert after == before
 
 
-@pytest.mark.parametrize("what,message", [
-    ("config", "config.yaml: the run's saved config is not valid YAML"),
-    ("stage_string", "the entry of stage 'iter_0/judge' is str"),
-    ("outputs_number", "has outputs 7"),
-])
+@pytest.mark.parametrize(
+    "what,message",
+    [
+        ("config", "config.yaml: the run's saved config is not valid YAML"),
+        ("stage_string", "the entry of stage 'iter_0/judge' is str"),
+        ("outputs_number", "has outputs 7"),
+    ],
+)
 def test_corrupt_run_files_are_clear_errors(reference, tmp_path, capsys, what, message):
     root = tmp_path / "f"
     shutil.copytree(reference.root, root)

@@ -355,11 +355,36 @@ def test_cli_algorithm_list_matches_the_library():
 
 def test_cli_single_run_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert _cli(["--matrix", "rps", "--algo", "sppo", "--iters", "200", "--eta", "0.1",
-                 "--out", str(out), "--plot", str(png)]) == 0
+    assert (
+        _cli(
+            [
+                "--matrix",
+                "rps",
+                "--algo",
+                "sppo",
+                "--iters",
+                "200",
+                "--eta",
+                "0.1",
+                "--out",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
-    for key in ("policy", "avg_policy", "exploitability", "avg_exploitability", "nash",
-                "nash_exploitability", "history", "settings"):
+    for key in (
+        "policy",
+        "avg_policy",
+        "exploitability",
+        "avg_exploitability",
+        "nash",
+        "nash_exploitability",
+        "history",
+        "settings",
+    ):
         assert key in data
     assert len(data["history"]["last"]) == 201 and len(data["history"]["avg"]) == 201
     assert data["settings"]["algo"] == "sppo" and data["settings"]["eta"] == 0.1
@@ -372,8 +397,31 @@ def test_cli_single_run_writes_json_and_plot(tmp_path):
 
 def test_cli_compare_holds_one_entry_per_algorithm(tmp_path):
     out, png = tmp_path / "c.json", tmp_path / "c.png"
-    assert _cli(["--matrix", "random", "--n", "4", "--seed", "2", "--compare", "sppo,nash-mp,omwu",
-                 "--beta", "0.1", "--iters", "50", "--eta", "0.5", "--out", str(out), "--plot", str(png)]) == 0
+    assert (
+        _cli(
+            [
+                "--matrix",
+                "random",
+                "--n",
+                "4",
+                "--seed",
+                "2",
+                "--compare",
+                "sppo,nash-mp,omwu",
+                "--beta",
+                "0.1",
+                "--iters",
+                "50",
+                "--eta",
+                "0.5",
+                "--out",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert set(data["runs"]) == {"sppo", "nash-mp", "omwu"}
     assert "regularized_gap" in data["runs"]["nash-mp"]["history"]
@@ -420,8 +468,9 @@ def test_cli_module_does_not_import_heavy_libraries():
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    code = ("import sys, sparring.game.cli; "
-            "print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, sparring.game.cli; print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
 
@@ -432,8 +481,9 @@ def test_cli_through_the_project_entry_point(tmp_path):
     from sparring.cli import main
 
     out = tmp_path / "e.json"
-    assert main(["game", "--matrix", "transitive", "--n", "4", "--algo", "sppo", "--iters", "20",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["game", "--matrix", "transitive", "--n", "4", "--algo", "sppo", "--iters", "20", "--out", str(out)]) == 0
+    )
     assert json.loads(out.read_text())["settings"]["matrix"] == "transitive"
     bad = tmp_path / "bad.json"
     bad.write_text("[[0.5, 0.9], [0.9, 0.5]]")

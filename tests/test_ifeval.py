@@ -90,7 +90,7 @@ CASES = [
     (
         "length_constraints:nth_paragraph_first_word",
         {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
-        "Intro here.\n\n\"Then, the end.",
+        'Intro here.\n\n"Then, the end.',
         "Intro here.\n\nAnd then the end.",
     ),
     (
@@ -209,13 +209,24 @@ def test_word_and_sentence_counting():
     # "e.g" is not an abbreviation of the model, so "e.g." ends a sentence; the initials before
     # "Tolkien" (a word the model has only seen capitalised mid-sentence) do not.
     assert split_sentences("J. R. R. Tolkien wrote it in Oxford, e.g. Merton.") == [
-        "J. R. R. Tolkien wrote it in Oxford, e.g.", "Merton."
+        "J. R. R. Tolkien wrote it in Oxford, e.g.",
+        "Merton.",
     ]
     assert count_sentences("You are in o. Let's go, etc. The end.") == 3
     assert split_sentences("1. First item\n2. second item") == ["1.", "First item\n2. second item"]
     # nltk.word_tokenize: contractions split, quotes become `` and '', the final period is a token.
-    assert word_tokens("I DON'T like STATE-OF-THE-ART \"AI,\" ok.") == [
-        "I", "DO", "N'T", "like", "STATE-OF-THE-ART", "``", "AI", ",", "''", "ok", "."
+    assert word_tokens('I DON\'T like STATE-OF-THE-ART "AI," ok.') == [
+        "I",
+        "DO",
+        "N'T",
+        "like",
+        "STATE-OF-THE-ART",
+        "``",
+        "AI",
+        ",",
+        "''",
+        "ok",
+        ".",
     ]
 
 
@@ -242,11 +253,17 @@ def test_null_kwargs_are_ignored_and_required_null_is_an_error():
         ("language:response_language", {"language": "EN"}, "did you mean 'en'?"),
         ("language:response_language", {"language": "zh"}, "must be one of the ISO 639-1 codes IFEval knows"),
         ("language:response_language", {}, "missing required kwarg 'language'"),
-        ("keywords:frequency", {"keyword": "[abc", "frequency": 1, "relation": "at least"},
-         "is used as a regular expression (as in IFEval) and '[abc' is not a valid one"),
+        (
+            "keywords:frequency",
+            {"keyword": "[abc", "frequency": 1, "relation": "at least"},
+            "is used as a regular expression (as in IFEval) and '[abc' is not a valid one",
+        ),
         ("keywords:forbidden_words", {"forbidden_words": ["ok", "(x"]}, "'(x' is not a valid one"),
-        ("length_constraints:nth_paragraph_first_word",
-         {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "so then"}, "single word without spaces"),
+        (
+            "length_constraints:nth_paragraph_first_word",
+            {"num_paragraphs": 2, "nth_paragraph": 1, "first_word": "so then"},
+            "single word without spaces",
+        ),
         ("length_constraints:number_words", {"num_words": 3}, "missing required kwarg 'relation'"),
         (
             "length_constraints:number_words",
@@ -259,10 +276,16 @@ def test_null_kwargs_are_ignored_and_required_null_is_an_error():
         ("punctuation:no_comma", {"num_words": 3}, "unexpected kwarg 'num_words'"),
         ("keywords:existence", {"keyword": ["a"]}, "unexpected kwarg 'keyword'"),
         ("keywords:existence", {"keywords": []}, "non-empty list"),
-        ("keywords:letter_frequency",
-         {"letter": "ab", "let_frequency": 1, "let_relation": "at least"}, "single character"),
-        ("keywords:letter_frequency",
-         {"letter": " a", "let_frequency": 1, "let_relation": "at least"}, "single character"),
+        (
+            "keywords:letter_frequency",
+            {"letter": "ab", "let_frequency": 1, "let_relation": "at least"},
+            "single character",
+        ),
+        (
+            "keywords:letter_frequency",
+            {"letter": " a", "let_frequency": 1, "let_relation": "at least"},
+            "single character",
+        ),
         (
             "length_constraints:nth_paragraph_first_word",
             {"num_paragraphs": 2, "nth_paragraph": 3, "first_word": "so"},
@@ -278,8 +301,14 @@ def test_validate_instruction_errors(instruction_id, kwargs, message):
 
 def test_loose_variants_are_ifevals_eight():
     assert loose_variants("Sure:\n*a*\nbye") == [
-        "Sure:\n*a*\nbye", "*a*\nbye", "Sure:\n*a*", "*a*",
-        "Sure:\na\nbye", "a\nbye", "Sure:\na", "a",
+        "Sure:\n*a*\nbye",
+        "*a*\nbye",
+        "Sure:\n*a*",
+        "*a*",
+        "Sure:\na\nbye",
+        "a\nbye",
+        "Sure:\na",
+        "a",
     ]
 
 
@@ -297,17 +326,16 @@ def test_loose_passes_where_strict_fails():
 def _eval_set():
     words3 = {"num_words": 3, "relation": "at least"}
     records = [
-        _record(1, "p1", ("punctuation:no_comma", "length_constraints:number_words"),
-                     ({}, words3)),
+        _record(1, "p1", ("punctuation:no_comma", "length_constraints:number_words"), ({}, words3)),
         _record(2, "p2", ("detectable_format:constrained_response",), ({},)),
         _record(3, "p3", ("startend:quotation", "detectable_format:title"), ({}, {})),
         _record(4, "p4", ("startend:quotation",), ({},)),
     ]
     responses = [
         "Sure, here it is:\none two three",  # strict [F, T], loose [T, T]
-        "My answer is yes.",                 # [T] [T]
-        "hello",                             # [F, F] [F, F]
-        '**"quoted"**',                      # [F] [T]
+        "My answer is yes.",  # [T] [T]
+        "hello",  # [F, F] [F, F]
+        '**"quoted"**',  # [F] [T]
     ]
     return records, responses
 
@@ -315,10 +343,10 @@ def _eval_set():
 def test_evaluate_hand_computed():
     records, responses = _eval_set()
     expected = {
-        "prompt_strict": 1 / 4,       # only p2
-        "prompt_loose": 3 / 4,        # p1, p2, p4
+        "prompt_strict": 1 / 4,  # only p2
+        "prompt_loose": 3 / 4,  # p1, p2, p4
         "instruction_strict": 2 / 6,  # p1 words, p2
-        "instruction_loose": 4 / 6,   # p1 both, p2, p4
+        "instruction_loose": 4 / 6,  # p1 both, p2, p4
         "n": 4,
     }
     assert evaluate(records, responses) == pytest.approx(expected)
@@ -332,7 +360,8 @@ def test_evaluate_hand_computed():
 
 def _judge_record():
     return _record(
-        7, "Count to three without commas.",
+        7,
+        "Count to three without commas.",
         ("punctuation:no_comma", "length_constraints:number_words"),
         ({}, {"num_words": 3, "relation": "at least", "keywords": None}),
     )

@@ -21,13 +21,19 @@ from sparring.judges import IFEvalJudge
 from sparring.judges.cache import KEY_VERSION, CachedJudge, JudgeCache, _PromptKeyer, pair_key
 from sparring.records import fingerprint, user_prompt
 
-RECORD = user_prompt("1", "Tell me about cats.",
-                     instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
-                     kwargs=[{}, {"num_words": 5, "relation": "less than"}])
+RECORD = user_prompt(
+    "1",
+    "Tell me about cats.",
+    instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+    kwargs=[{}, {"num_words": 5, "relation": "less than"}],
+)
 # Same prompt text, one kwarg changed: responses of 5 words now pass the word limit.
-RECORD_6 = user_prompt("2", "Tell me about cats.",
-                       instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
-                       kwargs=[{}, {"num_words": 6, "relation": "less than"}])
+RECORD_6 = user_prompt(
+    "2",
+    "Tell me about cats.",
+    instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+    kwargs=[{}, {"num_words": 6, "relation": "less than"}],
+)
 OTHER = user_prompt("3", "Shout about dogs.", instruction_id_list=["punctuation:no_comma"], kwargs=[{}])
 # Scores under RECORD: 1.0, 0.5 (comma), 0.5 (too long), 0.0 (both), 1.0 (5 words would fail
 # RECORD's "< 5"; this one has 4), and a duplicate of the first.
@@ -44,8 +50,7 @@ OTHER_RESPONSES = ["DOGS BARK!", "Dogs, bark.", "DOGS RULE"]
 
 def test_second_judging_makes_zero_judge_calls_and_identical_matrices(tmp_path):
     judge = IFEvalJudge(tau=0.1)
-    expected = [IFEvalJudge(0.1).preferences(RECORD, RESPONSES),
-                IFEvalJudge(0.1).preferences(OTHER, OTHER_RESPONSES)]
+    expected = [IFEvalJudge(0.1).preferences(RECORD, RESPONSES), IFEvalJudge(0.1).preferences(OTHER, OTHER_RESPONSES)]
     with JudgeCache(tmp_path / "c.sqlite") as cache:
         cj = CachedJudge(judge, cache)
         first = cj.preferences_many([RECORD, OTHER], [RESPONSES, OTHER_RESPONSES], progress=True)
@@ -106,7 +111,10 @@ def test_new_cache_object_on_same_file_hits(tmp_path):
     rec_json = json.dumps({"id": RECORD.id, "text": RECORD.text, **RECORD.meta})
     proc = subprocess.run(
         [sys.executable, "-c", code, str(path), rec_json, json.dumps(RESPONSES)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
     )
     result = json.loads(proc.stdout)
     assert result["calls"] == 0 and result["misses"] == 0
@@ -132,8 +140,9 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
         CachedJudge(IFEvalJudge(0.1), cache).preferences(RECORD, RESPONSES)
         for rec in (
             RECORD_6,  # a kwarg value differs
-            user_prompt("1", RECORD.text, instruction_id_list=["punctuation:no_comma"],
-                        kwargs=[{}]),  # an instruction fewer
+            user_prompt(
+                "1", RECORD.text, instruction_id_list=["punctuation:no_comma"], kwargs=[{}]
+            ),  # an instruction fewer
         ):
             judge = IFEvalJudge(0.1)
             cj = CachedJudge(judge, cache)
@@ -147,8 +156,12 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
             IFEvalJudge(0.1).preferences(RECORD_6, RESPONSES[:1] + ["a b c d e"]),
         )
         # kwargs key order does not matter (canonical JSON sorts keys).
-        reordered = user_prompt("9", RECORD.text, instruction_id_list=RECORD.meta["instruction_id_list"],
-                                kwargs=[{}, {"relation": "less than", "num_words": 5}])
+        reordered = user_prompt(
+            "9",
+            RECORD.text,
+            instruction_id_list=RECORD.meta["instruction_id_list"],
+            kwargs=[{}, {"relation": "less than", "num_words": 5}],
+        )
         judge = IFEvalJudge(0.1)
         cj = CachedJudge(judge, cache)
         cj.preferences(reordered, RESPONSES)
@@ -156,11 +169,17 @@ def test_same_prompt_text_with_different_instructions_misses(tmp_path):
 
 
 def test_key_is_documented_canonical_json_hash():
-    fp_payload = {"messages": [{"role": "user", "content": RECORD.text}], "reference": None,
-                  "meta": {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
-                           "kwargs": [{}, {"num_words": 5, "relation": "less than"}]}}
-    fp = hashlib.sha256(json.dumps(fp_payload, sort_keys=True, separators=(",", ":"),
-                                   ensure_ascii=True).encode("ascii")).hexdigest()
+    fp_payload = {
+        "messages": [{"role": "user", "content": RECORD.text}],
+        "reference": None,
+        "meta": {
+            "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+            "kwargs": [{}, {"num_words": 5, "relation": "less than"}],
+        },
+    }
+    fp = hashlib.sha256(
+        json.dumps(fp_payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    ).hexdigest()
     assert fingerprint(RECORD) == fp
     payload = [KEY_VERSION, "ifeval-v1:tau=0.1", fp, "a", "b\u00e9"]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -169,7 +188,9 @@ def test_key_is_documented_canonical_json_hash():
     assert pair_key("ifeval-v1:tau=0.1", RECORD, "a", "b\u00e9") == expected
     assert pair_key("ifeval-v1:tau=0.1", RECORD, "b\u00e9", "a") != expected
     # the prompt's id is not part of the key; its messages are
-    assert pair_key("ifeval-v1:tau=0.1", user_prompt("other id", RECORD.text, **RECORD.meta), "a", "b\u00e9") == expected
+    assert (
+        pair_key("ifeval-v1:tau=0.1", user_prompt("other id", RECORD.text, **RECORD.meta), "a", "b\u00e9") == expected
+    )
     assert pair_key("ifeval-v1:tau=0.1", user_prompt("1", RECORD.text + " ", **RECORD.meta), "a", "b\u00e9") != expected
     # The batched path (prefix hashed once) gives the same digests as pair_key.
     keyer = _PromptKeyer("ifeval-v1:tau=0.1", RECORD)
@@ -266,8 +287,7 @@ WRITER = textwrap.dedent(
 
 
 def _batch(b, size):
-    return {hashlib.sha256(f"kill:{b}:{i}".encode()).hexdigest(): ((b * 31 + i) % 101) / 100
-            for i in range(size)}
+    return {hashlib.sha256(f"kill:{b}:{i}".encode()).hexdigest(): ((b * 31 + i) % 101) / 100 for i in range(size)}
 
 
 @pytest.mark.parametrize("rep", range(4))
@@ -275,8 +295,9 @@ def test_sigkill_mid_write_leaves_last_committed_state(tmp_path, rep):
     path, size = tmp_path / "kill.sqlite", 400
     rng = random.Random()
     delay = rng.uniform(0.0, 0.5)
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(size)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline()  # the first batch is committed
         assert line.strip() == "committed", proc.stderr.read() if proc.poll() is not None else line
@@ -353,8 +374,7 @@ def test_corrupt_or_foreign_files_give_user_error_naming_the_file(tmp_path):
             cache.get_many(keys)
 
 
-@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
-                    reason="root can write read-only files")
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root can write read-only files")
 def test_read_only_file_gives_user_error_on_write(tmp_path):
     path = tmp_path / "ro.sqlite"
     with JudgeCache(path) as cache:

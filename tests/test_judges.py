@@ -28,8 +28,12 @@ from sparring.loop import make_context, open_run, run  # noqa: E402
 from sparring.records import user_prompt  # noqa: E402
 
 PROMPT = user_prompt("p1", "Tell me about cats.")
-CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a cat."}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Name a cat."},
+]
 
 
 def sigma(x: float) -> float:
@@ -102,8 +106,9 @@ def test_pairwise_judge_is_asked_only_the_ordered_queries_the_cache_lacks(tmp_pa
         judge2 = BiasedPairwise()
         cj2 = CachedJudge(judge2, cache)
         (P5,) = cj2.preferences_many([PROMPT], [responses + ["dddd"]])
-        assert sorted(judge2.asked) == sorted([(r, "dddd") for r in ["a", "bbb", "cc"]] +
-                                              [("dddd", r) for r in ["a", "bbb", "cc"]])
+        assert sorted(judge2.asked) == sorted(
+            [(r, "dddd") for r in ["a", "bbb", "cc"]] + [("dddd", r) for r in ["a", "bbb", "cc"]]
+        )
         assert np.array_equal(P5[:4, :4], P)
 
 
@@ -134,16 +139,20 @@ def test_position_bias_shows_in_the_diagnostics():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("judges")
-    return {"policy": make_tiny_model(root / "policy"), "rm": make_tiny_reward_model(root / "rm"),
-            "llm": make_tiny_model(root / "llm", seed=5)}
+    return {
+        "policy": make_tiny_model(root / "policy"),
+        "rm": make_tiny_reward_model(root / "rm"),
+        "llm": make_tiny_model(root / "llm", seed=5),
+    }
 
 
 def test_reward_model_scores_equal_a_direct_forward(models):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    judge = build_judge({"name": "reward_model", "model": str(models["rm"]), "dtype": "float32", "batch_size": 3},
-                        device="cpu")
+    judge = build_judge(
+        {"name": "reward_model", "model": str(models["rm"]), "dtype": "float32", "batch_size": 3}, device="cpu"
+    )
     prompts = [PROMPT, user_prompt("p2", "x", meta_unused=1), PROMPT.__class__("p3", tuple(CHAT))]
     responses = [[f"reply {i} " * (i + 1) for i in range(8)], ["short", "a much longer answer here"], ["Tom", "Felix"]]
     scores = judge.scores_many(prompts, responses)
@@ -152,8 +161,9 @@ def test_reward_model_scores_equal_a_direct_forward(models):
     ref = AutoModelForSequenceClassification.from_pretrained(models["rm"], dtype=torch.float32).eval()
     for prompt, rs, got in zip(prompts, responses, scores):
         for r, s in zip(rs, got):
-            text = tok.apply_chat_template([dict(m) for m in prompt.messages] + [{"role": "assistant", "content": r}],
-                                           tokenize=False)
+            text = tok.apply_chat_template(
+                [dict(m) for m in prompt.messages] + [{"role": "assistant", "content": r}], tokenize=False
+            )
             ids = tok(text, add_special_tokens=False, return_tensors="pt")
             with torch.no_grad():
                 direct = float(ref(**ids).logits[0, 0])
@@ -174,12 +184,13 @@ def test_reward_model_refuses_a_causal_lm(models):
 def test_llm_judge_soft_labels_in_both_orders(models):
     from sparring.judges.llm import label_logprobs
 
-    judge = build_judge({"name": "llm", "model": str(models["llm"]), "dtype": "float32", "batch_size": 2},
-                        device="cpu")
+    judge = build_judge({"name": "llm", "model": str(models["llm"]), "dtype": "float32", "batch_size": 2}, device="cpu")
     responses = ["Cats purr.", "Dogs bark loudly at night.", "Meow"]
     (P,) = judge.preferences_many([PROMPT], [responses])
     assert np.array_equal(P + P.T, np.ones((3, 3)))
-    lp = {(i, j): label_logprobs(judge, PROMPT, responses[i], responses[j]) for i in range(3) for j in range(3) if i != j}
+    lp = {
+        (i, j): label_logprobs(judge, PROMPT, responses[i], responses[j]) for i in range(3) for j in range(3) if i != j
+    }
 
     def q(i, j):  # P_A with y_i shown first, from the label log-probs computed alone
         a, b = lp[(i, j)]
@@ -219,7 +230,8 @@ def user_module(tmp_path, monkeypatch):
         "def bad_range(messages, responses):\n"
         "    return [[0.5, 2.0], [-1.0, 0.5]]\n"
         "def nan(messages, responses):\n"
-        "    return [float('nan')] * len(responses)\n")
+        "    return [float('nan')] * len(responses)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "myjudges"
 
@@ -231,8 +243,11 @@ def test_python_judge_scores_and_matrices(user_module):
     j = build_judge({"name": "python", "function": f"{user_module}:matrix"})
     (P,) = j.preferences_many([PROMPT], [["x", "y", "z"]])
     assert P[0, 2] == 0.8 and P[2, 0] == 1 - 0.8  # the larger side is kept, the other is 1 minus it
-    for fn, msg in (("bad_shape", "returned 1 scores for 2 responses"), ("bad_range", "outside \\[0, 1\\]"),
-                    ("nan", "NaN")):
+    for fn, msg in (
+        ("bad_shape", "returned 1 scores for 2 responses"),
+        ("bad_range", "outside \\[0, 1\\]"),
+        ("nan", "NaN"),
+    ):
         j = build_judge({"name": "python", "function": f"{user_module}:{fn}"})
         with pytest.raises(UserError, match=f"judge.function {user_module}:{fn}.*{msg}"):
             j.preferences_many([PROMPT], [["a", "b"]])
@@ -263,13 +278,22 @@ class FakeJudgeServer:
                 b = text.split("[Response B]\n", 1)[1].split("\n\nWhich response", 1)[0]
                 d = (len(a) - len(b)) / 10
                 lp_a, lp_b = -math.log1p(math.exp(-d)), -math.log1p(math.exp(d))
-                top = {"soft": [("A", lp_a), ("B", lp_b), ("C", -9.0)],
-                       "partial": [("A", lp_a) if d >= 0 else ("B", lp_b), ("The", -8.0)],
-                       "none": [("The", -1.0), ("I", -2.0)]}.get(server.mode)
+                top = {
+                    "soft": [("A", lp_a), ("B", lp_b), ("C", -9.0)],
+                    "partial": [("A", lp_a) if d >= 0 else ("B", lp_b), ("The", -8.0)],
+                    "none": [("The", -1.0), ("I", -2.0)],
+                }.get(server.mode)
                 choice = {"index": 0, "message": {"role": "assistant", "content": "A" if d >= 0 else "B"}}
                 if top is not None:
-                    choice["logprobs"] = {"content": [{"token": top[0][0], "logprob": top[0][1], "top_logprobs": [
-                        {"token": t, "logprob": v} for t, v in top]}]}
+                    choice["logprobs"] = {
+                        "content": [
+                            {
+                                "token": top[0][0],
+                                "logprob": top[0][1],
+                                "top_logprobs": [{"token": t, "logprob": v} for t, v in top],
+                            }
+                        ]
+                    }
                 data = json.dumps({"choices": [choice]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -323,17 +347,31 @@ def test_openai_judge_reads_labels(server, mode):
 # ------------------------------------------------------------------ bad configs
 
 
-@pytest.mark.parametrize("judge,msg", [
-    ({"name": "gpt"}, "judge.name = 'gpt' is not allowed"),
-    ({"name": "reward_model"}, "judge 'reward_model' needs judge.model"),
-    ({"name": "reward_model", "model": "/no/such/dir"}, "judge.model: model '/no/such/dir' is neither"),
-    ({"name": "openai", "model": "m", "base_url": "http://x/v1", "api_key_env": "SPARRING_NO_SUCH_KEY"},
-     "judge.api_key_env names the environment variable 'SPARRING_NO_SUCH_KEY', which is not set"),
-    ({"name": "python", "function": "no_such_module_xyz:f"}, "judge.function = 'no_such_module_xyz:f': cannot import"),
-    ({"name": "python", "function": "json"}, "must look like package.module:function"),
-    ({"name": "ifeval", "base_url": "http://x"}, "judge.base_url does not apply to judge 'ifeval' (it is a setting of: openai)"),
-    ({"name": "llm", "model": "smollm2-135m", "template": "/no/such.jinja"}, "judge.template = '/no/such.jinja': no such file"),
-])
+@pytest.mark.parametrize(
+    "judge,msg",
+    [
+        ({"name": "gpt"}, "judge.name = 'gpt' is not allowed"),
+        ({"name": "reward_model"}, "judge 'reward_model' needs judge.model"),
+        ({"name": "reward_model", "model": "/no/such/dir"}, "judge.model: model '/no/such/dir' is neither"),
+        (
+            {"name": "openai", "model": "m", "base_url": "http://x/v1", "api_key_env": "SPARRING_NO_SUCH_KEY"},
+            "judge.api_key_env names the environment variable 'SPARRING_NO_SUCH_KEY', which is not set",
+        ),
+        (
+            {"name": "python", "function": "no_such_module_xyz:f"},
+            "judge.function = 'no_such_module_xyz:f': cannot import",
+        ),
+        ({"name": "python", "function": "json"}, "must look like package.module:function"),
+        (
+            {"name": "ifeval", "base_url": "http://x"},
+            "judge.base_url does not apply to judge 'ifeval' (it is a setting of: openai)",
+        ),
+        (
+            {"name": "llm", "model": "smollm2-135m", "template": "/no/such.jinja"},
+            "judge.template = '/no/such.jinja': no such file",
+        ),
+    ],
+)
 def test_bad_judge_configs_fail_before_any_work(tmp_path, capsys, judge, msg):
     recipe = tmp_path / "r.yaml"
     import yaml
@@ -346,8 +384,14 @@ def test_bad_judge_configs_fail_before_any_work(tmp_path, capsys, judge, msg):
 
 
 def test_ifeval_judge_refuses_prompts_without_instructions(models, tmp_path):
-    cfg = config_from_dict({"name": "x", "model": str(models["policy"]), "runs_dir": str(tmp_path),
-                            "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout"}})
+    cfg = config_from_dict(
+        {
+            "name": "x",
+            "model": str(models["policy"]),
+            "runs_dir": str(tmp_path),
+            "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout"},
+        }
+    )
     with pytest.raises(UserError, match="judge 'ifeval' scores the IFEval instructions.*335 of 335 prompts carry none"):
         make_context(cfg, open_run(cfg, tmp_path / "x"), progress=False)
 
@@ -356,12 +400,19 @@ def test_ifeval_judge_refuses_prompts_without_instructions(models, tmp_path):
 
 
 def loop_config(models, runs, judge, **over) -> dict:
-    cfg = {"name": judge["name"], "seed": 3, "iterations": 2, "model": str(models["policy"]), "runs_dir": str(runs),
-           "method": {"name": "sppo", "beta": 0.1}, "judge": judge,
-           "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout", "per_iteration": 4},
-           "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
-           "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-           "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 200}}
+    cfg = {
+        "name": judge["name"],
+        "seed": 3,
+        "iterations": 2,
+        "model": str(models["policy"]),
+        "runs_dir": str(runs),
+        "method": {"name": "sppo", "beta": 0.1},
+        "judge": judge,
+        "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout", "per_iteration": 4},
+        "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
+        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 200},
+    }
     cfg.update(over)
     return cfg
 

@@ -27,7 +27,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def tiny_config(model: Path, runs_dir: Path, **over) -> dict:
     cfg = {
-        "name": "t", "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
+        "name": "t",
+        "seed": 3,
+        "iterations": 2,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "prompts": {"per_iteration": 6},
         "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 2},
@@ -84,12 +88,23 @@ def test_policy_changes_when_there_are_rows(tiny_model, tmp_path):
 
     # random bytes split on "fewer than 2 words" (some samples pass, some fail), so rows exist
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"key": i, "prompt": f"Say {i}.", "instruction_id_list":
-                                           ["length_constraints:number_words"],
-                                           "kwargs": [{"num_words": 2, "relation": "less than"}]}) + "\n"
-                               for i in range(8)))
-    rd, _ = run_config(tiny_config(tiny_model, tmp_path, iterations=1, **{"prompts.train": str(prompts),
-                                                                          "prompts.per_iteration": 8}))
+    prompts.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "key": i,
+                    "prompt": f"Say {i}.",
+                    "instruction_id_list": ["length_constraints:number_words"],
+                    "kwargs": [{"num_words": 2, "relation": "less than"}],
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    rd, _ = run_config(
+        tiny_config(tiny_model, tmp_path, iterations=1, **{"prompts.train": str(prompts), "prompts.per_iteration": 8})
+    )
     n_rows = pq.read_table(rd.root / "iter_0" / "train.parquet").num_rows
     assert n_rows > 0, "random tiny-model samples should not all tie on 12 prompts"
     before = load_file(tiny_model / "model.safetensors")
@@ -140,7 +155,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_missing_prompts_file_fails_before_any_work(tiny_model, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_config(tiny_model, tmp_path / "runs", **{"prompts.train": str(tmp_path / "missing.jsonl")})))
+    recipe.write_text(
+        yaml.safe_dump(tiny_config(tiny_model, tmp_path / "runs", **{"prompts.train": str(tmp_path / "missing.jsonl")}))
+    )
     assert main(["run", str(recipe)]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "t" / "base").exists()
@@ -168,15 +185,30 @@ def test_dry_run_prints_plan_and_does_nothing(tiny_model, tmp_path, capsys):
 
 def test_score_command(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
-    recs = [{"key": 1, "prompt": "A?", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
-            {"key": 2, "prompt": "B?", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}]
+    recs = [
+        {"key": 1, "prompt": "A?", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+        {"key": 2, "prompt": "B?", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]},
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in recs))
     responses = tmp_path / "r.jsonl"
-    responses.write_text(json.dumps({"prompt": "A?", "response": "no commas here"}) + "\n"
-                         + json.dumps({"prompt": "B?", "response": "Not Lower"}) + "\n")
-    assert main(["score", "--prompts", str(prompts), "--responses", str(responses), "--out", str(tmp_path / "m.json")]) == 0
+    responses.write_text(
+        json.dumps({"prompt": "A?", "response": "no commas here"})
+        + "\n"
+        + json.dumps({"prompt": "B?", "response": "Not Lower"})
+        + "\n"
+    )
+    assert (
+        main(["score", "--prompts", str(prompts), "--responses", str(responses), "--out", str(tmp_path / "m.json")])
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics == {"prompt_strict": 0.5, "prompt_loose": 0.5, "instruction_strict": 0.5, "instruction_loose": 0.5, "n": 2}
+    assert metrics == {
+        "prompt_strict": 0.5,
+        "prompt_loose": 0.5,
+        "instruction_strict": 0.5,
+        "instruction_loose": 0.5,
+        "n": 2,
+    }
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
     responses.write_text(json.dumps({"prompt": "A?", "response": "x"}) + "\n")
     assert main(["score", "--prompts", str(prompts), "--responses", str(responses)]) == 2
@@ -203,11 +235,28 @@ def test_results_table_shows_every_stage_time(tmp_path, capsys):
     from sparring.commands import print_summary
 
     seconds = {"generate": 110.2, "judge": 0.01, "rows": 0.02, "train": 207.1, "eval": 54.3}
-    summary = {"method": "sppo", "model": "m", "iterations": [
-        {"iteration": 0, "prompt_strict": 0.3917, "instruction_strict": 0.4615, "win_rate_vs_base": 0.5,
-         "mean_response_tokens": 87.7, "seconds": {"eval": 61.0}},
-        {"iteration": 1, "prompt_strict": 0.425, "instruction_strict": 0.5, "win_rate_vs_base": 0.5207,
-         "mean_response_tokens": 80.0, "seconds": seconds}]}
+    summary = {
+        "method": "sppo",
+        "model": "m",
+        "iterations": [
+            {
+                "iteration": 0,
+                "prompt_strict": 0.3917,
+                "instruction_strict": 0.4615,
+                "win_rate_vs_base": 0.5,
+                "mean_response_tokens": 87.7,
+                "seconds": {"eval": 61.0},
+            },
+            {
+                "iteration": 1,
+                "prompt_strict": 0.425,
+                "instruction_strict": 0.5,
+                "win_rate_vs_base": 0.5207,
+                "mean_response_tokens": 80.0,
+                "seconds": seconds,
+            },
+        ],
+    }
     rd = type("RD", (), {"root": tmp_path})()
     print_summary(summary, rd)
     out = capsys.readouterr().out
@@ -222,17 +271,54 @@ def test_results_table_shows_every_stage_time(tmp_path, capsys):
 def test_results_table_shows_intervals_and_the_paired_difference(tmp_path, capsys):
     from sparring.commands import print_summary
 
-    iv1 = {"prompt_strict": {"value": 0.5, "ci95": [0.41, 0.59], "delta": 0.108, "delta_ci95": [0.033, 0.183],
-                             "significant": True},
-           "win_rate_vs_base": {"value": 0.566, "ci95": [0.51, 0.62]}}
-    iv2 = {"prompt_strict": {"value": 0.4, "ci95": [0.31, 0.49], "delta": 0.008, "delta_ci95": [-0.05, 0.07],
-                             "significant": False}}
-    summary = {"method": "sppo", "model": "m", "iterations": [
-        {"iteration": 0, "prompt_strict": 0.392, "win_rate_vs_base": 0.5, "mean_response_tokens": 88,
-         "intervals": {"prompt_strict": {"value": 0.392, "ci95": [0.30, 0.48]}}, "seconds": {"eval": 1.0}},
-        {"iteration": 1, "prompt_strict": 0.5, "win_rate_vs_base": 0.566, "mean_response_tokens": 80,
-         "intervals": iv1, "seconds": {"eval": 1.0}},
-        {"iteration": 2, "prompt_strict": 0.4, "mean_response_tokens": 80, "intervals": iv2, "seconds": {"eval": 1.0}}]}
+    iv1 = {
+        "prompt_strict": {
+            "value": 0.5,
+            "ci95": [0.41, 0.59],
+            "delta": 0.108,
+            "delta_ci95": [0.033, 0.183],
+            "significant": True,
+        },
+        "win_rate_vs_base": {"value": 0.566, "ci95": [0.51, 0.62]},
+    }
+    iv2 = {
+        "prompt_strict": {
+            "value": 0.4,
+            "ci95": [0.31, 0.49],
+            "delta": 0.008,
+            "delta_ci95": [-0.05, 0.07],
+            "significant": False,
+        }
+    }
+    summary = {
+        "method": "sppo",
+        "model": "m",
+        "iterations": [
+            {
+                "iteration": 0,
+                "prompt_strict": 0.392,
+                "win_rate_vs_base": 0.5,
+                "mean_response_tokens": 88,
+                "intervals": {"prompt_strict": {"value": 0.392, "ci95": [0.30, 0.48]}},
+                "seconds": {"eval": 1.0},
+            },
+            {
+                "iteration": 1,
+                "prompt_strict": 0.5,
+                "win_rate_vs_base": 0.566,
+                "mean_response_tokens": 80,
+                "intervals": iv1,
+                "seconds": {"eval": 1.0},
+            },
+            {
+                "iteration": 2,
+                "prompt_strict": 0.4,
+                "mean_response_tokens": 80,
+                "intervals": iv2,
+                "seconds": {"eval": 1.0},
+            },
+        ],
+    }
     print_summary(summary, type("RD", (), {"root": tmp_path})())
     out = " ".join(capsys.readouterr().out.split())
     assert "50.0% [41.0, 59.0]" in out and "56.6% [51.0, 62.0]" in out and "39.2% [30.0, 48.0]" in out
@@ -273,11 +359,13 @@ def test_trackers_plot_evaluations_against_iteration_and_training_against_the_gl
     run(ctx)
     evals = [(v, s) for v, s in rec.calls if "eval/prompt_strict" in v]
     assert [s for _, s in evals] == [0, 1, 2] and all(v["eval/iteration"] == s for v, s in evals)
-    assert all(v["eval/prompt_strict_ci_lo"] <= v["eval/prompt_strict"] <= v["eval/prompt_strict_ci_hi"]
-               for v, _ in evals)
+    assert all(
+        v["eval/prompt_strict_ci_lo"] <= v["eval/prompt_strict"] <= v["eval/prompt_strict_ci_hi"] for v, _ in evals
+    )
     steps = [s for v, s in rec.calls if "train/loss" in v]
     assert steps == list(range(len(steps))) and len(steps) == sum(
-        rd.stage(f"iter_{t}/train")["metrics"]["steps"] for t in range(2))  # counts on across iterations
+        rd.stage(f"iter_{t}/train")["metrics"]["steps"] for t in range(2)
+    )  # counts on across iterations
     judged = [(v, s) for v, s in rec.calls if "judge/tie_rate" in v]
     assert [s for _, s in judged] == [0, 1]
     # a record of an optimizer step of iteration 1 after 3 steps of iteration 0

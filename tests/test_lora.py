@@ -61,7 +61,11 @@ def tiny_model(tmp_path_factory) -> Path:
 def lora_config(model: Path, runs_dir: Path, name: str = "l", **extra) -> dict:
     """Two SPPO iterations on the tiny model, rows in both (the length judge), several optimizer steps."""
     cfg = {
-        "name": name, "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
+        "name": name,
+        "seed": 3,
+        "iterations": 2,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "judge": {"name": "python", "function": "lengthjudge:by_length"},
         "prompts": {"per_iteration": 8},
@@ -103,10 +107,15 @@ def test_lora_is_a_top_level_section_and_model_lora_is_refused_with_a_hint(tiny_
         load_config(None, ["model.lora.r=16"])
     with pytest.raises(UserError, match="write lora.r, lora.alpha"):
         config_from_dict({"model": {"lora": {"r": 16, "alpha": 32}}})
-    for bad, key in ((["lora.r=-1"], "lora.r"), (["lora.dropout=1"], "lora.dropout"), (["lora.alpha=0"], "lora.alpha"),
-                     (["lora.r=4", "lora.target_modules=[]"], "lora.target_modules"),
-                     (["train.checkpoint_every=-2"], "train.checkpoint_every"), (["keep_policies=-1"], "keep_policies"),
-                     (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing")):
+    for bad, key in (
+        (["lora.r=-1"], "lora.r"),
+        (["lora.dropout=1"], "lora.dropout"),
+        (["lora.alpha=0"], "lora.alpha"),
+        (["lora.r=4", "lora.target_modules=[]"], "lora.target_modules"),
+        (["train.checkpoint_every=-2"], "train.checkpoint_every"),
+        (["keep_policies=-1"], "keep_policies"),
+        (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing"),
+    ):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             load_config(None, bad)
 
@@ -155,7 +164,8 @@ def test_lora_run_keeps_the_adapter_and_the_merged_policy(lora_run, tiny_model):
             else:  # embeddings, norms: never touched by the adapter
                 assert torch.equal(saved[k], before[k]), k
         assert (adapter / "adapter_model.safetensors").stat().st_size < (
-            root / f"iter_{t}" / "policy" / "model.safetensors").stat().st_size
+            root / f"iter_{t}" / "policy" / "model.safetensors"
+        ).stat().st_size
 
 
 def test_samples_after_a_lora_iteration_carry_log_probs_of_the_merged_weights(lora_run):
@@ -167,8 +177,9 @@ def test_samples_after_a_lora_iteration_carry_log_probs_of_the_merged_weights(lo
     policy = str(lora_run.root / "iter_0" / "policy")
     model, tok = load_model(policy, "float32").eval(), load_tokenizer(policy)
     with torch.no_grad():
-        logp = sequence_logps(model, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
-                              tok.pad_token_id).logp
+        logp = sequence_logps(
+            model, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows], tok.pad_token_id
+        ).logp
     assert torch.allclose(logp.double(), torch.tensor([r["logp"] for r in rows], dtype=torch.float64), atol=1e-4)
 
 
@@ -193,8 +204,11 @@ def test_a_stale_sampler_fails_loudly_on_both_backends(lora_run, tiny_model, tmp
 
     monkeypatch.setattr(models, "load_model", stale_load)
     for dtype in ("float32", "bfloat16"):
-        with pytest.raises(UserError, match=r"the hf sampler's model are not the weights training recorded .* "
-                                            f"compared in {dtype}"):
+        with pytest.raises(
+            UserError,
+            match=r"the hf sampler's model are not the weights training recorded .* "
+            f"compared in {dtype}",
+        ):
             load_sampler(policy, "hf", dtype)
 
     # the same bug inside a run: iteration 1's generate stage stops, exit 2, nothing recorded
@@ -300,9 +314,20 @@ def test_a_training_stage_resumes_from_its_checkpoint_with_the_same_bits(lora_ru
             if record["step"] == kill_at:
                 raise Killed
 
-        result = train(model, _rows(lora_run), get_method("sppo"), cfg.method, train_cfg, pad_id=pad, seed=11,
-                       on_step=on_step, progress=False, checkpoint_dir=ckpt, identity=identity,
-                       log=(logs.append if logs is not None else None))
+        result = train(
+            model,
+            _rows(lora_run),
+            get_method("sppo"),
+            cfg.method,
+            train_cfg,
+            pad_id=pad,
+            seed=11,
+            on_step=on_step,
+            progress=False,
+            checkpoint_dir=ckpt,
+            identity=identity,
+            log=(logs.append if logs is not None else None),
+        )
         return {n: p.detach().clone() for n, p in model.named_parameters()}, result, steps
 
     plain_cfg = dataclasses.replace(cfg.train, checkpoint_every=0)
@@ -335,8 +360,9 @@ def test_a_training_stage_resumes_from_its_checkpoint_with_the_same_bits(lora_ru
 
 
 def test_checkpointed_lora_run_gives_the_bits_of_a_plain_one_and_leaves_no_checkpoint(lora_run, tiny_model, tmp_path):
-    rd = run_in_process(lora_config(tiny_model, tmp_path, train={"checkpoint_every": 1,
-                                                                 "gradient_checkpointing": True}))
+    rd = run_in_process(
+        lora_config(tiny_model, tmp_path, train={"checkpoint_every": 1, "gradient_checkpointing": True})
+    )
     hashes = {k: e["outputs"] for k, e in rd.manifest()["stages"].items()}
     assert hashes == {k: e["outputs"] for k, e in lora_run.manifest()["stages"].items()}
     assert not list(rd.root.rglob("train_checkpoint"))
@@ -346,8 +372,9 @@ def test_checkpointed_lora_run_gives_the_bits_of_a_plain_one_and_leaves_no_check
 
 
 def test_keep_policies_deletes_old_policies_and_a_rerun_rebuilds_them(tiny_model, tmp_path, capsys):
-    cfg = lora_config(tiny_model, tmp_path / "all", iterations=3, lora={"r": 0},
-                      method={"name": "sppo", "apo_alpha": 0.3})
+    cfg = lora_config(
+        tiny_model, tmp_path / "all", iterations=3, lora={"r": 0}, method={"name": "sppo", "apo_alpha": 0.3}
+    )
     full = run_in_process(cfg)
     lines: list[str] = []
     kept = run_in_process({**cfg, "runs_dir": str(tmp_path / "kept"), "keep_policies": 1}, log=lines.append)
@@ -374,8 +401,11 @@ def test_keep_policies_deletes_old_policies_and_a_rerun_rebuilds_them(tiny_model
     run(make_context(saved, rd, progress=False, log=lines.append))
     rd.lock.release()
     rebuilt = [line for line in lines if "deleted by keep_policies and is needed again" in line]
-    assert rebuilt == [f"[iter_{t}/train] iter_{t}/policy was deleted by keep_policies and is needed again; running "
-                       f"iter_{t}/train again to rebuild it" for t in (1, 0)], lines
+    assert rebuilt == [
+        f"[iter_{t}/train] iter_{t}/policy was deleted by keep_policies and is needed again; running "
+        f"iter_{t}/train again to rebuild it"
+        for t in (1, 0)
+    ], lines
     assert sorted(str(p.relative_to(root)) for p in root.glob("iter_*/policy*")) == on_disk
     for key, entry in full.manifest()["stages"].items():
         mine = rd.stage(key)
@@ -392,26 +422,49 @@ def test_the_vllm_engine_is_checked_after_it_reloads(tmp_path):
     import subprocess
 
     model = make_tiny_model(tmp_path / "model", seed=1, hidden=128)  # vLLM's CPU attention: head_dim 32
-    cfg = lora_config(model, tmp_path / "runs", lora={"r": 0}, eval={"max_new_tokens": 4, "limit": 2, "batch_size": 2},
-                      generation={"backend": "vllm", "k": 4, "max_new_tokens": 8, "batch_size": 8, "dtype": "float32",
-                                  "shard_size": 8})
+    cfg = lora_config(
+        model,
+        tmp_path / "runs",
+        lora={"r": 0},
+        eval={"max_new_tokens": 4, "limit": 2, "batch_size": 2},
+        generation={
+            "backend": "vllm",
+            "k": 4,
+            "max_new_tokens": 8,
+            "batch_size": 8,
+            "dtype": "float32",
+            "shard_size": 8,
+        },
+    )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(cfg))
-    stale = ("import sys; sys.path.insert(0, {tests!r}); import sparring.generation.vllm as v\n"
-             "def reload(self, policy_dir):  # the bug: the engine is not moved, and keeps saying what it holds\n"
-             "    pass\n"
-             "v.VLLMEngine.reload = reload\n"
-             "import sparring.cli\n"
-             "if __name__ == '__main__':\n"
-             "    sys.exit(sparring.cli.main(sys.argv[1:]))\n").format(tests=str(HERE))
+    stale = (
+        "import sys; sys.path.insert(0, {tests!r}); import sparring.generation.vllm as v\n"
+        "def reload(self, policy_dir):  # the bug: the engine is not moved, and keeps saying what it holds\n"
+        "    pass\n"
+        "v.VLLMEngine.reload = reload\n"
+        "import sparring.cli\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(sparring.cli.main(sys.argv[1:]))\n"
+    ).format(tests=str(HERE))
     (tmp_path / "stale_run.py").write_text(stale)
     (tmp_path / "good_run.py").write_text(stale.replace("v.VLLMEngine.reload = reload\n", ""))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE)}
-    good = subprocess.run([sys.executable, str(tmp_path / "good_run.py"), "run", str(recipe), "--no-progress"],
-                          capture_output=True, text=True, timeout=900, env=env)
+    good = subprocess.run(
+        [sys.executable, str(tmp_path / "good_run.py"), "run", str(recipe), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert good.returncode == 0, good.stderr[-4000:]
-    bad = subprocess.run([sys.executable, str(tmp_path / "stale_run.py"), "run", str(recipe), "--no-progress",
-                          "--name", "stale"], capture_output=True, text=True, timeout=900, env=env)
+    bad = subprocess.run(
+        [sys.executable, str(tmp_path / "stale_run.py"), "run", str(recipe), "--no-progress", "--name", "stale"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert bad.returncode == 2, bad.stderr[-4000:]
     assert "the vLLM engine holds" in bad.stderr and "stale" in bad.stderr
     assert RunDir(tmp_path / "runs" / "stale").is_done("iter_0/train")
@@ -422,8 +475,9 @@ def test_the_vllm_engine_is_checked_after_it_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_the_chunked_lm_head_gives_the_log_probs_and_gradients_of_the_whole_head(lora_run, tiny_model, monkeypatch,
-                                                                                  bf16):
+def test_the_chunked_lm_head_gives_the_log_probs_and_gradients_of_the_whole_head(
+    lora_run, tiny_model, monkeypatch, bf16
+):
     """sparring.train.HEAD_CHUNK > 0 computes the head and the log-softmax a chunk of response positions
     at a time and recomputes them in the backward pass: the same log-probs and gradients as the whole
     head at once (float rounding; in bf16, the rounding of bf16 matmuls)."""
@@ -440,11 +494,18 @@ def test_the_chunked_lm_head_gives_the_log_probs_and_gradients_of_the_whole_head
         model = load_model(str(tiny_model), "float32")
         model.train()
         with autocast:
-            out = st.packed_logps(model, [r["prompt_ids"] for r in rows], [[r["w_ids"] for r in rows],
-                                                                          [r["l_ids"] for r in rows]], pad)
-        loss = get_method("sppo").loss(dict(zip(("w", "l"), out)), {
-            k: torch.tensor([r[k] for r in rows], dtype=torch.float32) for k in rows[0]
-            if isinstance(rows[0][k], float)}, cfg.method)
+            out = st.packed_logps(
+                model, [r["prompt_ids"] for r in rows], [[r["w_ids"] for r in rows], [r["l_ids"] for r in rows]], pad
+            )
+        loss = get_method("sppo").loss(
+            dict(zip(("w", "l"), out)),
+            {
+                k: torch.tensor([r[k] for r in rows], dtype=torch.float32)
+                for k in rows[0]
+                if isinstance(rows[0][k], float)
+            },
+            cfg.method,
+        )
         loss.sum().backward()
         results.append(([o.logp.detach() for o in out], {n: p.grad.clone() for n, p in model.named_parameters()}))
     (whole, whole_grads), (chunked, chunked_grads) = results
@@ -455,4 +516,6 @@ def test_the_chunked_lm_head_gives_the_log_probs_and_gradients_of_the_whole_head
     for name in whole_grads:
         scale = float(whole_grads[name].abs().max())
         assert scale > 0, name
-        torch.testing.assert_close(chunked_grads[name] / scale, whole_grads[name] / scale, **tol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            chunked_grads[name] / scale, whole_grads[name] / scale, **tol, msg=lambda m, n=name: f"{n}: {m}"
+        )

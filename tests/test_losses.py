@@ -173,8 +173,10 @@ def test_other_logsigmoid_losses_at_extreme_arguments(z):
     x = t([0.0], grad=True)
     cases = [
         # robust DPO, ε = 0.1, β = 10, Δ = z/10: [−0.9 log σ(z) + 0.1 log σ(−z)] / 0.8
-        (robust_dpo(x + z / 10, t([0.0]), t([0.0]), t([0.0]), 10.0, 0.1),
-         (-0.9 * log_sigmoid(z) + 0.1 * log_sigmoid(-z)) / 0.8),
+        (
+            robust_dpo(x + z / 10, t([0.0]), t([0.0]), t([0.0]), 10.0, 0.1),
+            (-0.9 * log_sigmoid(z) + 0.1 * log_sigmoid(-z)) / 0.8,
+        ),
         # NPO, β = 10, ρ = −z/10: −(2/10) log σ(z)
         (npo(x - z / 10, t([0.0]), 10.0), -0.2 * log_sigmoid(z)),
         # SimPO, β = 1, γ = 0: −log σ(z)
@@ -202,8 +204,7 @@ def test_sppo_matches_hand_computation(beta):
     close(sppo(*pair_tensors(), t(p_w), t(p_l), beta), expected)
     # python-float probabilities broadcast to every example
     expected_scalar = [
-        0.5 * ((rho_w - (0.75 - 0.5) / beta) ** 2 + (rho_l - (0.25 - 0.5) / beta) ** 2)
-        for rho_w, rho_l in rhos()
+        0.5 * ((rho_w - (0.75 - 0.5) / beta) ** 2 + (rho_l - (0.25 - 0.5) / beta) ** 2) for rho_w, rho_l in rhos()
     ]
     close(sppo(*pair_tensors(), 0.75, 0.25, beta), expected_scalar)
 
@@ -245,7 +246,10 @@ def test_sppo_pointwise_matches_hand_computation(beta):
     logp, ref_logp, p = [-4.0, -0.5, -7.25], [-3.5, -1.0, -7.25], [0.1, 0.5, 0.95]
     expected = [(lp - rl - (q - 0.5) / beta) ** 2 for lp, rl, q in zip(logp, ref_logp, p)]
     close(sppo_pointwise(t(logp), t(ref_logp), t(p), beta), expected)
-    close(sppo_pointwise(t(logp), t(ref_logp), t([0.7]), beta), [(lp - rl - 0.2 / beta) ** 2 for lp, rl in zip(logp, ref_logp)])
+    close(
+        sppo_pointwise(t(logp), t(ref_logp), t([0.7]), beta),
+        [(lp - rl - 0.2 / beta) ** 2 for lp, rl in zip(logp, ref_logp)],
+    )
 
 
 # ------------------------------------------------------------------------------------------ f-DPO
@@ -398,7 +402,9 @@ def test_gradcheck(name):
 def test_beta_as_zero_dim_tensor_matches_python_float():
     beta = torch.tensor(0.1, dtype=torch.float64)
     torch.testing.assert_close(dpo(*pair_tensors(), beta), dpo(*pair_tensors(), 0.1), rtol=1e-15, atol=0)
-    torch.testing.assert_close(sppo(*pair_tensors(), 0.8, 0.2, beta), sppo(*pair_tensors(), 0.8, 0.2, 0.1), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        sppo(*pair_tensors(), 0.8, 0.2, beta), sppo(*pair_tensors(), 0.8, 0.2, 0.1), rtol=1e-15, atol=0
+    )
 
 
 # ------------------------------------------------------------------------------------- ValueErrors

@@ -81,8 +81,17 @@ def hand_adamw_1d(b0, grads):
 def test_two_steps_match_hand_computed(dtype, atol):
     w = torch.nn.Parameter(torch.tensor(W0, dtype=dtype))
     b = torch.nn.Parameter(torch.tensor(B0, dtype=dtype))
-    opt = make_mars([w, b], lr=LR, weight_decay=WD, betas=BETAS, gamma=GAMMA, eps=EPS, lr_1d=LR_1D,
-                    betas_1d=BETAS_1D, weight_decay_1d=WD_1D)
+    opt = make_mars(
+        [w, b],
+        lr=LR,
+        weight_decay=WD,
+        betas=BETAS,
+        gamma=GAMMA,
+        eps=EPS,
+        lr_1d=LR_1D,
+        betas_1d=BETAS_1D,
+        weight_decay_1d=WD_1D,
+    )
     want_w = hand_mars_2d(W0, G_W)
     want_b = hand_adamw_1d(B0, G_B)
 
@@ -99,8 +108,9 @@ def test_two_steps_match_hand_computed(dtype, atol):
         torch.testing.assert_close(w.detach(), torch.tensor(want_w[t], dtype=dtype), rtol=0, atol=atol)
         torch.testing.assert_close(b.detach(), torch.tensor(want_b[t], dtype=dtype), rtol=0, atol=atol)
         if t == 0:  # the moment saw the rescaled c_1 = g_1, not 1.475 g_1
-            torch.testing.assert_close(opt.state[w]["exp_avg"], 0.05 * torch.tensor(G_W[0], dtype=dtype),
-                                       rtol=0, atol=atol)
+            torch.testing.assert_close(
+                opt.state[w]["exp_avg"], 0.05 * torch.tensor(G_W[0], dtype=dtype), rtol=0, atol=atol
+            )
 
     # Without the norm clip step 2 would land elsewhere: the check above does see the rescale.
     unclipped = torch.tensor(hand_mars_2d(W0, G_W, rescale=False)[1], dtype=dtype)
@@ -250,14 +260,17 @@ def test_tiny_llama_loss_goes_down(tmp_path):
         assert ("last_grad" in opt.state[p]) == (p.ndim == 2), name
 
 
-@pytest.mark.parametrize("options, key", [
-    ({"gama": 0.1}, "gama"),
-    ({"betas": (0.9, 1.0)}, "betas[1]"),
-    ({"betas": 0.9}, "betas"),
-    ({"gamma": -1.0}, "gamma"),
-    ({"eps": "tiny"}, "eps"),
-    ({"optimize_1d": "yes"}, "optimize_1d"),
-])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"gama": 0.1}, "gama"),
+        ({"betas": (0.9, 1.0)}, "betas[1]"),
+        ({"betas": 0.9}, "betas"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"eps": "tiny"}, "eps"),
+        ({"optimize_1d": "yes"}, "optimize_1d"),
+    ],
+)
 def test_bad_options_name_the_key(options, key):
     p = torch.nn.Parameter(torch.zeros(2, 2))
     with pytest.raises(UserError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -34,9 +34,16 @@ def prompts_with_answers(tmp_path_factory) -> Path:
     """Six prompts with a ground-truth reference_response (for SPIN)."""
     path = tmp_path_factory.mktemp("p") / "train.jsonl"
     # random bytes from the tiny model split on "fewer than 2 words": some samples pass, some fail
-    recs = [{"key": i, "prompt": f"Name a colour number {i}.", "instruction_id_list": ["length_constraints:number_words"],
-             "kwargs": [{"num_words": 2, "relation": "less than"}], "reference_response": f"colour {i} is blue"}
-            for i in range(6)]
+    recs = [
+        {
+            "key": i,
+            "prompt": f"Name a colour number {i}.",
+            "instruction_id_list": ["length_constraints:number_words"],
+            "kwargs": [{"num_words": 2, "relation": "less than"}],
+            "reference_response": f"colour {i} is blue",
+        }
+        for i in range(6)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
 
@@ -48,8 +55,14 @@ def shrink(cfg: dict, model: Path, runs: Path, train_file: Path) -> dict:
     cfg["judge"] = {"name": "ifeval"}
     cfg["prompts"] = {"train": str(train_file), "heldout": "shipped:heldout", "per_iteration": 6}
     cfg["generation"] = {**cfg.get("generation", {}), "k": 4, "max_new_tokens": 8, "batch_size": 12, "dtype": "float32"}
-    cfg["train"] = {**cfg.get("train", {}), "lr": 1e-3, "epochs": 1, "batch_size": 2, "micro_batch_size": 2,
-                    "precision": "fp32"}
+    cfg["train"] = {
+        **cfg.get("train", {}),
+        "lr": 1e-3,
+        "epochs": 1,
+        "batch_size": 2,
+        "micro_batch_size": 2,
+        "precision": "fp32",
+    }
     cfg["eval"] = {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False, "bootstrap": 100}
     return cfg
 
@@ -89,7 +102,9 @@ def test_spin_without_reference_response_fails_before_generation(tiny_model, tmp
 
 
 def test_spin_history_recomputes_reference_logps(tiny_model, prompts_with_answers, tmp_path):
-    cfg = shrink(yaml.safe_load((RECIPES[0].parent / "spin.yaml").read_text()), tiny_model, tmp_path, prompts_with_answers)
+    cfg = shrink(
+        yaml.safe_load((RECIPES[0].parent / "spin.yaml").read_text()), tiny_model, tmp_path, prompts_with_answers
+    )
     cfg["iterations"] = 2
     cfg["prompts"]["per_iteration"] = 3
     rd, _ = run_cfg(cfg)
@@ -102,7 +117,9 @@ def test_spin_history_recomputes_reference_logps(tiny_model, prompts_with_answer
 def test_apo_extrapolates_weights_exactly(tiny_model, prompts_with_answers, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = shrink(yaml.safe_load((RECIPES[0].parent / "apo.yaml").read_text()), tiny_model, tmp_path, prompts_with_answers)
+    cfg = shrink(
+        yaml.safe_load((RECIPES[0].parent / "apo.yaml").read_text()), tiny_model, tmp_path, prompts_with_answers
+    )
     rd, _ = run_cfg(cfg)
     theta0 = load_file(tiny_model / "model.safetensors")
     theta1 = load_file(rd.root / "iter_0" / "policy_trained" / "model.safetensors")
@@ -118,7 +135,9 @@ def test_apo_extrapolates_weights_exactly(tiny_model, prompts_with_answers, tmp_
 
 def group(prefs: np.ndarray, logps=None) -> PromptGroup:
     k = prefs.shape[0]
-    return PromptGroup("p", [1, 2], [[10 + i] for i in range(k)], np.array(logps or [-1.0 - i for i in range(k)]), prefs)
+    return PromptGroup(
+        "p", [1, 2], [[10 + i] for i in range(k)], np.array(logps or [-1.0 - i for i in range(k)]), prefs
+    )
 
 
 def prefs_from(scores):

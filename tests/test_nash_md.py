@@ -82,19 +82,31 @@ def test_mixture_one_draws_from_the_reference(pair):
     mixed = sample_batch_with_reference(pol, ref, tok, ids, mixture=1.0, seed=4, **SAMPLING)
     assert [[r[0] for r in per] for per in mixed] == [[r[0] for r in per] for per in from_ref]
     # the recorded log π is still the policy's, log μ the reference's
-    torch.testing.assert_close(torch.tensor([r[1] for per in mixed for r in per], dtype=torch.float32),
-                               fresh(pol, tok, ids, mixed), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(torch.tensor([r[3] for per in mixed for r in per], dtype=torch.float32),
-                               fresh(ref, tok, ids, mixed), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor([r[1] for per in mixed for r in per], dtype=torch.float32),
+        fresh(pol, tok, ids, mixed),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+    torch.testing.assert_close(
+        torch.tensor([r[3] for per in mixed for r in per], dtype=torch.float32),
+        fresh(ref, tok, ids, mixed),
+        atol=1e-4,
+        rtol=1e-5,
+    )
 
 
 def test_nash_md_rows_score_own_samples_against_the_opponents():
-    prefs = np.array([[0.5, 0.9, 0.8, 0.6],
-                      [0.1, 0.5, 0.3, 0.2],
-                      [0.2, 0.7, 0.5, 0.5],
-                      [0.4, 0.8, 0.5, 0.5]])
-    g = PromptGroup("p", [1, 2], [[3], [4], [5], [6]], np.array([-1.0, -2.0, -3.0, -4.0]), prefs,
-                    n_policy=2, mu_logps=np.array([-1.5, -2.5, -3.5, -4.5]))
+    prefs = np.array([[0.5, 0.9, 0.8, 0.6], [0.1, 0.5, 0.3, 0.2], [0.2, 0.7, 0.5, 0.5], [0.4, 0.8, 0.5, 0.5]])
+    g = PromptGroup(
+        "p",
+        [1, 2],
+        [[3], [4], [5], [6]],
+        np.array([-1.0, -2.0, -3.0, -4.0]),
+        prefs,
+        n_policy=2,
+        mu_logps=np.array([-1.5, -2.5, -3.5, -4.5]),
+    )
     rows = get_method("nash-md").rows([g], None)
     assert [r["y_ids"] for r in rows] == [[3], [4]]
     assert [r["p"] for r in rows] == [pytest.approx((0.8 + 0.6) / 2), pytest.approx((0.3 + 0.2) / 2)]
@@ -111,14 +123,32 @@ def test_nash_md_needs_an_even_k(tmp_path):
 def test_two_iterations_record_log_mu_of_the_initial_model(tmp_path):
     model_dir = make_tiny_model(tmp_path / "m", seed=3)
     prompts = tmp_path / "train.jsonl"
-    prompts.write_text("".join(json.dumps({"key": i, "prompt": f"Write {i} words in lowercase.",
-                                           "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}) + "\n"
-                               for i in range(4)))
+    prompts.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "key": i,
+                    "prompt": f"Write {i} words in lowercase.",
+                    "instruction_id_list": ["change_case:english_lowercase"],
+                    "kwargs": [{}],
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
     cfg = yaml.safe_load(RECIPE.read_text())
     cfg.update(model=str(model_dir), runs_dir=str(tmp_path / "runs"), iterations=2, seed=1)
     cfg["prompts"] = {**cfg["prompts"], "train": str(prompts), "per_iteration": 4}
     cfg["generation"] = {**cfg["generation"], "k": 4, "max_new_tokens": 8, "batch_size": 8, "dtype": "float32"}
-    cfg["train"] = {**cfg["train"], "lr": 1e-2, "epochs": 1, "batch_size": 4, "micro_batch_size": 4, "precision": "fp32"}
+    cfg["train"] = {
+        **cfg["train"],
+        "lr": 1e-2,
+        "epochs": 1,
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "precision": "fp32",
+    }
     cfg["eval"] = {"max_new_tokens": 4, "limit": 2, "batch_size": 2, "base": False}
     c = config_from_dict(cfg)
     rd = open_run(c, Path(c.runs_dir) / c.name)
@@ -130,11 +160,19 @@ def test_two_iterations_record_log_mu_of_the_initial_model(tmp_path):
     table = pq.read_table(rd.iter_dir(1) / "samples.parquet").to_pylist()
     assert sorted(r["sample_index"] for r in table if r["opponent"]) == sorted([2, 3] * 4)
     with torch.no_grad():
-        mu_fresh = sequence_logps(mu, [r["prompt_ids"] for r in table], [r["response_ids"] for r in table], tok.pad_token_id).logp
-        pi_fresh = sequence_logps(pi1, [r["prompt_ids"] for r in table], [r["response_ids"] for r in table], tok.pad_token_id).logp
+        mu_fresh = sequence_logps(
+            mu, [r["prompt_ids"] for r in table], [r["response_ids"] for r in table], tok.pad_token_id
+        ).logp
+        pi_fresh = sequence_logps(
+            pi1, [r["prompt_ids"] for r in table], [r["response_ids"] for r in table], tok.pad_token_id
+        ).logp
     # log μ from the lockstep reference, log π_1 from the sampler: both equal fresh passes (fp32)
-    torch.testing.assert_close(torch.tensor([r["mu_logp"] for r in table], dtype=torch.float32), mu_fresh, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(torch.tensor([r["logp"] for r in table], dtype=torch.float32), pi_fresh, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor([r["mu_logp"] for r in table], dtype=torch.float32), mu_fresh, atol=1e-4, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        torch.tensor([r["logp"] for r in table], dtype=torch.float32), pi_fresh, atol=1e-4, rtol=1e-5
+    )
     assert not torch.allclose(mu_fresh, pi_fresh, atol=1e-3)  # π_1 has moved away from μ
     # the training rows: π_1's own samples only, with their log μ and the mean verdict against opponents
     rows = pq.read_table(rd.iter_dir(1) / "train.parquet").to_pylist()

@@ -29,8 +29,12 @@ def completion(text="A", top=None, *, logprobs=True):
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
     if logprobs:
         top = {"A": -0.1, "B": -2.4} if top is None else top
-        first = {"token": text, "logprob": top.get(text, -5.0), "bytes": list(text.encode()),
-                 "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()]}
+        first = {
+            "token": text,
+            "logprob": top.get(text, -5.0),
+            "bytes": list(text.encode()),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top.items()],
+        }
         choice["logprobs"] = {"content": [first]}
     else:
         choice["logprobs"] = None
@@ -38,8 +42,9 @@ def completion(text="A", top=None, *, logprobs=True):
 
 
 def convs(n):
-    return [[{"role": "system", "content": "Answer A or B."}, {"role": "user", "content": f"conv {i}"}]
-            for i in range(n)]
+    return [
+        [{"role": "system", "content": "Answer A or B."}, {"role": "user", "content": f"conv {i}"}] for i in range(n)
+    ]
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -64,8 +69,15 @@ class _Handler(BaseHTTPRequestHandler):
             app.active += 1
             app.peak = max(app.peak, app.active)
             app.seen[conv] = app.seen.get(conv, 0) + 1
-            req = {"t": time.monotonic(), "path": self.path, "headers": dict(self.headers.items()), "raw": raw,
-                   "body": body, "conv": conv, "n": app.seen[conv]}
+            req = {
+                "t": time.monotonic(),
+                "path": self.path,
+                "headers": dict(self.headers.items()),
+                "raw": raw,
+                "body": body,
+                "conv": conv,
+                "n": app.seen[conv],
+            }
             app.requests.append(req)
         try:
             status, headers, payload = app.behave(req)
@@ -125,14 +137,23 @@ def serve():
 
 
 def labeler(app, **kw):
-    args = {"base_url": app.base_url, "model": "judge", "api_key_env": None, "max_concurrency": 2,
-            "timeout": 5.0, "max_retries": 3, **FAST}
+    args = {
+        "base_url": app.base_url,
+        "model": "judge",
+        "api_key_env": None,
+        "max_concurrency": 2,
+        "timeout": 5.0,
+        "max_retries": 3,
+        **FAST,
+    }
     return ChatLabeler(**{**args, **kw})
 
 
 def test_soft_labels_and_request(serve):
-    tops = {0: {" A": -0.9, "A": -0.2, "B": -1.7, "C": -3.0, "a": -0.05},  # " A" and "A" both strip to A
-            1: {"A": -0.01, "The": -4.6}}  # B is not among the top log-probs
+    tops = {
+        0: {" A": -0.9, "A": -0.2, "B": -1.7, "C": -3.0, "a": -0.05},  # " A" and "A" both strip to A
+        1: {"A": -0.01, "The": -4.6},
+    }  # B is not among the top log-probs
     app = serve(lambda req: (200, {}, completion("A", tops[req["conv"]])))
     lab = labeler(app, top_logprobs=5, max_concurrency=2)
     seen = []
@@ -148,13 +169,23 @@ def test_soft_labels_and_request(serve):
     assert "authorization" not in {k.lower() for k in req["headers"]}  # api_key_env=None: no key sent
     body = req["body"]
     assert {k: body[k] for k in ("model", "max_tokens", "temperature", "logprobs", "top_logprobs")} == {
-        "model": "judge", "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 5}
+        "model": "judge",
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprobs": True,
+        "top_logprobs": 5,
+    }
     assert body["messages"] == convs(2)[req["conv"]]
 
 
 def test_retry_after_is_honoured(serve):
-    app = serve(lambda req: (429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}) if req["n"] == 1
-                else (200, {}, completion("B")))
+    app = serve(
+        lambda req: (
+            (429, {"Retry-After": "1"}, {"error": {"message": "slow down"}})
+            if req["n"] == 1
+            else (200, {}, completion("B"))
+        )
+    )
     lab = labeler(app, max_concurrency=1)
     [res] = lab.label_many(convs(1))
     assert res.text == "B" and res.logprobs == {"A": -0.1, "B": -2.4}
@@ -175,8 +206,11 @@ def test_retry_after_header_values():
 
 
 def test_500_until_retries_run_out(serve):
-    app = serve(lambda req: (500, {}, {"error": {"message": "engine overloaded"}}) if req["conv"] == 3
-                else (200, {}, completion("A")))
+    app = serve(
+        lambda req: (
+            (500, {}, {"error": {"message": "engine overloaded"}}) if req["conv"] == 3 else (200, {}, completion("A"))
+        )
+    )
     lab = labeler(app, max_concurrency=1, max_retries=3)
     seen = []
     with pytest.raises(JudgeEndpointError) as err:
@@ -246,13 +280,16 @@ def test_connection_error_is_retried_then_fails():
     assert err.value.attempts == 3 and lab.requests_sent == 3
 
 
-@pytest.mark.parametrize(("payload", "expect"), [
-    (b"<html>502 Bad Gateway</html>", "body is not JSON: '<html>502 Bad Gateway</html>'"),
-    ({"object": "chat.completion"}, "no 'choices' in the response"),
-    ({"error": {"message": "upstream died"}}, "no 'choices' in the response: upstream died"),
-    ({"choices": []}, "'choices' is [], not a non-empty list"),
-    ({"choices": [{"index": 0}]}, "choices[0] has no 'message' object"),
-])
+@pytest.mark.parametrize(
+    ("payload", "expect"),
+    [
+        (b"<html>502 Bad Gateway</html>", "body is not JSON: '<html>502 Bad Gateway</html>'"),
+        ({"object": "chat.completion"}, "no 'choices' in the response"),
+        ({"error": {"message": "upstream died"}}, "no 'choices' in the response: upstream died"),
+        ({"choices": []}, "'choices' is [], not a non-empty list"),
+        ({"choices": [{"index": 0}]}, "choices[0] has no 'message' object"),
+    ],
+)
 def test_malformed_response_is_retried_then_fails(serve, payload, expect):
     app = serve(lambda req: (200, {}, payload))
     lab = labeler(app, max_concurrency=1, max_retries=2)
@@ -365,11 +402,13 @@ def test_bad_configuration(monkeypatch):
     monkeypatch.setenv("SPARRING_EMPTY_KEY", " ")
     with pytest.raises(UserError, match="SPARRING_EMPTY_KEY is empty"):
         ChatLabeler(base_url="http://127.0.0.1:1/v1", model="m", api_key_env="SPARRING_EMPTY_KEY")
-    for kw, match in (({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
-                      ({"timeout": 0}, "timeout must be a positive number"),
-                      ({"base_url": "127.0.0.1:8000/v1"}, "http:// or https:// URL"),
-                      ({"base_url": "http://h/v1/chat/completions"}, "without /chat/completions"),
-                      ({"labels": ("A", " A")}, "distinct")):
+    for kw, match in (
+        ({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"base_url": "127.0.0.1:8000/v1"}, "http:// or https:// URL"),
+        ({"base_url": "http://h/v1/chat/completions"}, "without /chat/completions"),
+        ({"labels": ("A", " A")}, "distinct"),
+    ):
         with pytest.raises(UserError, match=match):
             ChatLabeler(**{"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": None, **kw})
     lab = ChatLabeler(base_url="http://127.0.0.1:1/v1", model="m", api_key_env=None)

@@ -41,17 +41,59 @@ from sparring.judges.pairrm_model import (
     sppo_preferences,
 )
 
-WORDS = ["▁hello", "▁hi", "▁I", "▁love", "▁you", "▁hate", "▁too", "▁get", "▁out", "▁bye", "▁off", "▁thanks",
-         "▁am", "▁fine", "▁how", "▁are", "▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁good", "▁guy", "▁", "!", ",",
-         "?", ".", "*", "'"]
+WORDS = [
+    "▁hello",
+    "▁hi",
+    "▁I",
+    "▁love",
+    "▁you",
+    "▁hate",
+    "▁too",
+    "▁get",
+    "▁out",
+    "▁bye",
+    "▁off",
+    "▁thanks",
+    "▁am",
+    "▁fine",
+    "▁how",
+    "▁are",
+    "▁the",
+    "▁cat",
+    "▁sat",
+    "▁on",
+    "▁mat",
+    "▁good",
+    "▁guy",
+    "▁",
+    "!",
+    ",",
+    "?",
+    ".",
+    "*",
+    "'",
+]
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-SOURCES = ["hello, how are you!", "I love you!", "the cat sat on the mat. " * 6, "Say hi.",
-           "hello!", "Tell me about the cat, the mat, and you. " * 3, "bye"]
-FIRSTS = ["hi! I am fine, thanks!", "I hate you!", "the cat sat.", "hi " * 30,
-          "hi!", "good guy " * 12, "bye bye"]
-SECONDS = ["get out!", "I love you, too!", "the mat! " * 9, "hello there",
-           "f**k off!", "I am fine.", "see you [SEP] soon"]
+SOURCES = [
+    "hello, how are you!",
+    "I love you!",
+    "the cat sat on the mat. " * 6,
+    "Say hi.",
+    "hello!",
+    "Tell me about the cat, the mat, and you. " * 3,
+    "bye",
+]
+FIRSTS = ["hi! I am fine, thanks!", "I hate you!", "the cat sat.", "hi " * 30, "hi!", "good guy " * 12, "bye bye"]
+SECONDS = [
+    "get out!",
+    "I love you, too!",
+    "the mat! " * 9,
+    "hello there",
+    "f**k off!",
+    "I am fine.",
+    "see you [SEP] soon",
+]
 
 
 def make_tokenizer():
@@ -75,10 +117,20 @@ def make_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tk.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-                                  unk_token="[UNK]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]")
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+    )
     # Added in llm-blender's order (CrossCompareCollator): ids len(vocab)+1 … +4, after [MASK].
     tok.add_tokens([SOURCE_PREFIX, CANDIDATE1_PREFIX, CANDIDATE2_PREFIX, CANDIDATE_PREFIX])
     return tok
@@ -88,10 +140,23 @@ def tiny_backbone_config(vocab_size: int):
     from transformers import DebertaV2Config
 
     return DebertaV2Config(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, relative_attention=True, max_relative_positions=-1, position_buckets=8,
-        norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-        type_vocab_size=0, layer_norm_eps=1e-7, hidden_act="gelu", pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        relative_attention=True,
+        max_relative_positions=-1,
+        position_buckets=8,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        type_vocab_size=0,
+        layer_norm_eps=1e-7,
+        hidden_act="gelu",
+        pad_token_id=0,
         # With the usual 0.02 the hidden state at a prefix token is little more than that token's own
         # embedding, so every triple gets nearly the same logit; larger weights make it depend on the text.
         initializer_range=0.5,
@@ -104,8 +169,13 @@ def tiny_state(config, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     backbone = DebertaV2Model(config)
     hidden = config.hidden_size
-    head = torch.nn.Sequential(torch.nn.Dropout(0.05), torch.nn.Linear(2 * hidden, hidden), torch.nn.Tanh(),
-                               torch.nn.Dropout(0.05), torch.nn.Linear(hidden, 1))
+    head = torch.nn.Sequential(
+        torch.nn.Dropout(0.05),
+        torch.nn.Linear(2 * hidden, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Dropout(0.05),
+        torch.nn.Linear(hidden, 1),
+    )
     state = {"pretrained_model." + k: v for k, v in backbone.state_dict().items()}
     state.update({"head_layer." + k: v for k, v in head.state_dict().items()})
     return {k: v.contiguous() for k, v in state.items()}
@@ -118,12 +188,24 @@ def write_tokenizer(tok, directory):
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "DebertaV2Tokenizer"
     cfg_path.write_text(json.dumps(cfg))
-    added = {t: tok.convert_tokens_to_ids(t) for t in ["[MASK]", SOURCE_PREFIX, CANDIDATE1_PREFIX,
-                                                       CANDIDATE2_PREFIX, CANDIDATE_PREFIX]}
+    added = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ["[MASK]", SOURCE_PREFIX, CANDIDATE1_PREFIX, CANDIDATE2_PREFIX, CANDIDATE_PREFIX]
+    }
     (directory / "added_tokens.json").write_text(json.dumps(added))
-    (directory / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "[CLS]", "cls_token": "[CLS]", "eos_token": "[SEP]", "mask_token": "[MASK]",
-         "pad_token": "[PAD]", "sep_token": "[SEP]", "unk_token": "[UNK]"}))
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "[CLS]",
+                "cls_token": "[CLS]",
+                "eos_token": "[SEP]",
+                "mask_token": "[MASK]",
+                "pad_token": "[PAD]",
+                "sep_token": "[SEP]",
+                "unk_token": "[UNK]",
+            }
+        )
+    )
 
 
 def write_hf_layout(directory, tok, config, state):
@@ -131,11 +213,17 @@ def write_hf_layout(directory, tok, config, state):
 
     directory.mkdir(parents=True)
     cfg = config.to_dict()
-    cfg.update({"architectures": ["DebertaV2PairRM"], "n_tasks": 1, "drop_out": 0.05,
-                "source_prefix_id": tok.convert_tokens_to_ids(SOURCE_PREFIX),
-                "cand1_prefix_id": tok.convert_tokens_to_ids(CANDIDATE1_PREFIX),
-                "cand2_prefix_id": tok.convert_tokens_to_ids(CANDIDATE2_PREFIX),
-                "cand_prefix_id": tok.convert_tokens_to_ids(CANDIDATE_PREFIX)})
+    cfg.update(
+        {
+            "architectures": ["DebertaV2PairRM"],
+            "n_tasks": 1,
+            "drop_out": 0.05,
+            "source_prefix_id": tok.convert_tokens_to_ids(SOURCE_PREFIX),
+            "cand1_prefix_id": tok.convert_tokens_to_ids(CANDIDATE1_PREFIX),
+            "cand2_prefix_id": tok.convert_tokens_to_ids(CANDIDATE2_PREFIX),
+            "cand_prefix_id": tok.convert_tokens_to_ids(CANDIDATE_PREFIX),
+        }
+    )
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     write_tokenizer(tok, directory)
@@ -146,11 +234,25 @@ def write_blender_layout(directory, tok, backbone_dir, state, source_max: int, c
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True)
-    ranker = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": str(backbone_dir),
-              "cache_dir": "./hf_models/deberta-v3-large/", "load_checkpoint": None,
-              "source_maxlength": source_max, "candidate_maxlength": candidate_max, "n_tasks": 1, "num_pos": 5,
-              "num_neg": 5, "sub_sampling_mode": "all_pair", "sub_sampling_ratio": 0.4, "loss_type": "instructgpt",
-              "reduce_type": "linear", "inference_mode": "bubble", "drop_out": 0.05, "fp16": True}
+    ranker = {
+        "ranker_type": "pairranker",
+        "model_type": "deberta",
+        "model_name": str(backbone_dir),
+        "cache_dir": "./hf_models/deberta-v3-large/",
+        "load_checkpoint": None,
+        "source_maxlength": source_max,
+        "candidate_maxlength": candidate_max,
+        "n_tasks": 1,
+        "num_pos": 5,
+        "num_neg": 5,
+        "sub_sampling_mode": "all_pair",
+        "sub_sampling_ratio": 0.4,
+        "loss_type": "instructgpt",
+        "reduce_type": "linear",
+        "inference_mode": "bubble",
+        "drop_out": 0.05,
+        "fp16": True,
+    }
     (directory / "config.json").write_text(json.dumps(ranker, indent=2))
     (directory / "ranker_config.json").write_text(json.dumps(ranker, indent=2))
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -166,8 +268,9 @@ def ckpts(tmp_path_factory):
     backbone_dir = root / "tiny-deberta"
     config.save_pretrained(backbone_dir)
     hf = write_hf_layout(root / "PairRM-hf", tok, config, tiny_state(config, seed=0))
-    blender = write_blender_layout(root / "PairRM", tok, backbone_dir, tiny_state(config, seed=1),
-                                   source_max=24, candidate_max=10)
+    blender = write_blender_layout(
+        root / "PairRM", tok, backbone_dir, tiny_state(config, seed=1), source_max=24, candidate_max=10
+    )
     return {"hf": hf, "blender": blender, "config": config, "root": root}
 
 
@@ -187,8 +290,9 @@ def reference_logits(directory, config, sources, firsts, seconds, source_max, ca
 
     state = load_file(str(directory / "model.safetensors"))
     encoder = DebertaV2Model(config)
-    encoder.load_state_dict({k.removeprefix("pretrained_model."): v for k, v in state.items()
-                             if k.startswith("pretrained_model.")})
+    encoder.load_state_dict(
+        {k.removeprefix("pretrained_model."): v for k, v in state.items() if k.startswith("pretrained_model.")}
+    )
     encoder.eval()
     w1, b1 = state["head_layer.1.weight"].double(), state["head_layer.1.bias"].double()
     w2, b2 = state["head_layer.4.weight"].double(), state["head_layer.4.bias"].double()
@@ -218,13 +322,13 @@ def reference_logits(directory, config, sources, firsts, seconds, source_max, ca
 def test_pair_logits_match_hand_computation(ckpts, layout, source_max, candidate_max):
     model = load_pairrm(ckpts[layout], device="cpu", dtype="fp32")
     assert (model.source_max_length, model.candidate_max_length) == (source_max, candidate_max)
-    ref_ids, ref = reference_logits(ckpts[layout], ckpts["config"], SOURCES, FIRSTS, SECONDS,
-                                    source_max, candidate_max)
+    ref_ids, ref = reference_logits(ckpts[layout], ckpts["config"], SOURCES, FIRSTS, SECONDS, source_max, candidate_max)
     for n in range(len(SOURCES)):
         ids, positions = model.encode(SOURCES[n], FIRSTS[n], SECONDS[n])
         assert ids == ref_ids[n]
-        assert [ids[p] for p in positions] == [model.prefix_ids[t] for t in (SOURCE_PREFIX, CANDIDATE1_PREFIX,
-                                                                              CANDIDATE2_PREFIX)]
+        assert [ids[p] for p in positions] == [
+            model.prefix_ids[t] for t in (SOURCE_PREFIX, CANDIDATE1_PREFIX, CANDIDATE2_PREFIX)
+        ]
     got = model.pair_logits(SOURCES, FIRSTS, SECONDS, batch_size=3)
     assert got.dtype == np.float64 and got.shape == (len(SOURCES),)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
@@ -246,7 +350,7 @@ def test_truncation_and_candidate_budget(ckpts):
     assert budget > 10 and b - a == budget and len(ids) == short_source + 2 * budget
     # Truncation keeps the start (right side cut), as the tokenizer's default truncation does.
     full = model.tokenizer(CANDIDATE1_PREFIX + long, add_special_tokens=False)["input_ids"]
-    assert ids[a:a + budget - 2] == full[: budget - 2]
+    assert ids[a : a + budget - 2] == full[: budget - 2]
 
 
 def test_literal_sep_in_text_is_replaced(ckpts):
@@ -261,7 +365,8 @@ def test_batching_and_length_sorting_do_not_change_results(ckpts):
     model = load_pairrm(ckpts["hf"])
     widths = []
     hook = model.module.pretrained_model.register_forward_pre_hook(
-        lambda mod, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+        lambda mod, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         one = model.pair_logits(SOURCES, FIRSTS, SECONDS, batch_size=1)
         widths_one = list(widths)
@@ -280,8 +385,9 @@ def test_batching_and_length_sorting_do_not_change_results(ckpts):
     assert widths_three == sorted(widths_three, reverse=True) and len(widths_three) == 3
     # Results follow the input order, whatever order the batches ran in.
     perm = [3, 0, 6, 2, 5, 1, 4]
-    shuffled = model.pair_logits([SOURCES[i] for i in perm], [FIRSTS[i] for i in perm],
-                                 [SECONDS[i] for i in perm], batch_size=2)
+    shuffled = model.pair_logits(
+        [SOURCES[i] for i in perm], [FIRSTS[i] for i in perm], [SECONDS[i] for i in perm], batch_size=2
+    )
     np.testing.assert_allclose(shuffled, one[perm], atol=1e-5, rtol=0)
     assert model.pair_logits([], [], []).shape == (0,)
 
@@ -304,8 +410,9 @@ def test_logit_matrices(ckpts):
         k = len(cands[n])
         assert np.all(np.diag(mats[n]) == 0.0)
         pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
-        direct = model.pair_logits([source] * len(pairs), [cands[n][i] for i, _ in pairs],
-                                   [cands[n][j] for _, j in pairs], batch_size=1)
+        direct = model.pair_logits(
+            [source] * len(pairs), [cands[n][i] for i, _ in pairs], [cands[n][j] for _, j in pairs], batch_size=1
+        )
         np.testing.assert_allclose([mats[n][i, j] for i, j in pairs], direct, atol=1e-5, rtol=0)
 
 
@@ -369,16 +476,12 @@ def sigma(x: float) -> float:
 
 def test_modes_on_hand_computed_3x3():
     # The diagonal holds junk on purpose: it must not matter.
-    c = np.array([[9.0, 2.0, 0.0],
-                  [0.0, 7.0, 1.0],
-                  [2.0, 1.0, -3.0]])
+    c = np.array([[9.0, 2.0, 0.0], [0.0, 7.0, 1.0], [2.0, 1.0, -3.0]])
     # c − cᵀ: (0,1) → 2, (0,2) → −2, (1,2) → 0; row means over K = 3: s = (0, −2/3, 2/3).
-    expected_sppo = np.array([[0.5, sigma(2 / 3), sigma(-2 / 3)],
-                              [sigma(-2 / 3), 0.5, sigma(-4 / 3)],
-                              [sigma(2 / 3), sigma(4 / 3), 0.5]])
-    expected_direct = np.array([[0.5, sigma(1.0), sigma(-1.0)],
-                                [sigma(-1.0), 0.5, 0.5],
-                                [sigma(1.0), 0.5, 0.5]])
+    expected_sppo = np.array(
+        [[0.5, sigma(2 / 3), sigma(-2 / 3)], [sigma(-2 / 3), 0.5, sigma(-4 / 3)], [sigma(2 / 3), sigma(4 / 3), 0.5]]
+    )
+    expected_direct = np.array([[0.5, sigma(1.0), sigma(-1.0)], [sigma(-1.0), 0.5, 0.5], [sigma(1.0), 0.5, 0.5]])
     np.testing.assert_allclose(sppo_preferences(c), expected_sppo, atol=1e-15, rtol=0)
     np.testing.assert_allclose(direct_preferences(c), expected_direct, atol=1e-15, rtol=0)
     np.testing.assert_allclose(preference_matrix(c, "sppo"), expected_sppo, atol=1e-15, rtol=0)
@@ -399,8 +502,9 @@ def test_two_candidates():
 @pytest.mark.parametrize("mode", ["sppo", "direct"])
 def test_preferences_are_exactly_complementary(mode):
     rng = np.random.default_rng(0)
-    logits = np.concatenate([rng.normal(size=(20, 5, 5)), 40.0 * rng.normal(size=(5, 5, 5)),
-                             rng.normal(size=(3, 5, 5)) * 1e-12])
+    logits = np.concatenate(
+        [rng.normal(size=(20, 5, 5)), 40.0 * rng.normal(size=(5, 5, 5)), rng.normal(size=(3, 5, 5)) * 1e-12]
+    )
     p = preference_matrix(logits, mode)
     assert p.shape == logits.shape
     assert np.array_equal(p + np.swapaxes(p, -1, -2), np.ones_like(p))
@@ -502,8 +606,7 @@ def test_bad_weights_and_tokenizer(ckpts, tmp_path):
     save_file({k: v for k, v in state.items() if k != "head_layer.4.weight"}, str(d / "model.safetensors"))
     with pytest.raises(UserError, match=r"missing tensors head_layer\.4\.weight"):
         load_pairrm(d)
-    save_file({k.replace("pretrained_model.", "deberta."): v for k, v in state.items()},
-              str(d / "model.safetensors"))
+    save_file({k.replace("pretrained_model.", "deberta."): v for k, v in state.items()}, str(d / "model.safetensors"))
     with pytest.raises(UserError, match=r"no 'pretrained_model\.\*' tensors"):
         load_pairrm(d)
     save_file({**state, "classifier.weight": torch.zeros(2, 2)}, str(d / "model.safetensors"))

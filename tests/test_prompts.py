@@ -51,11 +51,19 @@ def test_load_good_file_with_blank_lines_nulls_and_reference(tmp_path):
     path = _write(tmp_path, [GOOD, "", "   ", second])
     recs = load_prompts(path)
     assert recs == [
-        user_prompt("1000", "Write a haiku without commas.",
-                    instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
-                    kwargs=[{}, {"num_words": 10, "relation": "less than"}]),
-        user_prompt("k2", "Write a haiku without commas.", reference="The moon rises.",
-                    instruction_id_list=["keywords:existence"], kwargs=[{"keywords": ["moon"]}]),
+        user_prompt(
+            "1000",
+            "Write a haiku without commas.",
+            instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+            kwargs=[{}, {"num_words": 10, "relation": "less than"}],
+        ),
+        user_prompt(
+            "k2",
+            "Write a haiku without commas.",
+            reference="The moon rises.",
+            instruction_id_list=["keywords:existence"],
+            kwargs=[{"keywords": ["moon"]}],
+        ),
     ]
 
 
@@ -117,8 +125,10 @@ def test_length_mismatch(tmp_path):
 
 
 def test_unknown_instruction_id(tmp_path):
-    path = _write(tmp_path, [_with(instruction_id_list=["punctuation:no_commas", "keywords:existence"],
-                                   kwargs=[{}, {"keywords": ["a"]}])])
+    path = _write(
+        tmp_path,
+        [_with(instruction_id_list=["punctuation:no_commas", "keywords:existence"], kwargs=[{}, {"keywords": ["a"]}])],
+    )
     assert _error(path) == (
         f"{path}:1: instruction 0 ('punctuation:no_commas'): unknown instruction id "
         "'punctuation:no_commas'; did you mean 'punctuation:no_comma'?"
@@ -151,17 +161,19 @@ def test_duplicate_key(tmp_path):
 
 def test_empty_file(tmp_path):
     path = _write(tmp_path, ["", "  "])
-    assert _error(path) == (
-        f"{path}: empty file: no prompts (expected one JSON object per line)"
-    )
+    assert _error(path) == (f"{path}: empty file: no prompts (expected one JSON object per line)")
 
 
 def test_load_responses(tmp_path):
-    path = _write(tmp_path, [
-        {"prompt": "p1", "response": "r1"},
-        "",
-        {"prompt": "p2", "response": "r2", "model": "x"},  # extra fields are ignored
-    ], name="responses.jsonl")
+    path = _write(
+        tmp_path,
+        [
+            {"prompt": "p1", "response": "r1"},
+            "",
+            {"prompt": "p2", "response": "r2", "model": "x"},  # extra fields are ignored
+        ],
+        name="responses.jsonl",
+    )
     assert load_responses(path) == {"p1": "r1", "p2": "r2"}
 
 
@@ -172,8 +184,10 @@ def test_load_responses(tmp_path):
         ([{"prompt": "p1", "response": None}], ":1: field 'response' must be a string, got null"),
         ([{"prompt": "p1", "response": "a"}, "[]"], ":2: expected a JSON object, got list"),
         ([{"prompt": "p1", "response": "a"}, "{oops"], ":2: not valid JSON: "),
-        ([{"prompt": "p", "response": "a"}, {"prompt": "p", "response": "b"}],
-         ":2: duplicate prompt (first on line 1): 'p'"),
+        (
+            [{"prompt": "p", "response": "a"}, {"prompt": "p", "response": "b"}],
+            ":2: duplicate prompt (first on line 1): 'p'",
+        ),
         ([""], ": empty file: no responses"),
     ],
 )

@@ -40,13 +40,32 @@ def finished_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     model = make_tiny_model(tmp / "model")
     prompts = tmp / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"key": i, "prompt": f"Say {i}.", "instruction_id_list":
-                                           ["length_constraints:number_words", "punctuation:no_comma"],
-                                           "kwargs": [{"num_words": 2, "relation": "less than"}, {}]}) + "\n"
-                               for i in range(8)))
-    cfg = tiny_config(model, tmp / "runs", **{"prompts.train": str(prompts), "prompts.heldout": str(prompts),
-                                               "prompts.per_iteration": 8, "eval.limit": None,
-                                               "eval.max_new_tokens": 8, "eval.greedy": False})
+    prompts.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "key": i,
+                    "prompt": f"Say {i}.",
+                    "instruction_id_list": ["length_constraints:number_words", "punctuation:no_comma"],
+                    "kwargs": [{"num_words": 2, "relation": "less than"}, {}],
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    cfg = tiny_config(
+        model,
+        tmp / "runs",
+        **{
+            "prompts.train": str(prompts),
+            "prompts.heldout": str(prompts),
+            "prompts.per_iteration": 8,
+            "eval.limit": None,
+            "eval.max_new_tokens": 8,
+            "eval.greedy": False,
+        },
+    )
     rd, _ = run_config(cfg)
     return rd.root
 
@@ -89,7 +108,9 @@ class Page(HTMLParser):
         def ok(el):
             return (tag is None or el["tag"] == tag) and all(
                 (k.replace("_", "-") in el["attrs"]) if v is True else el["attrs"].get(k.replace("_", "-")) == v
-                for k, v in attrs.items())
+                for k, v in attrs.items()
+            )
+
         return [el for el in self.elements if ok(el)]
 
     def section(self, sid: str) -> str:
@@ -131,8 +152,16 @@ def check_eval_numbers(page: Page, rows: list[dict]) -> None:
                     assert el["attrs"]["data-significant"] == str(iv["significant"]).lower()
 
 
-METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "win_rate_vs_base",
-           "length_controlled_win_rate", "win_rate_vs_reference", "mean_response_tokens")
+METRICS = (
+    "prompt_strict",
+    "instruction_strict",
+    "prompt_loose",
+    "instruction_loose",
+    "win_rate_vs_base",
+    "length_controlled_win_rate",
+    "win_rate_vs_reference",
+    "mean_response_tokens",
+)
 
 
 def check_self_contained(html: str, page: Page) -> None:
@@ -166,8 +195,10 @@ def test_finished_run_report_has_every_section_and_the_summary_numbers(finished_
         assert len(page.find("section", id=sid)) == 1, sid
     for sid in ("evaluation", "lengths", "training", "judge", "timings"):
         start = page.elements.index(page.find("section", id=sid)[0])
-        nxt = next((i for i, el in enumerate(page.elements[start + 1:], start + 1) if el["tag"] == "section"),
-                   len(page.elements))
+        nxt = next(
+            (i for i, el in enumerate(page.elements[start + 1 :], start + 1) if el["tag"] == "section"),
+            len(page.elements),
+        )
         assert any(el["tag"] == "img" for el in page.elements[start:nxt]), f"section {sid} has no figure"
     assert page.find("div", data_complete="true")
     summary = json.loads((finished_run / "summary.json").read_text())
@@ -196,8 +227,10 @@ def test_finished_run_report_has_every_section_and_the_summary_numbers(finished_
         i = int(ex["attrs"]["data-prompt-index"])
         assert float(ex["attrs"]["data-win"]) == final["win_vs_base"][i]
     checks = page.find("li", data_check=True)
-    assert checks and {c["attrs"]["data-check"] for c in checks} == {"length_constraints:number_words",
-                                                                    "punctuation:no_comma"}
+    assert checks and {c["attrs"]["data-check"] for c in checks} == {
+        "length_constraints:number_words",
+        "punctuation:no_comma",
+    }
     assert page.find("div", data_train_iteration="0") and page.find("div", data_train_iteration="1")
     assert "config.yaml" in page.section("timings") and "per_iteration: 8" in page.section("timings")
     assert page.find("tr", data_kind="length_constraints:number_words")
@@ -264,14 +297,24 @@ def test_summary_recomputes_intervals_for_a_run_of_an_earlier_version(finished_r
 def test_chat_run_with_a_python_judge(tmp_path, monkeypatch):
     """A run without IFEval (chat prompts, a judge preferring longer responses): win rates only, no
     instruction checks, and the judge's length bias in its diagnostics."""
-    (tmp_path / "lenjudge.py").write_text("def by_length(messages, responses):\n"
-                                          "    return [len(r) for r in responses]\n")
+    (tmp_path / "lenjudge.py").write_text(
+        "def by_length(messages, responses):\n    return [len(r) for r in responses]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = make_tiny_model(tmp_path / "model")
     judge = {"name": "python", "function": "lenjudge:by_length"}
-    cfg = tiny_config(model, tmp_path / "runs", iterations=1, judge=judge,
-                      **{"prompts.train": "shipped:chat-train", "prompts.heldout": "shipped:chat-heldout",
-                         "eval.greedy": False, "eval.max_new_tokens": 8})
+    cfg = tiny_config(
+        model,
+        tmp_path / "runs",
+        iterations=1,
+        judge=judge,
+        **{
+            "prompts.train": "shipped:chat-train",
+            "prompts.heldout": "shipped:chat-heldout",
+            "eval.greedy": False,
+            "eval.max_new_tokens": 8,
+        },
+    )
     rd, _ = run_config(cfg)
     html = build_report(rd.root).read_text()
     page = Page(html)
@@ -279,8 +322,11 @@ def test_chat_run_with_a_python_judge(tmp_path, monkeypatch):
     summary = json.loads((rd.root / "summary.json").read_text())
     assert summary["metrics"] == ["win_rate", "length_controlled"]
     check_eval_numbers(page, summary["iterations"])
-    assert {m for _, m in eval_cells(page)} == {"win_rate_vs_base", "length_controlled_win_rate",
-                                                  "mean_response_tokens"}
+    assert {m for _, m in eval_cells(page)} == {
+        "win_rate_vs_base",
+        "length_controlled_win_rate",
+        "mean_response_tokens",
+    }
     assert not page.find("li", data_check=True) and not page.find("table", id="kind-table")
     wins = pq.read_table(rd.root / "iter_0" / "eval" / "scores.parquet").column("win_vs_base").to_pylist()
     shown = page.find("div", data_prompt_index=True)
@@ -289,8 +335,9 @@ def test_chat_run_with_a_python_judge(tmp_path, monkeypatch):
     gaps = [abs(float(ex["attrs"]["data-win"]) - 0.5) for ex in shown]
     assert gaps == sorted(gaps, reverse=True) and sorted(gaps) == sorted(abs(w - 0.5) for w in wins)
     (spearman,) = page.find("td", data_diag="length_spearman")
-    assert float(spearman["attrs"]["data-value"]) == rd.manifest()["stages"]["iter_0/judge"]["metrics"][
-        "length_spearman"]
+    assert (
+        float(spearman["attrs"]["data-value"]) == rd.manifest()["stages"]["iter_0/judge"]["metrics"]["length_spearman"]
+    )
 
 
 # ------------------------------------------------------------------ a killed run
@@ -307,22 +354,30 @@ def test_killed_run_renders_and_names_the_missing_stages(finished_run, tmp_path)
     man["stages"]["iter_1/train"] = {"status": "running", "started_at": 1.7e9}
     (root / "manifest.json").write_text(json.dumps(man))
     lines = (root / "metrics.jsonl").read_text().splitlines()
-    keep = [ln for ln in lines if json.loads(ln)["stage"] not in ("iter_1/eval",)
-            and not (json.loads(ln)["stage"] == "iter_1/train" and "step" not in json.loads(ln))]
+    keep = [
+        ln
+        for ln in lines
+        if json.loads(ln)["stage"] not in ("iter_1/eval",)
+        and not (json.loads(ln)["stage"] == "iter_1/train" and "step" not in json.loads(ln))
+    ]
     (root / "metrics.jsonl").write_text("\n".join(keep) + '\n{"time": 1.7e9, "stage": "iter_1/tr')  # a cut line
 
     html = build_report(root).read_text()
     page = Page(html)
     check_self_contained(html, page)
     assert page.find("div", data_complete="false")
-    missing = {el["attrs"]["data-stage"]: el["attrs"]["data-status"]
-               for el in page.find("li", data_stage=True)}
+    missing = {el["attrs"]["data-stage"]: el["attrs"]["data-status"] for el in page.find("li", data_stage=True)}
     assert missing == {"iter_1/train": "running", "iter_1/eval": "missing"}
     assert "iter_1/train" in page.section("status") and "iter_1/eval" in page.section("status")
     # the evaluated policies' numbers come from the manifest, as no summary.json was written
-    rows = [{"iteration": t, **{k: man["stages"][key]["metrics"].get(k) for k in METRICS},
-             "intervals": man["stages"][key]["metrics"]["intervals"]}
-            for t, key in ((0, "base/eval"), (1, "iter_0/eval"))]
+    rows = [
+        {
+            "iteration": t,
+            **{k: man["stages"][key]["metrics"].get(k) for k in METRICS},
+            "intervals": man["stages"][key]["metrics"]["intervals"],
+        }
+        for t, key in ((0, "base/eval"), (1, "iter_0/eval"))
+    ]
     rows[0]["win_rate_vs_base"] = 0.5
     check_eval_numbers(page, rows)
     assert "metrics.jsonl" in page.section("status") and "line" in page.section("status")
@@ -354,15 +409,19 @@ def cli(argv: list[str], monkeypatch) -> int:
     """`sparring ARGV` through the real CLI entry, with the report subcommand registered."""
     import sparring.cli
 
-    monkeypatch.setattr(sparring.cli, "COMMAND_MODULES",
-                        list(dict.fromkeys([*sparring.cli.COMMAND_MODULES, "sparring.report.cli"])))
+    monkeypatch.setattr(
+        sparring.cli, "COMMAND_MODULES", list(dict.fromkeys([*sparring.cli.COMMAND_MODULES, "sparring.report.cli"]))
+    )
     return sparring.cli.main(argv)
 
 
 def test_not_a_run_directory_is_a_user_error(tmp_path, monkeypatch, capsys):
     (tmp_path / "notes.txt").write_text("hello")
-    for path, words in ((tmp_path, "not a sparring run directory"), (tmp_path / "nope", "no such run directory"),
-                        (tmp_path / "notes.txt", "not a directory")):
+    for path, words in (
+        (tmp_path, "not a sparring run directory"),
+        (tmp_path / "nope", "no such run directory"),
+        (tmp_path / "notes.txt", "not a directory"),
+    ):
         with pytest.raises(UserError, match=words):
             build_report(path)
         assert cli(["report", str(path)], monkeypatch) == 2
@@ -402,8 +461,10 @@ def test_missing_metrics_log_and_damaged_files_are_named(finished_run, tmp_path)
     assert "summary.json" in status and "preferences.parquet" in status and "config.yaml" in status
     # without summary.json the numbers are the manifest's
     man = json.loads((root / "manifest.json").read_text())["stages"]
-    assert float(eval_cells(page)[(2, "prompt_strict")]["attrs"]["data-value"]) == man["iter_1/eval"]["metrics"][
-        "prompt_strict"]
+    assert (
+        float(eval_cells(page)[(2, "prompt_strict")]["attrs"]["data-value"])
+        == man["iter_1/eval"]["metrics"]["prompt_strict"]
+    )
     # a config that does not parse is still shown as it is (the problems above say it does not parse)
     assert "name: [unclosed" in page.section("timings")
 
@@ -418,7 +479,7 @@ def test_a_section_that_fails_is_named_and_the_others_render(finished_run, tmp_p
     page = Page(build_report(finished_run, tmp_path / "r.html").read_text())
     (err,) = page.find(data_section_error=True)
     assert "RuntimeError: preferences in a shape nobody foresaw" in err["text"]
-    assert err in [el for el in page.elements[page.elements.index(page.find("section", id="judge")[0]):]]
+    assert err in [el for el in page.elements[page.elements.index(page.find("section", id="judge")[0]) :]]
     check_eval_numbers(page, json.loads((finished_run / "summary.json").read_text())["iterations"])
     assert page.find("table", id="timing-table")
 
@@ -460,8 +521,28 @@ def game_results(tmp_path_factory) -> tuple[Path, Path]:
     from sparring.cli import main
 
     tmp = tmp_path_factory.mktemp("game")
-    assert main(["game", "--matrix", "rps", "--compare", "sppo,omwu,nash-md", "--beta", "0.1", "--iters", "60",
-                 "--eta", "0.5", "--out", str(tmp / "cmp.json"), "--plot", str(tmp / "cmp.png")]) == 0
+    assert (
+        main(
+            [
+                "game",
+                "--matrix",
+                "rps",
+                "--compare",
+                "sppo,omwu,nash-md",
+                "--beta",
+                "0.1",
+                "--iters",
+                "60",
+                "--eta",
+                "0.5",
+                "--out",
+                str(tmp / "cmp.json"),
+                "--plot",
+                str(tmp / "cmp.png"),
+            ]
+        )
+        == 0
+    )
     return tmp / "cmp.json", tmp / "cmp.png"
 
 
@@ -476,7 +557,7 @@ def test_game_report_shows_the_results_numbers(game_results, tmp_path):
     for algo, r in data["runs"].items():
         (row,) = page.find("tr", data_algo=algo)
         i = page.elements.index(row)
-        cells = {el["attrs"]["data-key"]: el for el in page.elements[i:i + 6] if "data-key" in el["attrs"]}
+        cells = {el["attrs"]["data-key"]: el for el in page.elements[i : i + 6] if "data-key" in el["attrs"]}
         for key in ("exploitability", "avg_exploitability"):
             assert float(cells[key]["attrs"]["data-value"]) == r[key]
             assert f"{r[key]:.3e}" in cells[key]["text"]
@@ -489,8 +570,9 @@ def test_game_report_shows_the_results_numbers(game_results, tmp_path):
     srcs = [el["attrs"]["src"] for el in page.find("img")]
     assert len(srcs) == 4 and "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode() in srcs
     # from the dict the command holds, to a path it names
-    single = game_report({**data["runs"]["sppo"], "matrix": data["matrix"], "nash": data["nash"]},
-                         out=tmp_path / "one.html")
+    single = game_report(
+        {**data["runs"]["sppo"], "matrix": data["matrix"], "nash": data["nash"]}, out=tmp_path / "one.html"
+    )
     assert page.find("section", id="settings") and single.is_file()
 
 
@@ -511,13 +593,15 @@ def test_game_report_bad_input(game_results, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"matrix": [[0.5]]}))
     (tmp_path / "fake.png").write_text("not an image")
     (tmp_path / "plot.pdf").write_bytes(b"%PDF-1.4\n%...")
-    cases = [(lambda: game_report(tmp_path / "absent.json"), "no such results file"),
-             (lambda: game_report(tmp_path / "bad.json"), "cannot be read as JSON"),
-             (lambda: game_report(tmp_path / "other.json"), "not a `sparring game` results file"),
-             (lambda: game_report(results, [tmp_path / "fake.png"]), "not a PNG, JPEG or SVG image"),
-             (lambda: game_report(results, [tmp_path / "plot.pdf"]), "not a PNG, JPEG or SVG image"),
-             (lambda: game_report(results, [tmp_path / "gone.png"]), "cannot read the plot"),
-             (lambda: game_report(json.loads(results.read_text())), "give `out`")]
+    cases = [
+        (lambda: game_report(tmp_path / "absent.json"), "no such results file"),
+        (lambda: game_report(tmp_path / "bad.json"), "cannot be read as JSON"),
+        (lambda: game_report(tmp_path / "other.json"), "not a `sparring game` results file"),
+        (lambda: game_report(results, [tmp_path / "fake.png"]), "not a PNG, JPEG or SVG image"),
+        (lambda: game_report(results, [tmp_path / "plot.pdf"]), "not a PNG, JPEG or SVG image"),
+        (lambda: game_report(results, [tmp_path / "gone.png"]), "cannot read the plot"),
+        (lambda: game_report(json.loads(results.read_text())), "give `out`"),
+    ]
     for fn, words in cases:
         with pytest.raises(UserError, match=words):
             fn()
@@ -534,8 +618,10 @@ def _browser_or_skip():
     except ImportError:
         pytest.skip("selenium is not installed (pip install selenium); the report's browser check needs it")
     if not chromium or not driver:
-        pytest.skip("no headless Chromium here: apt-get install -y chromium chromium-driver "
-                    "(the report's browser check drives it through selenium)")
+        pytest.skip(
+            "no headless Chromium here: apt-get install -y chromium chromium-driver "
+            "(the report's browser check drives it through selenium)"
+        )
     return chromium, driver
 
 
@@ -547,9 +633,17 @@ def browser(tmp_path_factory):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+    ):
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -567,9 +661,14 @@ def open_page(drv, path: Path, shot: Path) -> dict:
     ready = drv.execute_script("return document.readyState")
     widths = drv.execute_script("return Array.from(document.images, i => i.complete ? i.naturalWidth : 0)")
     height = drv.execute_script("return document.documentElement.scrollHeight")
-    png = drv.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                         "clip": {"x": 0, "y": 0, "width": 1280, "height": height,
-                                                                  "scale": 1}})
+    png = drv.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
+        },
+    )
     shot.write_bytes(base64.b64decode(png["data"]))
     return {"ready": ready, "widths": widths, "log": drv.get_log("browser"), "height": height}
 
@@ -599,10 +698,15 @@ def test_report_in_a_headless_browser(browser, finished_run, game_results, tmp_p
     # the numbers as the browser reads them from the rendered page
     cells = browser.execute_script(
         "return Array.from(document.querySelectorAll('#eval-table td[data-metric]'), td => "
-        "[+td.dataset.iteration, td.dataset.metric, td.dataset.value, td.querySelector('.value').innerText])")
+        "[+td.dataset.iteration, td.dataset.metric, td.dataset.value, td.querySelector('.value').innerText])"
+    )
     summary = json.loads((finished_run / "summary.json").read_text())
-    expected = {(r["iteration"], m): r[m] for r in summary["iterations"] for m in METRICS
-                if any(x[m] is not None for x in summary["iterations"])}
+    expected = {
+        (r["iteration"], m): r[m]
+        for r in summary["iterations"]
+        for m in METRICS
+        if any(x[m] is not None for x in summary["iterations"])
+    }
     assert {(t, m) for t, m, _, _ in cells} == set(expected)
     for t, m, value, text in cells:
         v = expected[(t, m)]
@@ -628,6 +732,7 @@ def test_killed_run_in_a_headless_browser(browser, finished_run, tmp_path):
     assert got["widths"] and all(w > 0 for w in got["widths"])
     assert [e for e in got["log"] if e["level"] in ("SEVERE", "ERROR")] == []
     missing = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#missing-stages li'), li => li.dataset.stage)")
+        "return Array.from(document.querySelectorAll('#missing-stages li'), li => li.dataset.stage)"
+    )
     assert missing == [f"iter_1/{s}" for s in ("generate", "judge", "rows", "train", "eval")]
     check_screenshot(tmp_path / "killed.png", min_height=1000)

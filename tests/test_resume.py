@@ -46,13 +46,23 @@ def resume_config(model: Path, runs_dir: Path, name: str = "r", lora: bool = Fal
     training state is checkpointed after every step, so a kill inside a training stage resumes from
     its last checkpoint. `lora`: the same run training a LoRA adapter (with dropout) per iteration."""
     cfg = {
-        "name": name, "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
+        "name": name,
+        "seed": 3,
+        "iterations": 2,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "judge": {"name": "python", "function": "lengthjudge:by_length"},  # rows in every iteration
         "prompts": {"per_iteration": N_PROMPTS},
         "generation": {"k": K, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": SHARD},
-        "train": {"lr": 1e-3, "batch_size": 1, "micro_batch_size": 1, "epochs": 2, "precision": "fp32",
-                  "checkpoint_every": 1},
+        "train": {
+            "lr": 1e-3,
+            "batch_size": 1,
+            "micro_batch_size": 1,
+            "epochs": 2,
+            "precision": "fp32",
+            "checkpoint_every": 1,
+        },
         "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
     }
     if lora:
@@ -152,8 +162,15 @@ class Worker:
         # One intra-op thread, as in the test process (see `one_thread`).
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(logs / "worker.stderr", "w") as err:
-            self.proc = subprocess.Popen([sys.executable, str(HERE / "resume_worker.py")], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE / "resume_worker.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+                env=env,
+            )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.ready = False  # it imports torch while the test builds its model
@@ -400,7 +417,8 @@ def test_judging_the_same_samples_again_makes_no_judge_calls(reference, tmp_path
     assert counts == {"pairs": N_PROMPTS * K * K, "judge_calls": 0, "cache_hits": N_PROMPTS * K * (K - 1) // 2}
     assert again["metrics"]["tie_rate"] == first["tie_rate"]  # the diagnostics read the same verdicts
     assert pq.read_table(root / "iter_1" / "preferences.parquet").equals(
-        pq.read_table(reference.root / "iter_1" / "preferences.parquet"))
+        pq.read_table(reference.root / "iter_1" / "preferences.parquet")
+    )
     assert again["outputs"] == reference.stage("iter_1/judge")["outputs"]
 
 
@@ -522,8 +540,9 @@ def test_stage_commands_one_by_one_give_the_files_of_run(tiny_model, reference, 
     # No stage command runs base/eval, so the iterations' eval metrics lack win_rate_vs_base.
     assert_same_outputs(root, reference.root, base_eval=False, eval_metrics=False)
     for t in range(2):
-        mine, ref = (json.loads((d / f"iter_{t}" / "eval" / "metrics.json").read_text())
-                     for d in (root, reference.root))
+        mine, ref = (
+            json.loads((d / f"iter_{t}" / "eval" / "metrics.json").read_text()) for d in (root, reference.root)
+        )
         for key in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "mean_response_tokens"):
             assert mine[key] == ref[key]
             assert mine["intervals"][key]["ci95"] == ref["intervals"][key]["ci95"] if key in ref["intervals"] else True
@@ -531,4 +550,5 @@ def test_stage_commands_one_by_one_give_the_files_of_run(tiny_model, reference, 
     mine, ref = output_hashes(rd), output_hashes(reference)
     assert sorted(mine) == sorted(k for k in ref if k != "base/eval")
     assert {k: v for k, v in mine.items() if not k.endswith("/eval")} == {
-        k: v for k, v in ref.items() if not k.endswith("/eval")}
+        k: v for k, v in ref.items() if not k.endswith("/eval")
+    }

@@ -32,8 +32,17 @@ from sparring.train import sequence_logps  # noqa: E402
 PROMPTS = ["Write a poem.", "Say hi to the reader, please.", "x"]
 
 # (temperature, top_k, top_p, min_p): each option alone, then together
-SETTINGS = [(1.0, 5, 1.0, 0.0), (0.7, 40, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.3, 0, 0.5, 0.0), (1.0, 0, 1.0, 0.1),
-            (0.6, 0, 1.0, 0.02), (0.8, 50, 0.9, 0.0), (0.8, 0, 0.95, 0.05), (0.7, 20, 0.8, 0.1)]
+SETTINGS = [
+    (1.0, 5, 1.0, 0.0),
+    (0.7, 40, 1.0, 0.0),
+    (0.7, 0, 0.9, 0.0),
+    (1.3, 0, 0.5, 0.0),
+    (1.0, 0, 1.0, 0.1),
+    (0.6, 0, 1.0, 0.02),
+    (0.8, 50, 0.9, 0.0),
+    (0.8, 0, 0.95, 0.05),
+    (0.7, 20, 0.8, 0.1),
+]
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +191,13 @@ def test_stop_strings_match_generate_and_cut_the_response(lively):
     texts = [tok.decode(r[0][0], skip_special_tokens=True) for r in free]
     # a stop string from inside the first response (2 printable ASCII characters, first at 3 or after),
     # and one that never occurs
-    at = next(i for i in range(3, len(texts[0]) - 1) if texts[0][i : i + 2].isascii()
-              and texts[0][i : i + 2].isprintable() and texts[0].find(texts[0][i : i + 2]) == i)
+    at = next(
+        i
+        for i in range(3, len(texts[0]) - 1)
+        if texts[0][i : i + 2].isascii()
+        and texts[0][i : i + 2].isprintable()
+        and texts[0].find(texts[0][i : i + 2]) == i
+    )
     stop = (texts[0][at : at + 2], "never-there")
     p = SamplingParams(max_new_tokens=20, greedy=True, stop=stop)
     ours = sample_batch(model, tok, ids, k=1, seed=0, params=p)
@@ -210,9 +224,16 @@ def test_cut_at_stop_takes_the_first_occurrence():
 
 
 def test_sampling_params_name_the_bad_key():
-    for kw, key in [({"top_k": -1}, "top_k"), ({"min_p": 2.0}, "min_p"), ({"repetition_penalty": 0.0},
-                    "repetition_penalty"), ({"stop": ["ok", ""]}, "stop"), ({"temperature": 0}, "temperature"),
-                    ({"top_p": 0.0}, "top_p"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_k": 2.5}, "top_k")]:
+    for kw, key in [
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"stop": ["ok", ""]}, "stop"),
+        ({"temperature": 0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"top_k": 2.5}, "top_k"),
+    ]:
         with pytest.raises(UserError, match=f"sampling.{key} ="):
             SamplingParams(**kw)
     assert SamplingParams(stop="\n\n").stop == ("\n\n",)
@@ -223,11 +244,17 @@ def test_generation_config_options_default_off_and_validate():
     p = SamplingParams.from_generation(g)
     assert (p.top_k, p.min_p, p.repetition_penalty, p.stop) == (0, 0.0, 1.0, ())
     assert (p.temperature, p.top_p, p.max_new_tokens) == (g.temperature, g.top_p, g.max_new_tokens)
-    g = config_from_dict({"generation": {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1,
-                                         "stop": "###"}}).generation
-    assert SamplingParams.from_generation(g) == SamplingParams(max_new_tokens=128, top_k=20, min_p=0.05,
-                                                               repetition_penalty=1.1, stop=("###",))
-    for bad, key in [({"top_k": -2}, "generation.top_k"), ({"min_p": 1.5}, "generation.min_p"),
-                     ({"repetition_penalty": 0}, "generation.repetition_penalty"), ({"stop": [""]}, "generation.stop")]:
+    g = config_from_dict(
+        {"generation": {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "stop": "###"}}
+    ).generation
+    assert SamplingParams.from_generation(g) == SamplingParams(
+        max_new_tokens=128, top_k=20, min_p=0.05, repetition_penalty=1.1, stop=("###",)
+    )
+    for bad, key in [
+        ({"top_k": -2}, "generation.top_k"),
+        ({"min_p": 1.5}, "generation.min_p"),
+        ({"repetition_penalty": 0}, "generation.repetition_penalty"),
+        ({"stop": [""]}, "generation.stop"),
+    ]:
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             config_from_dict({"generation": bad})

@@ -39,7 +39,11 @@ def judge_scores(messages, responses):
 
 def _config(model: Path, runs_dir: Path, name: str, **over) -> dict:
     cfg = {
-        "name": name, "seed": 3, "iterations": 2, "model": str(model), "runs_dir": str(runs_dir),
+        "name": name,
+        "seed": 3,
+        "iterations": 2,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
         "method": {"name": "sppo", "beta": 0.1},
         "prompts": {"per_iteration": 6},
         "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 6},
@@ -70,10 +74,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     model = make_tiny_model(base / "model")
     return {
         "sppo": _run(_config(model, base / "runs", "sppo")),
-        "sppo-all": _run(_config(model, base / "runs", "all", iterations=1, **{"method.name": "sppo-all",
-                                                                               "eval.base": False})),
-        "spin": _run(_config(model, base / "runs", "spin", iterations=1, **{"method.name": "spin",
-                                                                           "eval.base": False})),
+        "sppo-all": _run(
+            _config(model, base / "runs", "all", iterations=1, **{"method.name": "sppo-all", "eval.base": False})
+        ),
+        "spin": _run(
+            _config(model, base / "runs", "spin", iterations=1, **{"method.name": "spin", "eval.base": False})
+        ),
     }
 
 
@@ -244,10 +250,22 @@ def test_the_export_trains_in_trls_dpo_trainer(runs, tmp_path):
     share.export_trl(runs["sppo"], tmp_path / "export")
     train = load_from_disk(str(tmp_path / "export"))["iter_0"].select_columns(["prompt", "chosen", "rejected"])
     policy = str(runs["sppo"] / "iter_0" / "policy")
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), beta=0.1, learning_rate=5e-6, per_device_train_batch_size=2,
-                     max_steps=2, report_to="none", use_cpu=True, save_strategy="no")
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy), args=args, train_dataset=train,
-                         processing_class=AutoTokenizer.from_pretrained(policy))
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        beta=0.1,
+        learning_rate=5e-6,
+        per_device_train_batch_size=2,
+        max_steps=2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(policy),
+        args=args,
+        train_dataset=train,
+        processing_class=AutoTokenizer.from_pretrained(policy),
+    )
     result = trainer.train()
     assert result.global_step == 2 and np.isfinite(result.training_loss)
 
@@ -292,9 +310,11 @@ def test_refreshed_card_shows_the_metrics_with_intervals(runs, tmp_path):
     lo, hi = iv["ci95"]
     dlo, dhi = iv["delta_ci95"]
     base = summary["iterations"][0]["prompt_strict"]
-    assert (f"| IFEval prompt-level strict accuracy | {100 * row['prompt_strict']:.1f}% [{100 * lo:.1f}%, "
-            f"{100 * hi:.1f}%] | {100 * base:.1f}% | {100 * iv['delta']:+.1f} [{100 * dlo:+.1f}, "
-            f"{100 * dhi:+.1f}] points") in text
+    assert (
+        f"| IFEval prompt-level strict accuracy | {100 * row['prompt_strict']:.1f}% [{100 * lo:.1f}%, "
+        f"{100 * hi:.1f}%] | {100 * base:.1f}% | {100 * iv['delta']:+.1f} [{100 * dlo:+.1f}, "
+        f"{100 * dhi:+.1f}] points"
+    ) in text
     assert "win rate vs the base model" in text and "4 held-out prompts" in text
     assert "Not evaluated yet" not in text
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -374,8 +394,13 @@ def test_card_names_the_hub_base_model_and_never_a_secret(runs, monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-very-secret")
     cfg = yaml.safe_load((runs["sppo"] / "config.yaml").read_text())
     cfg["model"] = "smollm2-135m"
-    cfg["judge"] = {"name": "openai", "model": "served", "base_url": "https://bob:hunter2@judge.example/v1",
-                    "api_key_env": "MY_JUDGE_KEY", "cache": True}
+    cfg["judge"] = {
+        "name": "openai",
+        "model": "served",
+        "base_url": "https://bob:hunter2@judge.example/v1",
+        "api_key_env": "MY_JUDGE_KEY",
+        "cache": True,
+    }
     cfg["hub_token"] = "hf_abcdef"  # a key of some later version that holds a credential
     text = share.render_model_card(run_dir=runs["sppo"], iteration=0, cfg=cfg, summary=None)
     assert _front_matter(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -390,8 +415,11 @@ def test_the_cards_snippet_loads_the_policy(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sppo"], run_dir)
     (card,) = [p for p in share.refresh_model_cards(run_dir) if "iter_0" in str(p)]
-    code = re.search(r"```python\n(.*?)```", card.read_text(), re.S).group(1).replace("max_new_tokens=128",
-                                                                                      "max_new_tokens=4")
+    code = (
+        re.search(r"```python\n(.*?)```", card.read_text(), re.S)
+        .group(1)
+        .replace("max_new_tokens=128", "max_new_tokens=4")
+    )
     namespace: dict = {}
     here = os.getcwd()
     os.chdir(run_dir.parent)  # the card names the policy relative to where the run directory sits
@@ -443,8 +471,13 @@ def test_push_creates_the_repo_and_uploads_the_policy_with_a_fresh_card(runs, tm
     url = share.push(policy, "alice/tiny-sppo", private=True, token="hf_tok", api=api)
     assert url == "https://hub.example/alice/tiny-sppo"
     (c_name, create), (u_name, upload), (f_name, card) = api.calls
-    assert c_name == "create_repo" and create == {"repo_id": "alice/tiny-sppo", "private": True, "exist_ok": True,
-                                                  "repo_type": "model", "token": "hf_tok"}
+    assert c_name == "create_repo" and create == {
+        "repo_id": "alice/tiny-sppo",
+        "private": True,
+        "exist_ok": True,
+        "repo_type": "model",
+        "token": "hf_tok",
+    }
     assert u_name == "upload_folder" and upload["folder_path"] == str(policy)
     assert upload["repo_id"] == "alice/tiny-sppo" and upload["repo_type"] == "model" and upload["token"] == "hf_tok"
     assert "README.md" in upload["ignore_patterns"]  # the card goes up on its own, rendered for the repo
@@ -465,8 +498,10 @@ def test_push_uploads_a_hand_written_card_as_it_is(policy):
     assert "README.md" not in api.calls[1][1]["ignore_patterns"]
 
 
-@pytest.mark.parametrize("repo_id", ["tiny-sppo", "alice/tiny/sppo", "-alice/x", "alice/x--y", "alice/x.", "/x",
-                                     "alice/" + "x" * 97, "al ice/x"])
+@pytest.mark.parametrize(
+    "repo_id",
+    ["tiny-sppo", "alice/tiny/sppo", "-alice/x", "alice/x--y", "alice/x.", "/x", "alice/" + "x" * 97, "al ice/x"],
+)
 def test_push_rejects_a_bad_repo_id_before_any_call(runs, repo_id):
     api = FakeApi()
     with pytest.raises(UserError, match="repo id"):
@@ -492,9 +527,10 @@ def _http_error(status: int):
     return HfHubHTTPError(f"{status} error (token hf_tok)", response=httpx2.Response(status, request=request))
 
 
-@pytest.mark.parametrize("status, expected", [(401, "rejected the token.*hf auth login"),
-                                              (403, "may not write to 'alice'"),
-                                              (404, "no such repository")])
+@pytest.mark.parametrize(
+    "status, expected",
+    [(401, "rejected the token.*hf auth login"), (403, "may not write to 'alice'"), (404, "no such repository")],
+)
 def test_push_turns_hub_errors_into_user_errors_without_the_token(policy, status, expected):
     with pytest.raises(UserError, match=expected) as info:
         share.push(policy, "alice/tiny", token="hf_tok", api=FakeApi(_http_error(status)))
@@ -528,7 +564,8 @@ def test_push_with_the_real_client_offline(policy, monkeypatch):
 def test_docs_config_md_is_up_to_date():
     text = share.config_reference()
     assert (ROOT / "docs" / "config.md").read_text() == text, (
-        "docs/config.md is stale: regenerate it with `python -m sparring.share config-reference --out docs/config.md`")
+        "docs/config.md is stale: regenerate it with `python -m sparring.share config-reference --out docs/config.md`"
+    )
 
 
 def test_config_reference_lists_every_key_with_its_meaning():
@@ -557,18 +594,36 @@ def test_fallback_meanings_are_only_for_fields_without_a_comment():
 # ------------------------------------------------------------------ key suggestions and recipes
 
 
-@pytest.mark.parametrize("key, expected", [
-    ("lr", "train.lr"), ("train.learning_rate", "train.lr"), ("beta", "method.beta"),
-    ("temperature", "generation.temperature"), ("learning_rate", "train.lr"), ("num_train_epochs", "train.epochs"),
-    ("per_device_train_batch_size", "train.micro_batch_size"), ("gradient_accumulation_steps", "train.batch_size"),
-    ("loss_type", "method.name"), ("max_new_tokens", "generation.max_new_tokens"),
-    ("max_completion_length", "generation.max_new_tokens"), ("train.seed", "seed"),
-    ("warmup_ratio", "train.warmup_ratio"),
-    ("weight_decay", "train.weight_decay"), ("max_grad_norm", "train.max_grad_norm"), ("bf16", "train.precision"),
-    ("train.lrr", "train.lr"), ("trian", "train"), ("generations", "generation"), ("train.gamma", "train.mars.gamma"),
-    ("eval.max_length", "eval.max_new_tokens"), ("method.temprature", "generation.temperature"), ("k", "generation.k"),
-    ("Learning-Rate", "train.lr"), ("eval.tau", "eval.judge.tau"),
-])
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("lr", "train.lr"),
+        ("train.learning_rate", "train.lr"),
+        ("beta", "method.beta"),
+        ("temperature", "generation.temperature"),
+        ("learning_rate", "train.lr"),
+        ("num_train_epochs", "train.epochs"),
+        ("per_device_train_batch_size", "train.micro_batch_size"),
+        ("gradient_accumulation_steps", "train.batch_size"),
+        ("loss_type", "method.name"),
+        ("max_new_tokens", "generation.max_new_tokens"),
+        ("max_completion_length", "generation.max_new_tokens"),
+        ("train.seed", "seed"),
+        ("warmup_ratio", "train.warmup_ratio"),
+        ("weight_decay", "train.weight_decay"),
+        ("max_grad_norm", "train.max_grad_norm"),
+        ("bf16", "train.precision"),
+        ("train.lrr", "train.lr"),
+        ("trian", "train"),
+        ("generations", "generation"),
+        ("train.gamma", "train.mars.gamma"),
+        ("eval.max_length", "eval.max_new_tokens"),
+        ("method.temprature", "generation.temperature"),
+        ("k", "generation.k"),
+        ("Learning-Rate", "train.lr"),
+        ("eval.tau", "eval.judge.tau"),
+    ],
+)
 def test_suggest_key(key, expected):
     assert share.suggest_key(key) == expected
 
@@ -585,8 +640,9 @@ def test_key_hint_reads_as_the_tail_of_the_unknown_key_error():
     hint = share.key_hint("gradient_accumulation_steps")
     assert hint.startswith("; did you mean train.batch_size? (TRL's gradient_accumulation_steps: ")
     assert "rows of one optimizer step" in hint
-    assert share.key_hint("batch_size") == ("; did you mean generation.batch_size, judge.batch_size, train.batch_size "
-                                            "or eval.batch_size?")
+    assert share.key_hint("batch_size") == (
+        "; did you mean generation.batch_size, judge.batch_size, train.batch_size or eval.batch_size?"
+    )
     assert share.key_hint("xyzzy") == ""
 
 
@@ -642,4 +698,3 @@ def test_card_recipes_and_reference_commands(main, runs, tmp_path, capsys):
     assert re.search(r"^sppo +SPPO \(Wu et al\. 2024\)", capsys.readouterr().out, re.M)
     assert main(["config-reference", "--out", str(tmp_path / "config.md")]) == 0
     assert (tmp_path / "config.md").read_text() == share.config_reference()
-

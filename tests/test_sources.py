@@ -20,8 +20,14 @@ from sparring.errors import UserError  # noqa: E402
 from sparring.loop import make_context, open_run, run  # noqa: E402
 from sparring.prompts import load_prompts  # noqa: E402
 
-TEXTS = ["Name a red fruit.", "Say hello in French.", "What is 2 + 3?", "Describe a cloud.", "Why is the sky blue?",
-         "Give me a word that rhymes with cat."]
+TEXTS = [
+    "Name a red fruit.",
+    "Say hello in French.",
+    "What is 2 + 3?",
+    "Describe a cloud.",
+    "Why is the sky blue?",
+    "Give me a word that rhymes with cat.",
+]
 
 
 def write_sources(root: Path) -> dict[str, str]:
@@ -43,8 +49,13 @@ def write_sources(root: Path) -> dict[str, str]:
         for i, t in enumerate(TEXTS):
             w.writerow([f"q{i}", t, "handwritten"])
     (root / "p.json").write_text(json.dumps(rows))
-    return {"jsonl": str(root / "p.jsonl"), "parquet": str(root / "p.parquet"), "saved": str(root / "saved"),
-            "csv": str(root / "p.csv"), "json": str(root / "p.json")}
+    return {
+        "jsonl": str(root / "p.jsonl"),
+        "parquet": str(root / "p.parquet"),
+        "saved": str(root / "saved"),
+        "csv": str(root / "p.csv"),
+        "json": str(root / "p.json"),
+    }
 
 
 def test_every_format_gives_the_same_prompts(tmp_path):
@@ -53,7 +64,8 @@ def test_every_format_gives_the_same_prompts(tmp_path):
     loaded = {k: load_prompts(v, fields=fields.get(k)) for k, v in src.items()}
     first = loaded.pop("jsonl")
     assert [p.id for p in first] == [f"q{i}" for i in range(6)] and first[0].messages == (
-        {"role": "user", "content": TEXTS[0]},)
+        {"role": "user", "content": TEXTS[0]},
+    )
     for name, prompts in loaded.items():
         assert prompts == first, name
 
@@ -61,26 +73,61 @@ def test_every_format_gives_the_same_prompts(tmp_path):
 def test_messages_with_a_system_turn_and_a_trailing_assistant_reference(tmp_path):
     import datasets
 
-    rows = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi?"},
-                          {"role": "assistant", "content": "Hello."}]},
-            {"messages": [{"role": "user", "content": "One"}, {"role": "assistant", "content": "1"},
-                          {"role": "user", "content": "Two?"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "One"},
+                {"role": "assistant", "content": "1"},
+                {"role": "user", "content": "Two?"},
+            ]
+        },
+    ]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
     a, b = load_prompts(str(tmp_path / "c.parquet"))
     assert a.id == "1" and a.reference == "Hello." and [m["role"] for m in a.messages] == ["system", "user"]
     assert b.reference is None and b.text == "Two?" and len(b.messages) == 3
 
 
-@pytest.mark.parametrize("rows,message", [
-    ([{"prompt": "ok"}, {"prompt": "  "}], "row 2: column 'prompt' is empty"),
-    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "row 2: column 'id': duplicate id 'a' (first at"),
-    ([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
-                    {"role": "assistant", "content": "z"}]}], "the last turn is the assistant's"),
-    ([{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"},
-                    {"role": "user", "content": "z"}]}], "turn 1 is a system turn; a system turn may only come first"),
-    ([{"messages": [{"role": "robot", "content": "x"}]}], "turn 0 has role 'robot'"),
-    ([{"text": "x"}], "no 'prompt' or 'messages' column (columns: text)"),
-])
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([{"prompt": "ok"}, {"prompt": "  "}], "row 2: column 'prompt' is empty"),
+        ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "row 2: column 'id': duplicate id 'a' (first at"),
+        (
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "x"},
+                        {"role": "assistant", "content": "y"},
+                        {"role": "assistant", "content": "z"},
+                    ]
+                }
+            ],
+            "the last turn is the assistant's",
+        ),
+        (
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "x"},
+                        {"role": "system", "content": "y"},
+                        {"role": "user", "content": "z"},
+                    ]
+                }
+            ],
+            "turn 1 is a system turn; a system turn may only come first",
+        ),
+        ([{"messages": [{"role": "robot", "content": "x"}]}], "turn 0 has role 'robot'"),
+        ([{"text": "x"}], "no 'prompt' or 'messages' column (columns: text)"),
+    ],
+)
 def test_bad_rows_name_source_row_and_column(tmp_path, rows, message):
     import datasets
 
@@ -93,7 +140,9 @@ def test_bad_rows_name_source_row_and_column(tmp_path, rows, message):
 
 def test_field_mapping_errors(tmp_path):
     src = write_sources(tmp_path)
-    with pytest.raises(UserError, match="no 'prompt' or 'messages' column.*map one with prompts.fields.prompt=instruction"):
+    with pytest.raises(
+        UserError, match="no 'prompt' or 'messages' column.*map one with prompts.fields.prompt=instruction"
+    ):
         load_prompts(src["csv"])
     with pytest.raises(UserError, match="prompts.fields.prompt = 'instr', but there is no such column"):
         load_prompts(src["csv"], fields={"prompt": "instr"})
@@ -124,14 +173,25 @@ def test_loop_from_each_source_format_gives_identical_samples(tiny, tmp_path, mo
     src = write_sources(tmp_path / "src")
     samples = {}
     for name in ("jsonl", "parquet", "saved", "csv"):
-        cfg = config_from_dict({
-            "name": name, "seed": 3, "iterations": 2, "model": str(tiny), "runs_dir": str(tmp_path / "runs"),
-            "judge": {"name": "python", "function": "judges:by_length"},
-            "prompts": {"train": src[name], "heldout": src[name], "per_iteration": 4,
-                        "fields": {"id": "question_id", "prompt": "instruction"} if name == "csv" else {}},
-            "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
-            "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-            "eval": {"max_new_tokens": 6, "limit": 3, "batch_size": 3, "bootstrap": 100}})
+        cfg = config_from_dict(
+            {
+                "name": name,
+                "seed": 3,
+                "iterations": 2,
+                "model": str(tiny),
+                "runs_dir": str(tmp_path / "runs"),
+                "judge": {"name": "python", "function": "judges:by_length"},
+                "prompts": {
+                    "train": src[name],
+                    "heldout": src[name],
+                    "per_iteration": 4,
+                    "fields": {"id": "question_id", "prompt": "instruction"} if name == "csv" else {},
+                },
+                "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
+                "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+                "eval": {"max_new_tokens": 6, "limit": 3, "batch_size": 3, "bootstrap": 100},
+            }
+        )
         rd = open_run(cfg, tmp_path / "runs" / name)
         run(make_context(cfg, rd, progress=False, log=lambda line: None))
         samples[name] = [pq.read_table(rd.root / f"iter_{t}" / "samples.parquet") for t in range(2)]
@@ -142,8 +202,16 @@ def test_loop_from_each_source_format_gives_identical_samples(tiny, tmp_path, mo
 
 def test_fields_override_on_the_command_line(tiny, tmp_path, capsys):
     src = write_sources(tmp_path / "src")
-    args = ["run", f"model={tiny}", f"runs_dir={tmp_path}", f"prompts.train={src['csv']}",
-            f"prompts.heldout={src['csv']}", "prompts.fields.prompt=instruction", "judge.name=python",
-            "judge.function=os.path:getsize", "--dry-run"]
+    args = [
+        "run",
+        f"model={tiny}",
+        f"runs_dir={tmp_path}",
+        f"prompts.train={src['csv']}",
+        f"prompts.heldout={src['csv']}",
+        "prompts.fields.prompt=instruction",
+        "judge.name=python",
+        "judge.function=os.path:getsize",
+        "--dry-run",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert "prompts.fields" not in capsys.readouterr().err

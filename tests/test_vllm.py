@@ -47,8 +47,9 @@ RELOAD_ATOL = 1e-4
 def fresh_logps(path: Path, samples) -> torch.Tensor:
     model, tok = load_model(str(path), "float32").eval(), load_tokenizer(str(path))
     with torch.no_grad():
-        return sequence_logps(model, [s.prompt_ids for s in samples], [s.response_ids for s in samples],
-                              tok.pad_token_id).logp.double()
+        return sequence_logps(
+            model, [s.prompt_ids for s in samples], [s.response_ids for s in samples], tok.pad_token_id
+        ).logp.double()
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,9 @@ def test_recorded_logp_equals_an_hf_forward_pass(engine, models):
 def test_greedy_logp_equals_an_hf_forward_pass(engine, models):
     engine[1].reload(str(models[0]))
     samples = draw(engine, k=1, greedy=True)
-    torch.testing.assert_close(torch.tensor([s.logp for s in samples], dtype=torch.float64),
-                               fresh_logps(models[0], samples), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([s.logp for s in samples], dtype=torch.float64), fresh_logps(models[0], samples), atol=ATOL, rtol=0
+    )
     assert samples == draw(engine, k=1, greedy=True, seed=99)  # greedy ignores the seed
 
 
@@ -126,8 +128,9 @@ def test_reload_moves_the_running_engine_to_the_new_policy(engine, models):
     load_sampler(str(models[0]), "vllm", "float32")  # and back
     assert eng.starts == starts and eng.policy == str(models[0])
     samples = draw(engine)
-    torch.testing.assert_close(torch.tensor([s.logp for s in samples], dtype=torch.float64),
-                               fresh_logps(models[0], samples), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([s.logp for s in samples], dtype=torch.float64), fresh_logps(models[0], samples), atol=ATOL, rtol=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,16 +181,20 @@ def test_sampling_options_reach_vllm(engine, models, lively):
                 assert scores[0, t] >= scores[0].max() - 1e-4  # the argmax, up to kernel rounding
 
     text = tok.decode(greedy[0].response_ids, skip_special_tokens=True)
-    at = next(i for i in range(3, len(text) - 1) if text[i : i + 2].isascii() and text[i : i + 2].isprintable()
-              and text.find(text[i : i + 2]) == i)
+    at = next(
+        i
+        for i in range(3, len(text) - 1)
+        if text[i : i + 2].isascii() and text[i : i + 2].isprintable() and text.find(text[i : i + 2]) == i
+    )
     stop = text[at : at + 2]
     stopped = draw(engine, k=1, params=SamplingParams(max_new_tokens=16, greedy=True, stop=(stop, "never-there")))
     first = stopped[0]
     assert first.finished and first.response == text[: at + 2].strip()
     assert tok.decode(first.response_ids, skip_special_tokens=True) == text[: at + 2]
     assert first.response_ids == greedy[0].response_ids[: len(first.response_ids)]
-    torch.testing.assert_close(torch.tensor([s.logp for s in stopped], dtype=torch.float64),
-                               fresh_logps(lively, stopped), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([s.logp for s in stopped], dtype=torch.float64), fresh_logps(lively, stopped), atol=ATOL, rtol=0
+    )
     eng.reload(str(models[0]))
 
 
@@ -196,17 +203,33 @@ def test_sparring_run_with_the_vllm_backend(models, tmp_path):
     import yaml
 
     cfg = {
-        "name": "v", "seed": 3, "iterations": 1, "model": str(models[0]), "runs_dir": str(tmp_path),
-        "method": {"name": "sppo", "beta": 0.1}, "prompts": {"per_iteration": 4},
-        "generation": {"backend": "vllm", "k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32",
-                       "shard_size": 2},
+        "name": "v",
+        "seed": 3,
+        "iterations": 1,
+        "model": str(models[0]),
+        "runs_dir": str(tmp_path),
+        "method": {"name": "sppo", "beta": 0.1},
+        "prompts": {"per_iteration": 4},
+        "generation": {
+            "backend": "vllm",
+            "k": 3,
+            "max_new_tokens": 8,
+            "batch_size": 6,
+            "dtype": "float32",
+            "shard_size": 2,
+        },
         "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
         "eval": {"max_new_tokens": 6, "limit": 3, "batch_size": 3},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     exe = Path(sys.executable).parent / "sparring"
-    proc = subprocess.run([str(exe), "run", str(tmp_path / "cfg.yaml")], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [str(exe), "run", str(tmp_path / "cfg.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     root = tmp_path / "v"
     import pyarrow.parquet as pq
@@ -263,8 +286,9 @@ def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
     # the same tokens, and log-probs equal up to float rounding (see RELOAD_ATOL); a stale head (what
     # WorkerReload repairs) moves them by more than 0.1
     got, want = reloaded + reloaded_greedy, fresh_samples + fresh_greedy
-    assert [(s.prompt_index, s.sample_index, s.response_ids) for s in got] == \
-        [(s.prompt_index, s.sample_index, s.response_ids) for s in want]
+    assert [(s.prompt_index, s.sample_index, s.response_ids) for s in got] == [
+        (s.prompt_index, s.sample_index, s.response_ids) for s in want
+    ]
     gap = max(abs(a.logp - b.logp) for a, b in zip(got, want))
     print("reloaded vs fresh engine, max |logp difference|:", gap)
     assert gap <= RELOAD_ATOL

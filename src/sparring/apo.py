@@ -51,8 +51,7 @@ def extrapolate(new: Any, old: Any, alpha: float) -> Any:
     if isinstance(new, Mapping) or isinstance(old, Mapping):
         if not (isinstance(new, Mapping) and isinstance(old, Mapping)):
             raise ValueError(
-                f"extrapolate needs two mappings or two arrays, got {type(new).__name__} "
-                f"and {type(old).__name__}"
+                f"extrapolate needs two mappings or two arrays, got {type(new).__name__} and {type(old).__name__}"
             )
         missing = [k for k in new if k not in old]
         extra = [k for k in old if k not in new]
@@ -137,8 +136,7 @@ def _extrapolate_array(new: Any, old: Any, alpha: float, name: str) -> Any:
         return (n + alpha * (n - o)).astype(new.dtype)
 
     raise ValueError(
-        f"{name}: extrapolate works on torch tensors, numpy arrays or mappings of them, "
-        f"got {type(new).__name__}"
+        f"{name}: extrapolate works on torch tensors, numpy arrays or mappings of them, got {type(new).__name__}"
     )
 
 

@@ -13,17 +13,27 @@ from sparring.errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run SPPO on the embedded SmolLM2-135M and IFEval-style prompts (about 15 min on 2 CPU cores)",
-                       description="Three SPPO iterations on the embedded model with the shipped prompt sets; "
-                       "prints a table of held-out accuracy per iteration and writes runs/demo/summary.json.")
+    p = sub.add_parser(
+        "demo",
+        help="run SPPO on the embedded SmolLM2-135M and IFEval-style prompts (about 15 min on 2 CPU cores)",
+        description="Three SPPO iterations on the embedded model with the shipped prompt sets; "
+        "prints a table of held-out accuracy per iteration and writes runs/demo/summary.json.",
+    )
     p.add_argument("--runs-dir", default="runs", help="where the run directory goes (default: runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. iterations=1")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run the iterative loop from a YAML recipe (resumes where it stopped)",
-                       description="Run (or resume) the generate -> judge -> train -> evaluate loop from a recipe.")
-    p.add_argument("config", nargs="?", help="YAML recipe, or the name of a shipped one (sppo, dpo, demo, ...: "
-                   "`sparring recipes` lists them); every key: docs/config.md")
+    p = sub.add_parser(
+        "run",
+        help="run the iterative loop from a YAML recipe (resumes where it stopped)",
+        description="Run (or resume) the generate -> judge -> train -> evaluate loop from a recipe.",
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML recipe, or the name of a shipped one (sppo, dpo, demo, ...: "
+        "`sparring recipes` lists them); every key: docs/config.md",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=2e-5")
     p.add_argument("--name", help="run name (default: the config's name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
@@ -32,66 +42,104 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
-    for stage, text in (("generate", "sample K responses per prompt from π_t"),
-                        ("judge", "judge all pairs of iteration T's samples"),
-                        ("train", "build the training rows and train π_{T+1}")):
+    for stage, text in (
+        ("generate", "sample K responses per prompt from π_t"),
+        ("judge", "judge all pairs of iteration T's samples"),
+        ("train", "build the training rows and train π_{T+1}"),
+    ):
         p = sub.add_parser(stage, help=f"one stage of a run: {text}")
         p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory")
         p.add_argument("--iter", required=True, type=int, metavar="T", help="iteration (0-based)")
         p.add_argument("--no-progress", action="store_true")
         p.set_defaults(func=cmd_stage, stage=stage)
 
-    p = sub.add_parser("eval", help="held-out responses and metrics (with 95%% intervals) for a model, or one iteration of a run",
-                       description="Either --model MODEL --prompts SOURCE --out DIR, or --run RUN_DIR --iter T. "
-                       "Writes responses.jsonl, alpaca_eval.json, scores.parquet and metrics.json (docs/evaluation.md).")
+    p = sub.add_parser(
+        "eval",
+        help="held-out responses and metrics (with 95%% intervals) for a model, or one iteration of a run",
+        description="Either --model MODEL --prompts SOURCE --out DIR, or --run RUN_DIR --iter T. "
+        "Writes responses.jsonl, alpaca_eval.json, scores.parquet and metrics.json (docs/evaluation.md).",
+    )
     p.add_argument("--model", help="embedded alias (smollm2-135m), HF model directory, or hub id")
-    p.add_argument("--prompts", help="prompt source: shipped:NAME, a .jsonl/.json/.parquet/.csv file, a "
-                   "datasets.save_to_disk directory, or hf:ORG/NAME[@SPLIT]")
+    p.add_argument(
+        "--prompts",
+        help="prompt source: shipped:NAME, a .jsonl/.json/.parquet/.csv file, a "
+        "datasets.save_to_disk directory, or hf:ORG/NAME[@SPLIT]",
+    )
     p.add_argument("--out", help="output directory")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--metrics", help="comma-separated: ifeval, win_rate, win_rate_vs_reference, length_controlled "
-                   "(default: ifeval for prompts with IFEval instructions, the win rates that --baseline / "
-                   "--reference allow)")
-    p.add_argument("--baseline", metavar="RESPONSES", help="responses of the policy to beat (e.g. the base model's "
-                   "responses.jsonl): win_rate and length_controlled are against these")
-    p.add_argument("--reference", metavar="RESPONSES", help="responses for win_rate_vs_reference (IFEval or AlpacaEval format)")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated: ifeval, win_rate, win_rate_vs_reference, length_controlled "
+        "(default: ifeval for prompts with IFEval instructions, the win rates that --baseline / "
+        "--reference allow)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="RESPONSES",
+        help="responses of the policy to beat (e.g. the base model's "
+        "responses.jsonl): win_rate and length_controlled are against these",
+    )
+    p.add_argument(
+        "--reference", metavar="RESPONSES", help="responses for win_rate_vs_reference (IFEval or AlpacaEval format)"
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (default 1000)")
     p.add_argument("--run", metavar="RUN_DIR")
     p.add_argument("--iter", type=int, metavar="T")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="judge.key=value",
-                   help="the judge of the win rates, e.g. judge.name=reward_model judge.model=DIR (default: ifeval)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="judge.key=value",
+        help="the judge of the win rates, e.g. judge.name=reward_model judge.model=DIR (default: ifeval)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score responses produced elsewhere against a prompt file (IFEval metrics)")
     p.add_argument("--prompts", required=True, help="prompt source with IFEval instructions (e.g. shipped:heldout)")
     p.add_argument("--responses", required=True, help="responses ({'prompt', 'response'} or {'instruction', 'output'})")
-    p.add_argument("--skip-unsupported", action="store_true",
-                   help="drop prompts whose instruction ids are not IFEval's (reported on stderr) instead of failing")
+    p.add_argument(
+        "--skip-unsupported",
+        action="store_true",
+        help="drop prompts whose instruction ids are not IFEval's (reported on stderr) instead of failing",
+    )
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("compare", help="judge responses A against responses B of the same prompts: win rate with a 95%% interval",
-                       description="Prints one JSON object: win_rate (mean of P(a > b) over prompts), ci95 (bootstrap "
-                       "over prompts), n, ties, judge (its id). Response files in IFEval's {prompt, response} or "
-                       "AlpacaEval's {instruction, output} format, matched to the prompts by text.")
+    p = sub.add_parser(
+        "compare",
+        help="judge responses A against responses B of the same prompts: win rate with a 95%% interval",
+        description="Prints one JSON object: win_rate (mean of P(a > b) over prompts), ci95 (bootstrap "
+        "over prompts), n, ties, judge (its id). Response files in IFEval's {prompt, response} or "
+        "AlpacaEval's {instruction, output} format, matched to the prompts by text.",
+    )
     p.add_argument("--prompts", required=True, help="prompt source (see `sparring eval --help`)")
     p.add_argument("--a", required=True, metavar="A.jsonl", help="responses A")
     p.add_argument("--b", required=True, metavar="B.jsonl", help="responses B")
-    p.add_argument("--out", metavar="DIR", help="write compare.json, per-prompt verdicts (verdicts.jsonl) and keep "
-                   "the judge cache (judge_cache.sqlite) here")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write compare.json, per-prompt verdicts (verdicts.jsonl) and keep "
+        "the judge cache (judge_cache.sqlite) here",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the interval (default 1000)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="judge.key=value",
-                   help="the judge, e.g. judge.name=pairrm judge.model=DIR (default: ifeval for IFEval prompts)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="judge.key=value",
+        help="the judge, e.g. judge.name=pairrm judge.model=DIR (default: ifeval for IFEval prompts)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("status", help="table of stages per iteration of a run (done, running, missing) with timings")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--verify", action="store_true",
-                   help="also check every recorded output against its sha256 in the manifest (exit 2 if one is damaged)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every recorded output against its sha256 in the manifest (exit 2 if one is damaged)",
+    )
     p.set_defaults(func=cmd_status)
 
 
@@ -189,23 +237,30 @@ def print_plan(cfg, root: Path) -> None:
         f"model         : {cfg.model}",
         f"method        : {m.name} — {m.description}",
         f"loss params   : beta={cfg.method.beta}",
-        f"judge         : {j.name} (" + ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}"
-                                           for k, v in settings.items()) + ")",
-        f"prompts       : {cfg.prompts.train} ({cfg.prompts.per_iteration} per iteration), held-out {cfg.prompts.heldout}"
-        + (f" (first {cfg.eval.limit})" if cfg.eval.limit else ""),
-        f"generation    : {g.backend} backend, K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, top_p={g.top_p}, {g.dtype}",
+        f"judge         : {j.name} ("
+        + ", ".join(f"{k}={'on' if v is True else 'off' if v is False else v}" for k, v in settings.items())
+        + ")",
+        f"prompts       : {cfg.prompts.train} ({cfg.prompts.per_iteration} per iteration), "
+        f"held-out {cfg.prompts.heldout}" + (f" (first {cfg.eval.limit})" if cfg.eval.limit else ""),
+        f"generation    : {g.backend} backend, K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, "
+        f"top_p={g.top_p}, {g.dtype}",
         f"training      : {tr.optimizer} lr={tr.lr}, batch {tr.batch_size}, {tr.epochs} epoch(s), {tr.precision}",
         f"iterations    : {cfg.iterations}, seed {cfg.seed}",
-        "stages        : " + ("base/eval, " if cfg.eval.base else "")
+        "stages        : "
+        + ("base/eval, " if cfg.eval.base else "")
         + ", ".join(f"iter_{t}/{{{','.join(STAGES)}}}" for t in range(min(cfg.iterations, 2)))
         + (", ..." if cfg.iterations > 2 else ""),
     ]
     print("\n".join(lines), flush=True)
 
 
-_COLUMNS = (("prompt_strict", "prompt strict"), ("instruction_strict", "instr. strict"),
-            ("win_rate_vs_base", "win rate vs base"), ("length_controlled_win_rate", "LC win rate"),
-            ("win_rate_vs_reference", "win rate vs ref."))
+_COLUMNS = (
+    ("prompt_strict", "prompt strict"),
+    ("instruction_strict", "instr. strict"),
+    ("win_rate_vs_base", "win rate vs base"),
+    ("length_controlled_win_rate", "LC win rate"),
+    ("win_rate_vs_reference", "win rate vs ref."),
+)
 
 
 def print_summary(summary: dict, rd) -> None:
@@ -233,13 +288,17 @@ def print_summary(summary: dict, rd) -> None:
         secs = {k: row["seconds"][k] for k in STAGES if row["seconds"].get(k) is not None}
         iv = row.get("intervals") or {}
         cells = [str(row["iteration"])]
-        cells += [_pct_ci(row.get(k), iv.get(k), base=row["iteration"] == 0 and k == "win_rate_vs_base")
-                  for k, _ in shown]
+        cells += [
+            _pct_ci(row.get(k), iv.get(k), base=row["iteration"] == 0 and k == "win_rate_vs_base") for k, _ in shown
+        ]
         if delta_key:
             d = iv.get(delta_key, {})
             cells.append(_delta(d) if "delta" in d else "")
-        cells += [f"{row['mean_response_tokens']:.0f}" if row.get("mean_response_tokens") is not None else "-",
-                  f"{sum(secs.values()):.0f}", " ".join(f"{k}={v:.0f}" for k, v in secs.items())]
+        cells += [
+            f"{row['mean_response_tokens']:.0f}" if row.get("mean_response_tokens") is not None else "-",
+            f"{sum(secs.values()):.0f}",
+            " ".join(f"{k}={v:.0f}" for k, v in secs.items()),
+        ]
         table.add_row(*cells)
     Console(width=max(120, Console().width)).print(table)
     print(f"summary: {rd.root / 'summary.json'}")
@@ -278,9 +337,15 @@ def cmd_stage(args) -> int:
     for name in names[:1]:
         before = needs.get(name)
         if before and not rd.is_done(f"iter_{args.iter}/{before}"):
-            raise UserError(f"stage iter_{args.iter}/{name} needs iter_{args.iter}/{before} first (sparring {before} --run {args.run} --iter {args.iter})")
+            raise UserError(
+                f"stage iter_{args.iter}/{name} needs iter_{args.iter}/{before} first "
+                f"(sparring {before} --run {args.run} --iter {args.iter})"
+            )
         if name == "generate" and args.iter > 0 and not rd.is_done(f"iter_{args.iter - 1}/train"):
-            raise UserError(f"iteration {args.iter} samples from π_{args.iter}, which iter_{args.iter - 1}/train has not produced yet")
+            raise UserError(
+                f"iteration {args.iter} samples from π_{args.iter}, "
+                f"which iter_{args.iter - 1}/train has not produced yet"
+            )
     ctx = make_context(cfg, rd, progress=not args.no_progress)
     rd.lock.acquire(command_line())
     keys = [f"iter_{args.iter}/{name}" for name in names]
@@ -302,8 +367,10 @@ def judge_spec(overrides: list[str], prompts, where: str = "command line"):
     data = apply_overrides({}, overrides).get("judge", {})
     if "name" not in data:
         if not all(p.meta.get("instruction_id_list") for p in prompts):
-            raise UserError("these prompts carry no IFEval instructions, so there is no default judge: name one, e.g. "
-                            "judge.name=reward_model judge.model=DIR (see docs/judge.md)")
+            raise UserError(
+                "these prompts carry no IFEval instructions, so there is no default judge: name one, e.g. "
+                "judge.name=reward_model judge.model=DIR (see docs/judge.md)"
+            )
         data["name"] = "ifeval"
     cfg = build_section(JudgeConfig, data, "judge.", where)
     check_judge_config(cfg, where)
@@ -316,8 +383,10 @@ def _aligned(prompts, path: str) -> list[str]:
     by_prompt = load_responses(path)
     missing = [p for p in prompts if p.text not in by_prompt]
     if missing:
-        raise UserError(f"{path}: no response for prompt {missing[0].id} ({missing[0].text[:80]!r})"
-                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        raise UserError(
+            f"{path}: no response for prompt {missing[0].id} ({missing[0].text[:80]!r})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
     return [by_prompt[p.text] for p in prompts]
 
 
@@ -355,7 +424,9 @@ def cmd_eval(args) -> int:
         if unknown:
             raise UserError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     else:
-        metrics = (["ifeval"] if has_instructions else []) + (["win_rate", "length_controlled"] if args.baseline else [])
+        metrics = (["ifeval"] if has_instructions else []) + (
+            ["win_rate", "length_controlled"] if args.baseline else []
+        )
         metrics += ["win_rate_vs_reference"] if args.reference else []
     if "ifeval" in metrics and not has_instructions:
         raise UserError(f"{args.prompts}: --metrics has ifeval, but these prompts carry no IFEval instructions")
@@ -368,8 +439,14 @@ def cmd_eval(args) -> int:
     judged = {"win_rate", "length_controlled", "win_rate_vs_reference"} & set(metrics)
     spec = judge_spec(args.overrides, prompts) if judged else None
     resolve_model(args.model)
-    samples = generate(args.model, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                       dtype=args.dtype, progress=not args.no_progress)
+    samples = generate(
+        args.model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+    )
     if samples is None:  # the other ranks of an `accelerate launch`
         return 0
     out = Path(args.out)
@@ -379,8 +456,15 @@ def cmd_eval(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         return CachedJudge(build_judge(spec), out / "judge_cache.sqlite" if spec.cache else None)
 
-    result, cols = score(prompts, [s.response for s in samples], metrics=metrics, judge=judge, base=base,
-                         reference=reference, bootstrap=args.bootstrap)
+    result, cols = score(
+        prompts,
+        [s.response for s in samples],
+        metrics=metrics,
+        judge=judge,
+        base=base,
+        reference=reference,
+        bootstrap=args.bootstrap,
+    )
     result["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
     result["finished"] = float(np.mean([s.finished for s in samples]))
     write_eval(out, prompts, samples, result, cols, generator=str(args.model))
@@ -398,8 +482,11 @@ def cmd_score(args) -> int:
     skipped: Counter = Counter()
     prompts = load_prompts(args.prompts, skip_unsupported=args.skip_unsupported, skipped=skipped)
     if skipped:
-        print(f"sparring: skipped {sum(skipped.values())} prompt(s) with instruction ids outside IFEval: "
-              + ", ".join(f"{k} ({v})" for k, v in skipped.most_common()), file=sys.stderr)
+        print(
+            f"sparring: skipped {sum(skipped.values())} prompt(s) with instruction ids outside IFEval: "
+            + ", ".join(f"{k} ({v})" for k, v in skipped.most_common()),
+            file=sys.stderr,
+        )
     IFEvalJudge.check_prompts(prompts, args.prompts)
     responses = _aligned(prompts, args.responses)
     metrics = evaluate(prompts, responses)
@@ -436,12 +523,19 @@ def cmd_compare(args) -> int:
             p = judge_against(_Progress(cj, not args.no_progress), prompts, a, b)
     finally:
         judge.close()
-    result = {"win_rate": float(p.mean()), "ci95": interval(p[resamples(len(p), args.bootstrap, 0)].mean(1)),
-              "n": len(p), "ties": int(np.sum(p == 0.5)), "judge": judge.id}
+    result = {
+        "win_rate": float(p.mean()),
+        "ci95": interval(p[resamples(len(p), args.bootstrap, 0)].mean(1)),
+        "n": len(p),
+        "ties": int(np.sum(p == 0.5)),
+        "judge": judge.id,
+    }
     if out is not None:
         write_json(out / "compare.json", result)
-        write_text(out / "verdicts.jsonl", "".join(json.dumps({"id": q.id, "p_a_beats_b": float(x)}) + "\n"
-                                                   for q, x in zip(prompts, p)))
+        write_text(
+            out / "verdicts.jsonl",
+            "".join(json.dumps({"id": q.id, "p_a_beats_b": float(x)}) + "\n" for q, x in zip(prompts, p)),
+        )
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -491,8 +585,10 @@ def cmd_status(args) -> int:
         if bad:
             for key, rels in bad.items():
                 print(f"damaged: {key}: {', '.join(rels)} (missing, or not the sha256 the manifest recorded)")
-            print("run the same `sparring run` command again: the stages that made them run again where a later "
-                  "stage still needs them")
+            print(
+                "run the same `sparring run` command again: the stages that made them run again where a later "
+                "stage still needs them"
+            )
             return 2
         print(f"verified: every recorded output of {len(damaged)} done stage(s) has its recorded sha256")
     return 0

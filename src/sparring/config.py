@@ -143,8 +143,9 @@ class LoRAConfig:
     alpha: float = field(default=16.0, metadata=_range(0, None, lo_open=True))  # the update is scaled by alpha / r
     dropout: float = field(default=0.0, metadata=_range(0, 1, hi_open=True))  # dropout on the adapter's input
     # names (last component) of the linear layers that get an adapter: the attention and MLP projections
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                               "up_proj", "down_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 @dataclass
@@ -206,7 +207,9 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _check_value(key, value, inner, meta, where)
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+        ):
             raise UserError(f"{where}: {key} = {value!r} must be a mapping of names to non-empty strings")
         return dict(value)
     if origin is list:
@@ -250,7 +253,9 @@ def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
         if bad:
             lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
             hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-            raise UserError(f"{where}: {key} = {value!r} is out of range; it must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+            raise UserError(
+                f"{where}: {key} = {value!r} is out of range; it must be {' and '.join(s for s in (lo_s, hi_s) if s)}"
+            )
     return value
 
 
@@ -297,14 +302,19 @@ def _build(cls, data: dict, prefix: str, where: str):
 def _model_is_a_name(value: dict, where: str) -> str:
     """The error for `model` given as a mapping (`model.lora.r=16`, or `model: {lora: ...}` in a recipe):
     `model` is the model's name in every recipe, so LoRA is the top-level section `lora`."""
+
     def dotted(d: dict, prefix: str) -> list[str]:
-        return [k for key, v in d.items()
-                for k in (dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])]
+        return [
+            k for key, v in d.items() for k in (dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])
+        ]
 
     keys = dotted(value, "model.")
     lora = [k.removeprefix("model.") for k in keys if k.startswith("model.lora.")]
-    hint = (f"; LoRA settings are the top-level section lora: write {', '.join(lora)}" if lora else
-            "; LoRA settings are the top-level section lora (lora.r, lora.alpha, lora.dropout, lora.target_modules)")
+    hint = (
+        f"; LoRA settings are the top-level section lora: write {', '.join(lora)}"
+        if lora
+        else "; LoRA settings are the top-level section lora (lora.r, lora.alpha, lora.dropout, lora.target_modules)"
+    )
     return f"{where}: {keys[0] if keys else 'model'}: model is the model's name (a string), not a section{hint}"
 
 
@@ -321,14 +331,21 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
     if cfg.method.name not in METHODS:
         near = difflib.get_close_matches(cfg.method.name, list(METHODS), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise UserError(f"{where}: method.name = {cfg.method.name!r} is not a known method{hint} (known: {', '.join(sorted(METHODS))})")
+        raise UserError(
+            f"{where}: method.name = {cfg.method.name!r} is not a known method{hint} "
+            f"(known: {', '.join(sorted(METHODS))})"
+        )
     if METHODS[cfg.method.name].mixture_opponents and cfg.generation.k % 2:
-        raise UserError(f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "
-                        "(half of each prompt's samples are the policy's, half the mixture opponents)")
+        raise UserError(
+            f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "
+            "(half of each prompt's samples are the policy's, half the mixture opponents)"
+        )
     if cfg.generation.backend == "vllm":
         if METHODS[cfg.method.name].mixture_opponents:
-            raise UserError(f"{where}: method {cfg.method.name!r} decodes the policy and the reference in lockstep, "
-                            "which only generation.backend: hf does; set generation.backend: hf")
+            raise UserError(
+                f"{where}: method {cfg.method.name!r} decodes the policy and the reference in lockstep, "
+                "which only generation.backend: hf does; set generation.backend: hf"
+            )
         from sparring.generation import require_vllm
 
         require_vllm(where)
@@ -343,19 +360,28 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         raise UserError(f"{where}: eval.reference = {cfg.eval.reference!r}: no such response file")
     if cfg.eval.metrics is not None:
         if not cfg.eval.metrics:
-            raise UserError(f"{where}: eval.metrics is empty; name at least one of ifeval, win_rate, "
-                            "win_rate_vs_reference, length_controlled (or leave it unset)")
+            raise UserError(
+                f"{where}: eval.metrics is empty; name at least one of ifeval, win_rate, "
+                "win_rate_vs_reference, length_controlled (or leave it unset)"
+            )
         if "win_rate_vs_reference" in cfg.eval.metrics and cfg.eval.reference is None:
             raise UserError(f"{where}: eval.metrics has win_rate_vs_reference but eval.reference is not set")
         if {"win_rate", "length_controlled"} & set(cfg.eval.metrics) and not cfg.eval.base:
-            raise UserError(f"{where}: eval.metrics {sorted({'win_rate', 'length_controlled'} & set(cfg.eval.metrics))} "
-                            "compare with the base policy, which eval.base: false does not evaluate")
+            raise UserError(
+                f"{where}: eval.metrics {sorted({'win_rate', 'length_controlled'} & set(cfg.eval.metrics))} "
+                "compare with the base policy, which eval.base: false does not evaluate"
+            )
     if cfg.lora.r > 0:
         if not cfg.lora.target_modules or not all(m.strip() for m in cfg.lora.target_modules):
-            raise UserError(f"{where}: lora.target_modules = {cfg.lora.target_modules!r} must name at least one linear "
-                            "layer (e.g. q_proj), with no empty names")
+            raise UserError(
+                f"{where}: lora.target_modules = {cfg.lora.target_modules!r} must name at least one linear "
+                "layer (e.g. q_proj), with no empty names"
+            )
     if cfg.train.micro_batch_size > cfg.train.batch_size or cfg.train.batch_size % cfg.train.micro_batch_size:
-        raise UserError(f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of train.micro_batch_size = {cfg.train.micro_batch_size}")
+        raise UserError(
+            f"{where}: train.batch_size = {cfg.train.batch_size} must be a multiple of "
+            f"train.micro_batch_size = {cfg.train.micro_batch_size}"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -41,13 +41,17 @@ class Dist:
             from sparring.errors import UserError
 
             if _flag("ACCELERATE_USE_DEEPSPEED"):
-                raise UserError("this is a DeepSpeed launch, which sparring does not support (not verified); launch "
-                                "with accelerate/fsdp.yaml to shard the model, or accelerate/ddp.yaml "
-                                "(see docs/distributed.md)")
+                raise UserError(
+                    "this is a DeepSpeed launch, which sparring does not support (not verified); launch "
+                    "with accelerate/fsdp.yaml to shard the model, or accelerate/ddp.yaml "
+                    "(see docs/distributed.md)"
+                )
             self.fsdp = _flag("ACCELERATE_USE_FSDP")
             if self.fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
-                raise UserError("sparring shards with FSDP2: set fsdp_version: 2 in the accelerate config "
-                                "(as accelerate/fsdp.yaml does)")
+                raise UserError(
+                    "sparring shards with FSDP2: set fsdp_version: 2 in the accelerate config "
+                    "(as accelerate/fsdp.yaml does)"
+                )
             if self.fsdp and _flag("FSDP_OFFLOAD_PARAMS"):
                 raise UserError("fsdp_offload_params is not supported by sparring's FSDP training; set it to false")
             # without CUDA: gloo on the CPU; with it: NCCL, each rank on cuda:LOCAL_RANK
@@ -98,8 +102,10 @@ class Dist:
         if not layers:
             from sparring.errors import UserError
 
-            raise UserError(f"FSDP: no module of {sorted(names)} in {type(model).__name__}; set "
-                            "fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+            raise UserError(
+                f"FSDP: no module of {sorted(names)} in {type(model).__name__}; set "
+                "fsdp_transformer_layer_cls_to_wrap in the accelerate config"
+            )
         for layer in layers:
             fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
         fully_shard(model, mesh=mesh, reshard_after_forward=reshard)

@@ -36,9 +36,22 @@ IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instructi
 # ------------------------------------------------------------------ responses
 
 
-def generate(policy: str, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int, dtype: str = "bfloat16",
-             backend: str = "hf", greedy: bool = True, temperature: float = 0.7, top_p: float = 0.9, seed: int = 0,
-             progress: bool = True, dist=None, sampling=None):
+def generate(
+    policy: str,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: str = "bfloat16",
+    backend: str = "hf",
+    greedy: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+    progress: bool = True,
+    dist=None,
+    sampling=None,
+):
     """One response per prompt from `policy` (greedy unless `greedy=False`): the `Sample`s in prompt
     order on rank 0, None on the other ranks. `sampling`: a `SamplingParams` with every option
     (e.g. `SamplingParams.for_eval(cfg.generation, cfg.eval)`); without it one is built from
@@ -56,19 +69,29 @@ def generate(policy: str, prompts: Sequence[Prompt], *, max_new_tokens: int, bat
     from sparring.generation.base import SamplingParams
     from sparring.generation.hf import batch_seed
 
-    params = sampling or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                        greedy=greedy)
+    params = sampling or SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy
+    )
     dist = dist or current()
     tok, model, iter_samples = load_sampler(policy, backend, dtype, device=dist.device)
     mine = dist.mine(list(range(0, len(prompts), batch_size)))
     parts = [list(range(b, min(b + batch_size, len(prompts)))) for b in mine]
     idx = [i for part in parts for i in part]
     got = []
-    with tqdm(total=len(idx), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main),
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(idx), desc="evaluate", unit="prompt", disable=not (progress and dist.is_main), dynamic_ncols=True
+    ) as bar:
         if idx:
-            for chunk in iter_samples(model, tok, [prompts[i].messages for i in idx], k=1, params=params,
-                                      batch_size=batch_size, seed=batch_seed(seed, "eval"), keys=idx):
+            for chunk in iter_samples(
+                model,
+                tok,
+                [prompts[i].messages for i in idx],
+                k=1,
+                params=params,
+                batch_size=batch_size,
+                seed=batch_seed(seed, "eval"),
+                keys=idx,
+            ):
                 got += chunk
                 bar.update(len(chunk))
     del model
@@ -87,8 +110,13 @@ def ifeval_columns(prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[
     """Per prompt: all instructions followed (strict, loose), and how many of how many were followed."""
     from sparring.judges.ifeval import follow_instructions
 
-    cols: dict[str, list] = {"ifeval_prompt_strict": [], "ifeval_prompt_loose": [], "ifeval_followed_strict": [],
-                             "ifeval_followed_loose": [], "ifeval_instructions": []}
+    cols: dict[str, list] = {
+        "ifeval_prompt_strict": [],
+        "ifeval_prompt_loose": [],
+        "ifeval_followed_strict": [],
+        "ifeval_followed_loose": [],
+        "ifeval_instructions": [],
+    }
     for p, r in zip(prompts, responses):
         strict, loose = follow_instructions(p, r, loose=False), follow_instructions(p, r, loose=True)
         cols["ifeval_prompt_strict"].append(all(strict))
@@ -114,8 +142,9 @@ def ifeval_values(cols: dict[str, np.ndarray], idx: np.ndarray | None = None) ->
 # ------------------------------------------------------------------ length control
 
 
-def length_controlled_win_rate(p: np.ndarray, len_a: np.ndarray, len_b: np.ndarray,
-                               idx: np.ndarray | None = None, ridge: float = 1e-3) -> np.ndarray:
+def length_controlled_win_rate(
+    p: np.ndarray, len_a: np.ndarray, len_b: np.ndarray, idx: np.ndarray | None = None, ridge: float = 1e-3
+) -> np.ndarray:
     """AlpacaEval 2.0's length control, fitted on one comparison's judgments: the preference
     p_n = P(a ≻ b | x_n) is modelled as σ(θ + φ·tanh(Δ_n/s)) with Δ_n = len(a_n) − len(b_n) (characters)
     and s the standard deviation of the Δs; the length-controlled win rate is σ(θ), the prediction at
@@ -158,8 +187,9 @@ def interval(samples: np.ndarray) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def with_interval(value: float, boot: np.ndarray, base_value: float | None = None,
-                  base_boot: np.ndarray | None = None) -> dict:
+def with_interval(
+    value: float, boot: np.ndarray, base_value: float | None = None, base_boot: np.ndarray | None = None
+) -> dict:
     """{"value", "ci95"} and, given the base's value on the same resamples, {"delta", "delta_ci95",
     "significant"}: the paired difference and whether its interval excludes 0."""
     out = {"value": float(value), "ci95": interval(boot)}
@@ -181,9 +211,17 @@ def judge_against(judge, prompts: Sequence[Prompt], responses: Sequence[str], ot
     return np.array([m[0, 1] for m in mats], dtype=np.float64)
 
 
-def score(prompts: Sequence[Prompt], responses: Sequence[str], *, metrics: Sequence[str],
-          judge: Callable | None = None, base: dict | None = None, reference: Sequence[str] | None = None,
-          bootstrap: int = 1000, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+def score(
+    prompts: Sequence[Prompt],
+    responses: Sequence[str],
+    *,
+    metrics: Sequence[str],
+    judge: Callable | None = None,
+    base: dict | None = None,
+    reference: Sequence[str] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics.json's content, per-prompt columns) of `responses` to `prompts`.
 
     `base`: the base policy's per-prompt columns (its scores.parquet) with its responses, for win rates
@@ -200,8 +238,9 @@ def score(prompts: Sequence[Prompt], responses: Sequence[str], *, metrics: Seque
         base_b = ifeval_values(base, idx) if base_v is not None else None
         for key in IFEVAL_KEYS:
             out[key] = float(mine[key][0])
-            out["intervals"][key] = with_interval(mine[key][0], boot[key], *(
-                (float(base_v[key][0]), base_b[key]) if base_v is not None else ()))
+            out["intervals"][key] = with_interval(
+                mine[key][0], boot[key], *((float(base_v[key][0]), base_b[key]) if base_v is not None else ())
+            )
     j = None
     if base is not None and ("win_rate" in metrics or "length_controlled" in metrics):
         j = j or judge()
@@ -214,7 +253,8 @@ def score(prompts: Sequence[Prompt], responses: Sequence[str], *, metrics: Seque
             lc = length_controlled_win_rate(p, cols["chars"], base["chars"])[0]
             out["length_controlled_win_rate"] = float(lc)
             out["intervals"]["length_controlled_win_rate"] = with_interval(
-                lc, length_controlled_win_rate(p, cols["chars"], base["chars"], idx), 0.5, np.full(bootstrap, 0.5))
+                lc, length_controlled_win_rate(p, cols["chars"], base["chars"], idx), 0.5, np.full(bootstrap, 0.5)
+            )
     if "win_rate_vs_reference" in metrics and reference is not None:
         j = j or judge()
         p = judge_against(j, prompts, responses, reference)
@@ -222,7 +262,8 @@ def score(prompts: Sequence[Prompt], responses: Sequence[str], *, metrics: Seque
         out["win_rate_vs_reference"] = float(p.mean())
         base_p = base.get("win_vs_reference") if base is not None else None
         out["intervals"]["win_rate_vs_reference"] = with_interval(
-            p.mean(), p[idx].mean(1), *((float(base_p.mean()), base_p[idx].mean(1)) if base_p is not None else ()))
+            p.mean(), p[idx].mean(1), *((float(base_p.mean()), base_p[idx].mean(1)) if base_p is not None else ())
+        )
     if j is not None:
         out["judge"] = j.id
         j.close()
@@ -232,22 +273,31 @@ def score(prompts: Sequence[Prompt], responses: Sequence[str], *, metrics: Seque
 # ------------------------------------------------------------------ files
 
 
-def write_eval(out: Path, prompts: Sequence[Prompt], samples, metrics: dict, cols: dict[str, np.ndarray],
-               generator: str) -> None:
+def write_eval(
+    out: Path, prompts: Sequence[Prompt], samples, metrics: dict, cols: dict[str, np.ndarray], generator: str
+) -> None:
     """responses.jsonl, alpaca_eval.json, scores.parquet and metrics.json, written as one directory."""
     import pyarrow as pa
 
     from sparring.rundir import atomic_dir, write_json, write_parquet, write_text
 
     responses = [s.response for s in samples]
-    table = {"prompt_id": [p.id for p in prompts], "response": responses,
-             "n_tokens": [len(s.response_ids) for s in samples], "finished": [bool(s.finished) for s in samples],
-             **{k: v.tolist() for k, v in cols.items()}}
+    table = {
+        "prompt_id": [p.id for p in prompts],
+        "response": responses,
+        "n_tokens": [len(s.response_ids) for s in samples],
+        "finished": [bool(s.finished) for s in samples],
+        **{k: v.tolist() for k, v in cols.items()},
+    }
     with atomic_dir(out) as tmp:
-        write_text(tmp / "responses.jsonl",
-                   "".join(json.dumps({"prompt": p.text, "response": r}) + "\n" for p, r in zip(prompts, responses)))
-        write_json(tmp / "alpaca_eval.json",
-                   [{"instruction": p.text, "output": r, "generator": generator} for p, r in zip(prompts, responses)])
+        write_text(
+            tmp / "responses.jsonl",
+            "".join(json.dumps({"prompt": p.text, "response": r}) + "\n" for p, r in zip(prompts, responses)),
+        )
+        write_json(
+            tmp / "alpaca_eval.json",
+            [{"instruction": p.text, "output": r, "generator": generator} for p, r in zip(prompts, responses)],
+        )
         write_parquet(tmp / "scores.parquet", pa.table(table))
         write_json(tmp / "metrics.json", metrics)
 

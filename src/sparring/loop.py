@@ -61,8 +61,10 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
     if saved.exists():
         rd.manifest()  # a corrupted manifest is an error before anything else
         old = _saved_config(saved).to_dict()
-        diff = diff_configs({k: v for k, v in old.items() if k not in LOCATION_KEYS},
-                            {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_KEYS})
+        diff = diff_configs(
+            {k: v for k, v in old.items() if k not in LOCATION_KEYS},
+            {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_KEYS},
+        )
         if diff and not force:
             raise UserError(
                 f"{saved}: this run was started with a different config; differing keys:\n  "
@@ -100,8 +102,10 @@ def _saved_config(saved: Path) -> RunConfig:
     try:
         data = yaml.safe_load(saved.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{saved}: the run's saved config is not valid YAML ({str(exc).splitlines()[0]}); restore it, "
-                        "or delete the run directory to start again") from None
+        raise UserError(
+            f"{saved}: the run's saved config is not valid YAML ({str(exc).splitlines()[0]}); restore it, "
+            "or delete the run directory to start again"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {saved}: {exc}") from None
     # parsed, so keys a newer sparring added (absent from an older run's file) compare at their defaults
@@ -115,7 +119,9 @@ def _location_moved(saved: Path, cfg: RunConfig) -> bool:
 
 def _all_done(rd: RunDir, cfg: RunConfig) -> bool:
     done = {k for k, e in rd.manifest()["stages"].items() if e.get("status") == "done"}
-    need = {f"iter_{t}/{s}" for t in range(cfg.iterations) for s in STAGES} | ({"base/eval"} if cfg.eval.base else set())
+    need = {f"iter_{t}/{s}" for t in range(cfg.iterations) for s in STAGES} | (
+        {"base/eval"} if cfg.eval.base else set()
+    )
     return need <= done
 
 
@@ -177,12 +183,15 @@ def load_inputs(cfg: RunConfig) -> Inputs:
 def check_tracker(cfg: RunConfig) -> None:
     import importlib.util
 
-    packages = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "trackio": ["trackio"],
-                "all": []}.get(cfg.tracking.log_with, [])
+    packages = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "trackio": ["trackio"], "all": []}.get(
+        cfg.tracking.log_with, []
+    )
     for pkg in packages:
         if importlib.util.find_spec(pkg) is None:
-            raise UserError(f"tracking.log_with = {cfg.tracking.log_with!r}, but no such tracker is installed "
-                            f"(pip install 'sparring[{pkg}]', or pip install {pkg})")
+            raise UserError(
+                f"tracking.log_with = {cfg.tracking.log_with!r}, but no such tracker is installed "
+                f"(pip install 'sparring[{pkg}]', or pip install {pkg})"
+            )
 
 
 @dataclass
@@ -240,8 +249,11 @@ def tracker_values(record: dict, train_offset: int = 0) -> tuple[dict, int | Non
     stage = record.get("stage", "run")
     where, _, kind = stage.partition("/")
     t = 0 if where == "base" else int(where.removeprefix("iter_")) if where.startswith("iter_") else 0
-    numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and k not in ("step", "time", "bootstrap")}
+    numbers = {
+        k: v
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time", "bootstrap")
+    }
     if "step" in record:  # one optimizer step
         step = train_offset + int(record["step"])
         return {**{f"train/{k}": v for k, v in numbers.items()}, "train/iteration": t, "train/global_step": step}, step
@@ -265,10 +277,14 @@ def start_tracking(ctx: "Context") -> None:
         acc = Accelerator(log_with=ctx.cfg.tracking.log_with, project_dir=str(ctx.rd.root / "trackers"))
         acc.init_trackers(ctx.cfg.name, config=_flat(ctx.cfg.to_dict()))
     except (ImportError, ValueError) as exc:
-        raise UserError(f"tracking.log_with = {ctx.cfg.tracking.log_with!r}: {exc} (install the tracker's package)") from None
+        raise UserError(
+            f"tracking.log_with = {ctx.cfg.tracking.log_with!r}: {exc} (install the tracker's package)"
+        ) from None
     if not acc.trackers:  # accelerate only warns when the tracker's package is missing
-        raise UserError(f"tracking.log_with = {ctx.cfg.tracking.log_with!r}, but no such tracker is installed "
-                        "(pip install tensorboard / wandb / trackio)")
+        raise UserError(
+            f"tracking.log_with = {ctx.cfg.tracking.log_with!r}, but no such tracker is installed "
+            "(pip install tensorboard / wandb / trackio)"
+        )
     for tracker in acc.trackers:
         if tracker.name == "wandb":
             # W&B wants one increasing step per run; evaluation metrics are plotted against their own
@@ -296,9 +312,17 @@ def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print, i
     inputs = inputs or load_inputs(cfg)
     dist = current()
     # progress bars and log lines from rank 0 only: N copies of each would say nothing more
-    ctx = Context(cfg, rd, inputs.train_prompts, inputs.heldout, progress and dist.is_main,
-                  log if dist.is_main else _quiet, eval_metrics=inputs.eval_metrics, reference=inputs.reference,
-                  dist=dist)
+    ctx = Context(
+        cfg,
+        rd,
+        inputs.train_prompts,
+        inputs.heldout,
+        progress and dist.is_main,
+        log if dist.is_main else _quiet,
+        eval_metrics=inputs.eval_metrics,
+        reference=inputs.reference,
+        dist=dist,
+    )
     start_tracking(ctx)
     return ctx
 
@@ -311,20 +335,26 @@ def eval_plan(cfg: RunConfig, heldout: list[Prompt]) -> tuple[tuple[str, ...], l
     has_instructions = all(p.meta.get("instruction_id_list") for p in heldout)
     metrics = cfg.eval.metrics
     if metrics is None:
-        metrics = (["ifeval"] if has_instructions else []) + (["win_rate", "length_controlled"] if cfg.eval.base else [])
+        metrics = (["ifeval"] if has_instructions else []) + (
+            ["win_rate", "length_controlled"] if cfg.eval.base else []
+        )
         metrics += ["win_rate_vs_reference"] if cfg.eval.reference else []
     if "ifeval" in metrics and not has_instructions:
-        raise UserError(f"{cfg.prompts.heldout}: eval.metrics has ifeval, but the held-out prompts carry no IFEval "
-                        "instructions (instruction_id_list / kwargs); use win_rate, win_rate_vs_reference or "
-                        "length_controlled")
+        raise UserError(
+            f"{cfg.prompts.heldout}: eval.metrics has ifeval, but the held-out prompts carry no IFEval "
+            "instructions (instruction_id_list / kwargs); use win_rate, win_rate_vs_reference or "
+            "length_controlled"
+        )
     reference = None
     if cfg.eval.reference:
         by_prompt = load_responses(cfg.eval.reference)
         missing = [p for p in heldout if p.text not in by_prompt]
         if missing:
-            raise UserError(f"{cfg.eval.reference}: eval.reference has no response for held-out prompt "
-                            f"{missing[0].id!r} ({missing[0].text[:60]!r})"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+            raise UserError(
+                f"{cfg.eval.reference}: eval.reference has no response for held-out prompt "
+                f"{missing[0].id!r} ({missing[0].text[:60]!r})"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            )
         reference = [by_prompt[p.text] for p in heldout]
     return tuple(dict.fromkeys(metrics)), reference
 
@@ -367,7 +397,8 @@ def stage_inputs(cfg: RunConfig, key: str) -> list[str]:
     return {
         "generate": before,
         "judge": [samples],
-        "rows": [samples, prefs] + ([f"iter_{t - 1}/train.parquet"] if cfg.method.spin_history and t > 0 else [])
+        "rows": [samples, prefs]
+        + ([f"iter_{t - 1}/train.parquet"] if cfg.method.spin_history and t > 0 else [])
         + (before if _tokenizes_references(cfg) else []),  # SPIN tokenizes its references with π_t's tokenizer
         "train": [f"iter_{t}/train.parquet", *before]
         + ([f"iter_{t - 1}/policy_trained"] if cfg.method.apo_alpha > 0 and t > 0 else []),
@@ -405,8 +436,10 @@ def heal(ctx: Context, keys: list[str] | None = None) -> None:
                 # deleted on purpose by keep_policies, and needed again: its training stage rebuilds it
                 # (deterministic: the same bits, which `_after_healing` compares with the recorded hash)
                 producer, entry = pruned
-                ctx.log(f"[{producer}] {rel} was deleted by keep_policies and is needed again; running {producer} "
-                        "again to rebuild it")
+                ctx.log(
+                    f"[{producer}] {rel} was deleted by keep_policies and is needed again; running {producer} "
+                    "again to rebuild it"
+                )
                 ctx.healed[producer] = {**entry.get("outputs", {}), **entry["pruned"]}
                 rd.forget(producer)
                 todo.append(producer)
@@ -416,8 +449,10 @@ def heal(ctx: Context, keys: list[str] | None = None) -> None:
             if producer not in damaged_of:
                 damaged_of[producer] = rd.verify(producer)
             if rel in damaged_of[producer]:
-                ctx.log(f"[{producer}] {rel} is missing or damaged (its sha256 is not the one recorded); "
-                        f"running {producer} again")
+                ctx.log(
+                    f"[{producer}] {rel} is missing or damaged (its sha256 is not the one recorded); "
+                    f"running {producer} again"
+                )
                 ctx.healed[producer] = dict(rd.stage(producer).get("outputs", {}))
                 rd.forget(producer)
                 todo.append(producer)
@@ -444,8 +479,11 @@ def run(ctx: Context) -> dict:
     cfg = ctx.cfg
     heal(ctx)
     if cfg.eval.base:
-        run_stage(ctx, "base/eval", lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval",
-                                                         generator=f"{cfg.name}/base"))
+        run_stage(
+            ctx,
+            "base/eval",
+            lambda: eval_stage(ctx, cfg.model, ctx.rd.root / "base" / "eval", generator=f"{cfg.name}/base"),
+        )
     for t in range(cfg.iterations):
         for name in STAGES:
             run_stage(ctx, f"iter_{t}/{name}", lambda name=name: STAGE_FUNCS[name](ctx, t))
@@ -502,8 +540,11 @@ def run_stage(ctx: Context, key: str, fn: Callable[[], tuple[list[Path], dict]])
 
 def _fmt(metrics: dict) -> str:
     """The stage's headline numbers for its log line (intervals and other nested records stay in the files)."""
-    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                     if isinstance(v, (int, float, str)) and k != "bootstrap")
+    return "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, str)) and k != "bootstrap"
+    )
 
 
 # ------------------------------------------------------------------ stages
@@ -539,32 +580,84 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         # π_t is μ itself (t = 0) the mixture is π_t and log μ = log π_t, so no second model is needed
         mu = load_model(ctx.cfg.model, g.dtype).to(ctx.dist.device).eval() if nash and policy != ctx.cfg.model else None
         size = lambda s: len(prompts[s * g.shard_size : (s + 1) * g.shard_size]) * g.k  # noqa: E731
-        bar = tqdm(total=sum(map(size, mine)), initial=sum(size(s) for s in mine if s not in todo), desc=f"generate π_{t}",
-                   unit="sample", disable=not ctx.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=sum(map(size, mine)),
+            initial=sum(size(s) for s in mine if s not in todo),
+            desc=f"generate π_{t}",
+            unit="sample",
+            disable=not ctx.progress,
+            dynamic_ncols=True,
+        )
         for s in todo:
             part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
             rows = []
             sampling = {"params": g, "batch_size": g.batch_size}  # iter_samples: SamplingParams.from_generation(g)
             if nash:  # K/2 own samples (with log μ), then K/2 opponents from the mixture
-                draws = [(iter_samples(model, tok, [p.messages for p in part], k=g.k // 2, ref_model=mu, **sampling,
-                                       seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False),
-                         (iter_samples(model, tok, [p.messages for p in part], k=g.k // 2, ref_model=mu,
-                                       mixture=ctx.cfg.method.mixture, **sampling,
-                                       seed=_seed(ctx.cfg.seed, "opponent", t, s)), g.k // 2, True)]
+                draws = [
+                    (
+                        iter_samples(
+                            model,
+                            tok,
+                            [p.messages for p in part],
+                            k=g.k // 2,
+                            ref_model=mu,
+                            **sampling,
+                            seed=_seed(ctx.cfg.seed, "generate", t, s),
+                        ),
+                        0,
+                        False,
+                    ),
+                    (
+                        iter_samples(
+                            model,
+                            tok,
+                            [p.messages for p in part],
+                            k=g.k // 2,
+                            ref_model=mu,
+                            mixture=ctx.cfg.method.mixture,
+                            **sampling,
+                            seed=_seed(ctx.cfg.seed, "opponent", t, s),
+                        ),
+                        g.k // 2,
+                        True,
+                    ),
+                ]
             else:
-                draws = [(iter_samples(model, tok, [p.messages for p in part], k=g.k, **sampling,
-                                       seed=_seed(ctx.cfg.seed, "generate", t, s)), 0, False)]
+                draws = [
+                    (
+                        iter_samples(
+                            model,
+                            tok,
+                            [p.messages for p in part],
+                            k=g.k,
+                            **sampling,
+                            seed=_seed(ctx.cfg.seed, "generate", t, s),
+                        ),
+                        0,
+                        False,
+                    )
+                ]
             for batches, offset, opponent in draws:
                 for batch in batches:
                     for smp in batch:
                         rec = part[smp.prompt_index]
                         mu_logp = smp.ref_logp if mu is not None else (smp.logp if nash else None)
-                        rows.append({"prompt_id": rec.id, "prompt_index": s * g.shard_size + smp.prompt_index,
-                                     "sample_index": offset + smp.sample_index, "prompt": rec.text,
-                                     "response": smp.response, "prompt_ids": smp.prompt_ids,
-                                     "response_ids": smp.response_ids, "n_tokens": len(smp.response_ids),
-                                     "logp": smp.logp, "finished": smp.finished, "opponent": opponent,
-                                     "mu_logp": mu_logp})
+                        rows.append(
+                            {
+                                "prompt_id": rec.id,
+                                "prompt_index": s * g.shard_size + smp.prompt_index,
+                                "sample_index": offset + smp.sample_index,
+                                "prompt": rec.text,
+                                "response": smp.response,
+                                "prompt_ids": smp.prompt_ids,
+                                "response_ids": smp.response_ids,
+                                "n_tokens": len(smp.response_ids),
+                                "logp": smp.logp,
+                                "finished": smp.finished,
+                                "opponent": opponent,
+                                "mu_logp": mu_logp,
+                            }
+                        )
                     bar.update(len(batch))
             shard = shards / f"{s:05d}.parquet"
             write_parquet(shard, pa.Table.from_pylist(rows, schema=_samples_schema()))
@@ -577,8 +670,11 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     write_parquet(d / "samples.parquet", table)
     shutil.rmtree(shards)
     n_tok = table.column("n_tokens").to_numpy()
-    return [d / "samples.parquet"], {"samples": table.num_rows, "mean_tokens": float(n_tok.mean()),
-                                     "finished": float(np.mean(table.column("finished").to_numpy()))}
+    return [d / "samples.parquet"], {
+        "samples": table.num_rows,
+        "mean_tokens": float(n_tok.mean()),
+        "finished": float(np.mean(table.column("finished").to_numpy())),
+    }
 
 
 def _shard_ok(shard: Path) -> bool:
@@ -602,14 +698,22 @@ def _seed(seed: int, *parts) -> int:
 def _samples_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("prompt_id", pa.string()), ("prompt_index", pa.int32()), ("sample_index", pa.int32()),
-        ("prompt", pa.string()), ("response", pa.string()), ("prompt_ids", pa.list_(pa.int32())),
-        ("response_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32()), ("logp", pa.float64()),
-        ("finished", pa.bool_()),
-        ("opponent", pa.bool_()),  # Nash-MD: drawn from the π_t/μ mixture, not from π_t
-        ("mu_logp", pa.float64()),  # Nash-MD: log μ(response) under the initial model; null otherwise
-    ])
+    return pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("prompt_index", pa.int32()),
+            ("sample_index", pa.int32()),
+            ("prompt", pa.string()),
+            ("response", pa.string()),
+            ("prompt_ids", pa.list_(pa.int32())),
+            ("response_ids", pa.list_(pa.int32())),
+            ("n_tokens", pa.int32()),
+            ("logp", pa.float64()),
+            ("finished", pa.bool_()),
+            ("opponent", pa.bool_()),  # Nash-MD: drawn from the π_t/μ mixture, not from π_t
+            ("mu_logp", pa.float64()),  # Nash-MD: log μ(response) under the initial model; null otherwise
+        ]
+    )
 
 
 def _grouped_samples(ctx: Context, t: int) -> tuple[list[Prompt], list[dict]]:
@@ -618,8 +722,10 @@ def _grouped_samples(ctx: Context, t: int) -> tuple[list[Prompt], list[dict]]:
 
     table = pq.read_table(ctx.rd.iter_dir(t) / "samples.parquet").to_pylist()
     prompts = iteration_prompts(ctx, t)
-    groups: list[dict] = [{"responses": [], "response_ids": [], "logps": [], "prompt_ids": None, "mu_logps": [],
-                           "n_policy": 0} for _ in prompts]
+    groups: list[dict] = [
+        {"responses": [], "response_ids": [], "logps": [], "prompt_ids": None, "mu_logps": [], "n_policy": 0}
+        for _ in prompts
+    ]
     for row in sorted(table, key=lambda r: (r["prompt_index"], r["sample_index"])):
         g = groups[row["prompt_index"]]
         g["prompt_ids"] = row["prompt_ids"]
@@ -699,11 +805,20 @@ def judge_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
                 rows["j"].append(j)
                 rows["p"].append(float(mat[i, j]))
     out = ctx.rd.iter_dir(t) / "preferences.parquet"
-    write_parquet(out, pa.table(rows, schema=pa.schema([("prompt_id", pa.string()), ("i", pa.int32()),
-                                                         ("j", pa.int32()), ("p", pa.float64())])))
+    write_parquet(
+        out,
+        pa.table(
+            rows,
+            schema=pa.schema([("prompt_id", pa.string()), ("i", pa.int32()), ("j", pa.int32()), ("p", pa.float64())]),
+        ),
+    )
     lengths = [[len(ids) for ids in g["response_ids"]] for g in groups]
-    return [out], {"pairs": len(rows["p"]), "judge_calls": int(stats.get("calls", 0)), "cache_hits": hits,
-                   **diagnostics(mats, lengths, orders, stats)}
+    return [out], {
+        "pairs": len(rows["p"]),
+        "judge_calls": int(stats.get("calls", 0)),
+        "cache_hits": hits,
+        **diagnostics(mats, lengths, orders, stats),
+    }
 
 
 def _prefs_matrices(ctx: Context, t: int, prompts: list[Prompt], k: int) -> list[np.ndarray]:
@@ -732,10 +847,19 @@ def rows_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         tok = load_tokenizer(policy_at(ctx, t))
         refs = [tok(r.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in prompts]
     nash = method.mixture_opponents
-    pgs = [PromptGroup(r.id, g["prompt_ids"], g["response_ids"], np.array(g["logps"]), m, ref,
-                       n_policy=g["n_policy"] if nash else None,
-                       mu_logps=np.array(g["mu_logps"], dtype=float) if nash else None)
-           for r, g, m, ref in zip(prompts, groups, mats, refs)]
+    pgs = [
+        PromptGroup(
+            r.id,
+            g["prompt_ids"],
+            g["response_ids"],
+            np.array(g["logps"]),
+            m,
+            ref,
+            n_policy=g["n_policy"] if nash else None,
+            mu_logps=np.array(g["mu_logps"], dtype=float) if nash else None,
+        )
+        for r, g, m, ref in zip(prompts, groups, mats, refs)
+    ]
     rows = method.rows(pgs, ctx.cfg.method)
     if ctx.cfg.method.spin_history and t > 0:
         import pyarrow.parquet as pq
@@ -785,11 +909,21 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
     model = fresh(ctx.dist.device)
     checkpoints = d / "train_checkpoint"
     if rows and "prompt_ids" in rows[0]:
-        result = train(model, rows, get_method(cfg.method.name), cfg.method, cfg.train, pad_id=tok.pad_token_id,
-                       seed=seed, on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}),
-                       progress=ctx.progress, dist=ctx.dist, checkpoint_dir=checkpoints,
-                       identity=_training_identity(ctx, t, policy),
-                       log=lambda line: ctx.log(f"[iter_{t}/train] {line}"))
+        result = train(
+            model,
+            rows,
+            get_method(cfg.method.name),
+            cfg.method,
+            cfg.train,
+            pad_id=tok.pad_token_id,
+            seed=seed,
+            on_step=lambda r: ctx.metrics({"stage": f"iter_{t}/train", **r}),
+            progress=ctx.progress,
+            dist=ctx.dist,
+            checkpoint_dir=checkpoints,
+            identity=_training_identity(ctx, t, policy),
+            log=lambda line: ctx.log(f"[iter_{t}/train] {line}"),
+        )
     else:
         result = {"steps": 0, "rows": 0}
         ctx.log(f"[iter_{t}/train] no training rows (every prompt's samples tied): π_{t + 1} = π_{t}")
@@ -858,8 +992,15 @@ def _training_identity(ctx: Context, t: int, policy: str) -> str:
     cfg = ctx.cfg.to_dict()
     # FSDP's checkpoints hold the optimizer state by parameter name, a plain run's by position: a
     # checkpoint is resumed only by the same kind of launch (the number of ranks may differ)
-    what = {"rows": sha256_of(rd.iter_dir(t) / "train.parquet"), "policy": pi_t, "seed": cfg["seed"],
-            "train": cfg["train"], "method": cfg["method"], "lora": cfg["lora"], "fsdp": ctx.dist.fsdp}
+    what = {
+        "rows": sha256_of(rd.iter_dir(t) / "train.parquet"),
+        "policy": pi_t,
+        "seed": cfg["seed"],
+        "train": cfg["train"],
+        "method": cfg["method"],
+        "lora": cfg["lora"],
+        "fsdp": ctx.dist.fsdp,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -879,8 +1020,9 @@ def prune_policies(ctx: Context) -> None:
     trained = [t for t in range(cfg.iterations) if stages.get(f"iter_{t}/train", {}).get("status") == "done"]
     if not trained:
         return
-    needed = {rel for key in stage_keys(cfg) if stages.get(key, {}).get("status") != "done"
-              for rel in stage_inputs(cfg, key)}
+    needed = {
+        rel for key in stage_keys(cfg) if stages.get(key, {}).get("status") != "done" for rel in stage_inputs(cfg, key)
+    }
     gone = []
     for t in trained:
         entry = stages[f"iter_{t}/train"]
@@ -906,8 +1048,9 @@ def _pruned_by(rd: RunDir, rel: str) -> tuple[str, dict] | None:
 
 
 def eval_stage_iter(ctx: Context, t: int) -> tuple[list[Path], dict]:
-    return eval_stage(ctx, str(ctx.rd.iter_dir(t) / "policy"), ctx.rd.iter_dir(t) / "eval",
-                      generator=f"{ctx.cfg.name}/iter_{t}")
+    return eval_stage(
+        ctx, str(ctx.rd.iter_dir(t) / "policy"), ctx.rd.iter_dir(t) / "eval", generator=f"{ctx.cfg.name}/iter_{t}"
+    )
 
 
 def eval_stage(ctx: Context, policy: str, out: Path, generator: str) -> tuple[list[Path], dict]:
@@ -916,40 +1059,73 @@ def eval_stage(ctx: Context, policy: str, out: Path, generator: str) -> tuple[li
     from sparring.evaluate import generate, read_scores, score, write_eval
 
     e = ctx.cfg.eval
-    samples = generate(policy, ctx.heldout, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                       dtype=ctx.cfg.generation.dtype, backend=ctx.cfg.generation.backend, greedy=e.greedy,
-                       temperature=ctx.cfg.generation.temperature, top_p=ctx.cfg.generation.top_p,
-                       seed=ctx.cfg.seed, progress=ctx.progress, dist=ctx.dist)
+    samples = generate(
+        policy,
+        ctx.heldout,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        dtype=ctx.cfg.generation.dtype,
+        backend=ctx.cfg.generation.backend,
+        greedy=e.greedy,
+        temperature=ctx.cfg.generation.temperature,
+        top_p=ctx.cfg.generation.top_p,
+        seed=ctx.cfg.seed,
+        progress=ctx.progress,
+        dist=ctx.dist,
+    )
     if not ctx.dist.is_main:
         return [], {}
     base_dir = ctx.rd.root / "base" / "eval"
     base = read_scores(base_dir) if out != base_dir else None
     if base is not None and len(base["responses"]) != len(samples):
-        ctx.log(f"[eval] {base_dir} holds {len(base['responses'])} responses for {len(samples)} prompts: "
-                "no comparison with the base")
+        ctx.log(
+            f"[eval] {base_dir} holds {len(base['responses'])} responses for {len(samples)} prompts: "
+            "no comparison with the base"
+        )
         base = None
     judge_cfg = e.judge or ctx.cfg.judge
 
     def judge():
         return cached(ctx, make_judge(ctx, judge_cfg), judge_cfg.cache)
 
-    metrics, cols = score(ctx.heldout, [s.response for s in samples], metrics=ctx.eval_metrics, judge=judge,
-                          base=base, reference=ctx.reference, bootstrap=e.bootstrap, seed=e.bootstrap_seed)
+    metrics, cols = score(
+        ctx.heldout,
+        [s.response for s in samples],
+        metrics=ctx.eval_metrics,
+        judge=judge,
+        base=base,
+        reference=ctx.reference,
+        bootstrap=e.bootstrap,
+        seed=e.bootstrap_seed,
+    )
     metrics["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
     metrics["finished"] = float(np.mean([s.finished for s in samples]))
     write_eval(out, ctx.heldout, samples, metrics, cols, generator)
     return [out], metrics
 
 
-STAGE_FUNCS = {"generate": generate_stage, "judge": judge_stage, "rows": rows_stage, "train": train_stage,
-               "eval": eval_stage_iter}
+STAGE_FUNCS = {
+    "generate": generate_stage,
+    "judge": judge_stage,
+    "rows": rows_stage,
+    "train": train_stage,
+    "eval": eval_stage_iter,
+}
 
 
 # ------------------------------------------------------------------ summary
 
 
-SUMMARY_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "win_rate_vs_base",
-                   "length_controlled_win_rate", "win_rate_vs_reference", "mean_response_tokens")
+SUMMARY_METRICS = (
+    "prompt_strict",
+    "instruction_strict",
+    "prompt_loose",
+    "instruction_loose",
+    "win_rate_vs_base",
+    "length_controlled_win_rate",
+    "win_rate_vs_reference",
+    "mean_response_tokens",
+)
 
 
 def build_summary(ctx: Context) -> dict:
@@ -958,18 +1134,33 @@ def build_summary(ctx: Context) -> dict:
     m = ctx.rd.manifest()["stages"]
     rows = []
     if "base/eval" in m:
-        row = {"iteration": 0, "policy": ctx.cfg.model, **_eval_row(m["base/eval"]),
-               "seconds": {"eval": m["base/eval"].get("seconds")}}
+        row = {
+            "iteration": 0,
+            "policy": ctx.cfg.model,
+            **_eval_row(m["base/eval"]),
+            "seconds": {"eval": m["base/eval"].get("seconds")},
+        }
         row["win_rate_vs_base"] = 0.5 if "win_rate" in ctx.eval_metrics else None
         rows.append(row)
     for t in range(ctx.cfg.iterations):
         ev = m.get(f"iter_{t}/eval")
         if not ev:
             continue
-        rows.append({"iteration": t + 1, "policy": str(ctx.rd.iter_dir(t) / "policy"), **_eval_row(ev),
-                     "seconds": {s: m.get(f"iter_{t}/{s}", {}).get("seconds") for s in STAGES}})
-    return {"name": ctx.cfg.name, "method": ctx.cfg.method.name, "model": ctx.cfg.model,
-            "metrics": list(ctx.eval_metrics), "iterations": rows}
+        rows.append(
+            {
+                "iteration": t + 1,
+                "policy": str(ctx.rd.iter_dir(t) / "policy"),
+                **_eval_row(ev),
+                "seconds": {s: m.get(f"iter_{t}/{s}", {}).get("seconds") for s in STAGES},
+            }
+        )
+    return {
+        "name": ctx.cfg.name,
+        "method": ctx.cfg.method.name,
+        "model": ctx.cfg.model,
+        "metrics": list(ctx.eval_metrics),
+        "iterations": rows,
+    }
 
 
 def _eval_row(entry: dict) -> dict:

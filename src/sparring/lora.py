@@ -28,8 +28,9 @@ def _require_peft():
     try:
         import peft
     except ImportError:
-        raise UserError("lora.r > 0 needs peft, which is not installed: pip install peft, or set lora.r: 0 to "
-                        "train every weight") from None
+        raise UserError(
+            "lora.r > 0 needs peft, which is not installed: pip install peft, or set lora.r: 0 to train every weight"
+        ) from None
     return peft
 
 
@@ -52,12 +53,15 @@ def check_targets(model, lora_cfg, label: str = "the model") -> list[str]:
         hits = [n for n in all_names if _matches(n, [target])]
         if not hits:
             leaves = sorted({n.rpartition(".")[2] for n in linear_names if n.rpartition(".")[2] != "lm_head"})
-            raise UserError(f"lora.target_modules: {target!r} names no module of {label}; its linear layers are "
-                            f"{', '.join(leaves)}")
+            raise UserError(
+                f"lora.target_modules: {target!r} names no module of {label}; its linear layers are {', '.join(leaves)}"
+            )
         odd = [n for n in hits if n not in linear_names]
         if odd:
-            raise UserError(f"lora.target_modules: {target!r} selects {odd[0]}, which is not a linear layer "
-                            "(sparring's LoRA adapts torch.nn.Linear layers only)")
+            raise UserError(
+                f"lora.target_modules: {target!r} selects {odd[0]}, which is not a linear layer "
+                "(sparring's LoRA adapts torch.nn.Linear layers only)"
+            )
         chosen += hits
     return sorted(set(chosen), key=all_names.index)
 
@@ -99,8 +103,14 @@ def attach(model, lora_cfg, seed: int):
 
     peft = _require_peft()
     check_targets(model, lora_cfg)
-    config = peft.LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                             target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[]), _quiet():
         torch.manual_seed(seed)
         return peft.get_peft_model(model, config)
@@ -111,8 +121,11 @@ def targeted_weights(peft_model) -> list[str]:
     from peft.tuners.lora import LoraLayer
 
     prefix = "base_model.model."
-    return [f"{name.removeprefix(prefix)}.weight" for name, module in peft_model.named_modules()
-            if isinstance(module, LoraLayer)]
+    return [
+        f"{name.removeprefix(prefix)}.weight"
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    ]
 
 
 def merge(peft_model):

@@ -73,16 +73,31 @@ def _betas(key: str, value) -> tuple[float, float]:
 class MARS(torch.optim.Optimizer):
     """MARS-AdamW (approx) for 2-D tensors, AdamW for the others; see the module docstring."""
 
-    def __init__(self, params, lr: float = 3e-3, betas=(0.95, 0.99), gamma: float = 0.025, eps: float = 1e-8,
-                 weight_decay: float = 0.0, lr_1d: float = 3e-3, betas_1d=(0.9, 0.95), weight_decay_1d: float = 0.1,
-                 optimize_1d: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 3e-3,
+        betas=(0.95, 0.99),
+        gamma: float = 0.025,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lr_1d: float = 3e-3,
+        betas_1d=(0.9, 0.95),
+        weight_decay_1d: float = 0.1,
+        optimize_1d: bool = False,
+    ):
         lr = _number("lr", lr, positive=True)  # > 0: lr_1d is stored as a ratio to it
         if not isinstance(optimize_1d, bool):
             raise UserError(f"MARS option optimize_1d = {optimize_1d!r} must be true or false")
         defaults = {
-            "lr": lr, "betas": _betas("betas", betas), "gamma": _number("gamma", gamma), "eps": _number("eps", eps),
-            "weight_decay": _number("weight_decay", weight_decay), "lr_1d_ratio": _number("lr_1d", lr_1d) / lr,
-            "betas_1d": _betas("betas_1d", betas_1d), "weight_decay_1d": _number("weight_decay_1d", weight_decay_1d),
+            "lr": lr,
+            "betas": _betas("betas", betas),
+            "gamma": _number("gamma", gamma),
+            "eps": _number("eps", eps),
+            "weight_decay": _number("weight_decay", weight_decay),
+            "lr_1d_ratio": _number("lr_1d", lr_1d) / lr,
+            "betas_1d": _betas("betas_1d", betas_1d),
+            "weight_decay_1d": _number("weight_decay_1d", weight_decay_1d),
             "optimize_1d": optimize_1d,
         }
         super().__init__(params, defaults)
@@ -119,8 +134,15 @@ class MARS(torch.optim.Optimizer):
                     last.copy_(grad)
                     _adamw(p, c, state, group["betas"], group["eps"], group["lr"], group["weight_decay"])
                 else:
-                    _adamw(p, grad, state, group["betas_1d"], group["eps"], group["lr"] * group["lr_1d_ratio"],
-                           group["weight_decay_1d"])
+                    _adamw(
+                        p,
+                        grad,
+                        state,
+                        group["betas_1d"],
+                        group["eps"],
+                        group["lr"] * group["lr_1d_ratio"],
+                        group["weight_decay_1d"],
+                    )
         return loss
 
 

@@ -69,16 +69,19 @@ def resolve_model(name: str | os.PathLike) -> str:
         check_model_dir(path, f"model directory {path}")
         return str(path)
     if path.exists():
-        raise UserError(f"model {name!r} is a file; expected an HF model directory, a hub id or one of "
-                        f"{sorted(EMBEDDED)}")
+        raise UserError(
+            f"model {name!r} is a file; expected an HF model directory, a hub id or one of {sorted(EMBEDDED)}"
+        )
     local = _local_reason(name)
     if local is None and _HUB_ID.fullmatch(name):
         _check_hub_model(name)
         return name
     aliases = ", ".join(sorted(EMBEDDED))
     if local is not None:
-        raise UserError(f"model {name!r} is neither an embedded model ({aliases}) nor a hub id: model directory "
-                        f"{path} not found{local}; check the path")
+        raise UserError(
+            f"model {name!r} is neither an embedded model ({aliases}) nor a hub id: model directory "
+            f"{path} not found{local}; check the path"
+        )
     raise UserError(
         f"model {name!r} is neither an embedded model ({aliases}), "
         "an existing HF model directory, nor a hub id of the form org/name"
@@ -89,8 +92,12 @@ _HUB_ID = re.compile(r"[^/\s]+/[^/\s]+")  # shape only; huggingface_hub's valida
 
 # The weight files transformers 5's from_pretrained reads from a directory, in its order of preference
 # (modeling_utils._get_resolved_checkpoint_files); any other *.safetensors / *.bin there is ignored by it.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 # How long asking the hub about a model not in the local cache may take in all, unless HF_HUB_ETAG_TIMEOUT
 # (huggingface_hub's own setting for such metadata requests) says otherwise: transformers' own attempts
@@ -120,8 +127,11 @@ def check_model_dir(directory: Path, label: str) -> None:
     if not config_path.is_file():
         raise UserError(f"{label} has no config.json (not an HF model directory)")
     # A run resolves the same policy at every stage: check each version of a directory once.
-    stamp = tuple((f, st.st_size, st.st_mtime_ns) for f in ("config.json", *WEIGHT_FILES)
-                  if (st := _stat(directory / f)) is not None)
+    stamp = tuple(
+        (f, st.st_size, st.st_mtime_ns)
+        for f in ("config.json", *WEIGHT_FILES)
+        if (st := _stat(directory / f)) is not None
+    )
     key = (str(directory.resolve()), stamp)
     if key in _CHECKED:
         return
@@ -142,11 +152,15 @@ def _read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); it is damaged: restore it from the "
-                        "model's source or re-save the model with save_pretrained") from None
+        raise UserError(
+            f"{path}: not UTF-8 text (byte {exc.start}); it is damaged: restore it from the "
+            "model's source or re-save the model with save_pretrained"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); it is damaged: "
-                        "restore it from the model's source or re-save the model with save_pretrained") from None
+        raise UserError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); it is damaged: "
+            "restore it from the model's source or re-save the model with save_pretrained"
+        ) from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
@@ -184,12 +198,17 @@ def _check_weights(directory: Path, config: dict, label: str) -> None:
     explicit = config.get("transformers_weights")  # transformers 5: the config may name its weights file
     present = [explicit] if isinstance(explicit, str) else [f for f in WEIGHT_FILES if (directory / f).is_file()]
     if not present or not (directory / present[0]).is_file():
-        others = sorted(p.name for p in directory.iterdir()
-                        if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf") and p.is_file())
+        others = sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf") and p.is_file()
+        )
         found = f"; it holds {', '.join(others)}, which transformers does not load under that name" if others else ""
         wanted = explicit if isinstance(explicit, str) else ", ".join(WEIGHT_FILES[:-1]) + f" or {WEIGHT_FILES[-1]}"
-        raise UserError(f"{label} has no weights (transformers reads {wanted}){found}: copy the weights in, or "
-                        "point at the directory save_pretrained wrote")
+        raise UserError(
+            f"{label} has no weights (transformers reads {wanted}){found}: copy the weights in, or "
+            "point at the directory save_pretrained wrote"
+        )
     first = directory / present[0]
     files = _shards(first, label) if first.name.endswith(".index.json") else [first]
     for f in files:
@@ -202,13 +221,16 @@ def _check_weights(directory: Path, config: dict, label: str) -> None:
 def _shards(index: Path, label: str) -> list[Path]:
     weight_map = _read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise UserError(f"{index}: has no weight_map of tensor names to shard files; re-save the model with "
-                        "save_pretrained")
+        raise UserError(
+            f"{index}: has no weight_map of tensor names to shard files; re-save the model with save_pretrained"
+        )
     shards = [index.parent / s for s in sorted(set(weight_map.values()))]
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
-        raise UserError(f"{label}: {index.name} lists {len(missing)} missing shard(s), first {missing[0]}: the copy "
-                        "or download is incomplete; fetch the missing files")
+        raise UserError(
+            f"{label}: {index.name} lists {len(missing)} missing shard(s), first {missing[0]}: the copy "
+            "or download is incomplete; fetch the missing files"
+        )
     return shards
 
 
@@ -219,8 +241,10 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt"):  # reads the header only, and checks it covers the file
             pass
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc}); it is corrupt or truncated (an "
-                        "interrupted download or copy?): download or copy it again") from None
+        raise UserError(
+            f"{path}: not a readable safetensors file ({exc}); it is corrupt or truncated (an "
+            "interrupted download or copy?): download or copy it again"
+        ) from None
 
 
 def _check_pickle(path: Path) -> None:
@@ -242,8 +266,10 @@ def _check_pickle(path: Path) -> None:
             f"'{path.parent / 'model.safetensors'}', metadata={{'format': 'pt'}}), then remove {path.name}"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:  # torch's zip reader reports damage as RuntimeError
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); it is corrupt "
-                        "or truncated (an interrupted download or copy?): download or copy it again") from None
+        raise UserError(
+            f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); it is corrupt "
+            "or truncated (an interrupted download or copy?): download or copy it again"
+        ) from None
 
 
 def _check_hub_model(repo_id: str) -> None:
@@ -268,9 +294,11 @@ def _check_hub_model(repo_id: str) -> None:
         partial = True
     missing = "its weights are not in" if partial else "not in"
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"model {repo_id!r}: not on disk, {missing} the local HF cache ({constants.HF_HUB_CACHE}), "
-                        "and HF_HUB_OFFLINE is set, so the hub is not asked; unset it where the hub is reachable, "
-                        f"or download the model there (hf download {repo_id}) and give its directory")
+        raise UserError(
+            f"model {repo_id!r}: not on disk, {missing} the local HF cache ({constants.HF_HUB_CACHE}), "
+            "and HF_HUB_OFFLINE is set, so the hub is not asked; unset it where the hub is reachable, "
+            f"or download the model there (hf download {repo_id}) and give its directory"
+        )
     _ask_hub(repo_id, missing)
 
 
@@ -318,23 +346,32 @@ def _ask_hub(repo_id: str, missing: str) -> None:
         return
     where = f"not on disk, {missing} the local HF cache ({constants.HF_HUB_CACHE})"
     if isinstance(exc, GatedRepoError):
-        raise UserError(f"model {repo_id!r}: {where}, and it is gated on the hub: accept its terms at "
-                        f"{constants.ENDPOINT}/{repo_id} and log in (hf auth login)")
+        raise UserError(
+            f"model {repo_id!r}: {where}, and it is gated on the hub: accept its terms at "
+            f"{constants.ENDPOINT}/{repo_id} and log in (hf auth login)"
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        raise UserError(f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) has no such model (or it "
-                        "is private: log in with hf auth login); check the id")
+        raise UserError(
+            f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) has no such model (or it "
+            "is private: log in with hf auth login); check the id"
+        )
     if isinstance(exc, EntryNotFoundError):
-        raise UserError(f"model {repo_id!r}: the hub holds no config.json for it, so it is not a transformers "
-                        "model; check the id")
+        raise UserError(
+            f"model {repo_id!r}: the hub holds no config.json for it, so it is not a transformers model; check the id"
+        )
     if isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", "?")
-        raise UserError(f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) answered HTTP {status}; "
-                        "try again later, or give a local model directory")
+        raise UserError(
+            f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) answered HTTP {status}; "
+            "try again later, or give a local model directory"
+        )
     if isinstance(exc, _network_errors()):
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) is not reachable ({reason}); "
-                        f"check the id, or download the model where the hub is reachable (hf download {repo_id}) "
-                        "and give its directory")
+        raise UserError(
+            f"model {repo_id!r}: {where}, and the hub ({constants.ENDPOINT}) is not reachable ({reason}); "
+            f"check the id, or download the model where the hub is reachable (hf download {repo_id}) "
+            "and give its directory"
+        )
     raise exc  # not a network failure: a bug, whose traceback is wanted
 
 
@@ -443,8 +480,10 @@ def _from_pretrained(auto_class, name: str, what: str, **kwargs):
         if Path(resolved).is_dir():
             remedy = f"check that {resolved} is a complete model directory written by save_pretrained"
             if auto_class.__name__ == "AutoTokenizer" and not any(Path(resolved).glob("tokenizer*")):
-                remedy = (f"{resolved} has no tokenizer files (tokenizer.json, tokenizer_config.json): copy them "
-                          "from the model it was trained from")
+                remedy = (
+                    f"{resolved} has no tokenizer files (tokenizer.json, tokenizer_config.json): copy them "
+                    "from the model it was trained from"
+                )
         else:
             remedy = "check the id, the network and your hub login (hf auth login)"
         raise UserError(f"cannot load {what}: {type(exc).__name__}: {first}; {remedy}") from None
@@ -541,8 +580,12 @@ def fingerprint_record(model, changed: list[str]) -> dict:
     `changed` parameter names) and their fingerprint in each sampler dtype."""
     names = probe_names(changed)
     params = dict(model.named_parameters())
-    return {"format": FINGERPRINT_FORMAT, "tensors": names, "elements": FINGERPRINT_ELEMENTS,
-            "sha256": {d: weights_fingerprint(params.__getitem__, names, d) for d in FINGERPRINT_DTYPES}}
+    return {
+        "format": FINGERPRINT_FORMAT,
+        "tensors": names,
+        "elements": FINGERPRINT_ELEMENTS,
+        "sha256": {d: weights_fingerprint(params.__getitem__, names, d) for d in FINGERPRINT_DTYPES},
+    }
 
 
 def read_fingerprint(directory: str | os.PathLike) -> dict | None:
@@ -551,10 +594,15 @@ def read_fingerprint(directory: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     record = _read_json_object(path)
-    if record.get("format") != FINGERPRINT_FORMAT or not isinstance(record.get("tensors"), list) \
-            or not isinstance(record.get("sha256"), dict):
-        raise UserError(f"{path}: not a sparring weights fingerprint (format {FINGERPRINT_FORMAT}); restore the "
-                        "policy directory or run its training stage again")
+    if (
+        record.get("format") != FINGERPRINT_FORMAT
+        or not isinstance(record.get("tensors"), list)
+        or not isinstance(record.get("sha256"), dict)
+    ):
+        raise UserError(
+            f"{path}: not a sparring weights fingerprint (format {FINGERPRINT_FORMAT}); restore the "
+            "policy directory or run its training stage again"
+        )
     return record
 
 

@@ -87,16 +87,20 @@ def read_rows(source: str | os.PathLike) -> tuple[str, list[dict], list[str]]:
         try:
             ds = _datasets().load_dataset(name, split=split or "train")
         except Exception as exc:  # datasets raises many kinds (offline, missing split, ...)
-            raise UserError(f"{spec}: cannot load the dataset ({type(exc).__name__}: {_first_line(exc)}); "
-                            "offline, it must be in the local datasets cache") from None
+            raise UserError(
+                f"{spec}: cannot load the dataset ({type(exc).__name__}: {_first_line(exc)}); "
+                "offline, it must be in the local datasets cache"
+            ) from None
         return spec, *_numbered(spec, ds.to_list())
     base, split = _split(spec)
     path = Path(base).expanduser()
     if path.is_dir():
         return spec, *_numbered(spec, _read_saved(path, split, spec))
     if not path.exists():
-        raise UserError(f"{spec}: prompt source not found (a file, a directory written by datasets.save_to_disk, "
-                        "shipped:NAME or hf:ORG/NAME)")
+        raise UserError(
+            f"{spec}: prompt source not found (a file, a directory written by datasets.save_to_disk, "
+            "shipped:NAME or hf:ORG/NAME)"
+        )
     return (spec, *_read_file(path, spec))
 
 
@@ -112,8 +116,10 @@ def _first_line(exc: BaseException) -> str:
 def _read_file(path: Path, label: str) -> tuple[list[dict], list[str]]:
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"{label}: unknown file type {path.suffix!r}; prompt files are "
-                        f"{', '.join(FILE_FORMATS)} (or a directory written by datasets.save_to_disk)")
+        raise UserError(
+            f"{label}: unknown file type {path.suffix!r}; prompt files are "
+            f"{', '.join(FILE_FORMATS)} (or a directory written by datasets.save_to_disk)"
+        )
     if path.stat().st_size == 0:
         raise UserError(f"{label}: empty file: no prompts")
     lines = _check_json_text(path, label) if fmt == "json" else None  # datasets' own errors name no line
@@ -176,8 +182,9 @@ def _read_saved(path: Path, split: str | None, label: str) -> list[dict]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:
-        raise UserError(f"{label}: not a directory written by datasets.save_to_disk "
-                        f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise UserError(
+            f"{label}: not a directory written by datasets.save_to_disk ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
@@ -194,8 +201,13 @@ def _read_saved(path: Path, split: str | None, label: str) -> list[dict]:
 # ------------------------------------------------------------------ rows -> prompts
 
 
-def load_prompts(source: str | os.PathLike, *, fields: Mapping[str, str] | None = None,
-                 skip_unsupported: bool = False, skipped: Counter | None = None) -> list[Prompt]:
+def load_prompts(
+    source: str | os.PathLike,
+    *,
+    fields: Mapping[str, str] | None = None,
+    skip_unsupported: bool = False,
+    skipped: Counter | None = None,
+) -> list[Prompt]:
     """Read and validate a prompt source (see the module docstring); UserError names source, row and column.
 
     `skip_unsupported=True` drops the prompts carrying an IFEval instruction id sparring does not know
@@ -204,9 +216,15 @@ def load_prompts(source: str | os.PathLike, *, fields: Mapping[str, str] | None 
     return prompts_from_rows(rows, label, where, fields=fields, skip_unsupported=skip_unsupported, skipped=skipped)
 
 
-def prompts_from_rows(rows: list[dict], label: str, where: list[str] | None = None, *,
-                      fields: Mapping[str, str] | None = None, skip_unsupported: bool = False,
-                      skipped: Counter | None = None) -> list[Prompt]:
+def prompts_from_rows(
+    rows: list[dict],
+    label: str,
+    where: list[str] | None = None,
+    *,
+    fields: Mapping[str, str] | None = None,
+    skip_unsupported: bool = False,
+    skipped: Counter | None = None,
+) -> list[Prompt]:
     where = where or _numbered(label, rows)[1]
     columns = _column_map(rows, label, fields or {})
     out: list[Prompt] = []
@@ -216,8 +234,10 @@ def prompts_from_rows(rows: list[dict], label: str, where: list[str] | None = No
         if prompt is None:
             continue
         if prompt.id in first_row:
-            raise UserError(f"{where[n - 1]}: column {columns.get('id', 'id')!r}: duplicate id {prompt.id!r} "
-                            f"(first at {first_row[prompt.id]})")
+            raise UserError(
+                f"{where[n - 1]}: column {columns.get('id', 'id')!r}: duplicate id {prompt.id!r} "
+                f"(first at {first_row[prompt.id]})"
+            )
         first_row[prompt.id] = where[n - 1]
         out.append(prompt)
     if not out:
@@ -233,23 +253,33 @@ def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict
     for name in fields:
         if name not in FIELDS:
             hint = difflib.get_close_matches(name, FIELDS, n=1)
-            raise UserError(f"prompts.fields.{name}: unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                            + f"; fields are {', '.join(FIELDS)}")
+            raise UserError(
+                f"prompts.fields.{name}: unknown field"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; fields are {', '.join(FIELDS)}"
+            )
     columns = {}
     for name in FIELDS:
         column = fields.get(name, name)
         if name in fields and column not in present:
-            raise UserError(f"{label}: prompts.fields.{name} = {column!r}, but there is no such column "
-                            f"(columns: {', '.join(present)})")
+            raise UserError(
+                f"{label}: prompts.fields.{name} = {column!r}, but there is no such column "
+                f"(columns: {', '.join(present)})"
+            )
         if column in present:
             columns[name] = column
     if "id" not in columns and "key" in present:
         columns["id"] = "key"  # IFEval's input_data names it so
     if "prompt" not in columns and "messages" not in columns:
         near = [c for c in present if difflib.get_close_matches(c, ("prompt", "messages", "instruction"), n=1)]
-        raise UserError(f"{label}: no 'prompt' or 'messages' column (columns: {', '.join(present)}); "
-                        + (f"map one with prompts.fields.prompt={near[0]}" if near else
-                           "map one with prompts.fields.prompt=COLUMN or prompts.fields.messages=COLUMN"))
+        raise UserError(
+            f"{label}: no 'prompt' or 'messages' column (columns: {', '.join(present)}); "
+            + (
+                f"map one with prompts.fields.prompt={near[0]}"
+                if near
+                else "map one with prompts.fields.prompt=COLUMN or prompts.fields.messages=COLUMN"
+            )
+        )
     used = set(columns.values())
     for c in present:  # a misspelt field would be silently ignored: say so instead
         near = difflib.get_close_matches(c, FIELDS + ("key",), n=1, cutoff=0.8)
@@ -258,8 +288,9 @@ def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict
     return columns
 
 
-def _parse_row(where: str, row: dict, columns: dict[str, str], n: int, skip_unsupported: bool,
-               skipped: Counter | None) -> Prompt | None:
+def _parse_row(
+    where: str, row: dict, columns: dict[str, str], n: int, skip_unsupported: bool, skipped: Counter | None
+) -> Prompt | None:
     def get(name):
         return row.get(columns[name]) if name in columns else None
 
@@ -267,15 +298,15 @@ def _parse_row(where: str, row: dict, columns: dict[str, str], n: int, skip_unsu
     if raw_id is None:
         pid = str(n)
     elif isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)) or str(raw_id) == "":
-        raise UserError(f"{where}: column {columns['id']!r} must be a non-empty string or an integer, "
-                        f"got {raw_id!r}")
+        raise UserError(f"{where}: column {columns['id']!r} must be a non-empty string or an integer, got {raw_id!r}")
     else:
         pid = str(raw_id)
 
     reference = get("reference_response")
     if reference is not None and not isinstance(reference, str):
-        raise UserError(f"{where}: column {columns['reference_response']!r} must be a string, "
-                        f"got {_type_name(reference)}")
+        raise UserError(
+            f"{where}: column {columns['reference_response']!r} must be a string, got {_type_name(reference)}"
+        )
     text = get("prompt")
     if text is not None or "messages" not in columns or get("messages") is None and "prompt" in columns:
         if not isinstance(text, str):
@@ -289,15 +320,23 @@ def _parse_row(where: str, row: dict, columns: dict[str, str], n: int, skip_unsu
             try:
                 messages = json.loads(messages)
             except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: column {columns['messages']!r} is text that is not a JSON list ({exc.msg})") from None
-        if isinstance(messages, (list, tuple)) and len(messages) > 1 and isinstance(messages[-1], Mapping) \
-                and messages[-1].get("role") == "assistant":
+                raise UserError(
+                    f"{where}: column {columns['messages']!r} is text that is not a JSON list ({exc.msg})"
+                ) from None
+        if (
+            isinstance(messages, (list, tuple))
+            and len(messages) > 1
+            and isinstance(messages[-1], Mapping)
+            and messages[-1].get("role") == "assistant"
+        ):
             if reference is None:  # a trailing assistant turn is the row's reference response
                 reference = messages[-1].get("content")
             messages = list(messages[:-1])
         if isinstance(messages, (list, tuple)):  # datasets fills a missing 'name' of a turn with None
-            messages = [{k: v for k, v in m.items() if not (k == "name" and v is None)} if isinstance(m, Mapping) else m
-                        for m in messages]
+            messages = [
+                {k: v for k, v in m.items() if not (k == "name" and v is None)} if isinstance(m, Mapping) else m
+                for m in messages
+            ]
         problem = messages_problem(messages)
         if problem:
             raise UserError(f"{where}: column {columns['messages']!r}: {problem}")
@@ -361,8 +400,10 @@ def load_responses(path: str | os.PathLike) -> dict[str, str]:
         names = ("prompt", "response") if "prompt" in obj or "response" in obj else ("instruction", "output")
         for name in names:
             if name not in obj:
-                raise UserError(f"{where}: missing field {name!r} (a response is {{'prompt', 'response'}} "
-                                "or {'instruction', 'output'})")
+                raise UserError(
+                    f"{where}: missing field {name!r} (a response is {{'prompt', 'response'}} "
+                    "or {'instruction', 'output'})"
+                )
             if not isinstance(obj[name], str):
                 raise UserError(f"{where}: field {name!r} must be a string, got {_type_name(obj[name])}")
         prompt, response = obj[names[0]], obj[names[1]]
@@ -394,8 +435,12 @@ def write_prompts(path: str | os.PathLike, prompts: Iterable[Prompt]) -> Path:
 
 def _row(pr: Prompt) -> dict:
     if "instruction_id_list" in pr.meta and len(pr.messages) == 1:
-        out = {"key": int(pr.id) if pr.id.isdigit() else pr.id, "prompt": pr.text,
-               "instruction_id_list": list(pr.meta["instruction_id_list"]), "kwargs": [dict(k) for k in pr.meta["kwargs"]]}
+        out = {
+            "key": int(pr.id) if pr.id.isdigit() else pr.id,
+            "prompt": pr.text,
+            "instruction_id_list": list(pr.meta["instruction_id_list"]),
+            "kwargs": [dict(k) for k in pr.meta["kwargs"]],
+        }
         if pr.reference is not None:
             out["reference_response"] = pr.reference
         return out

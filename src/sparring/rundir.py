@@ -50,13 +50,17 @@ def write_failure(path: Path, exc: BaseException) -> UserError | None:
     full or read-only, no permission; safetensors reports a full disk as its own SafetensorError, which
     is not an OSError), or None for other exceptions."""
     if isinstance(exc, OSError):
-        hint = {errno.ENOSPC: " (the disk is full: free space, then run the same command again to resume)",
-                errno.EROFS: " (the file system is read-only)",
-                errno.EACCES: " (no permission)", errno.EDQUOT: " (disk quota exceeded)"}.get(exc.errno, "")
+        hint = {
+            errno.ENOSPC: " (the disk is full: free space, then run the same command again to resume)",
+            errno.EROFS: " (the file system is read-only)",
+            errno.EACCES: " (no permission)",
+            errno.EDQUOT: " (disk quota exceeded)",
+        }.get(exc.errno, "")
         return UserError(f"could not write {path}: {exc.strerror or exc}{hint}")
     if type(exc).__name__ == "SafetensorError":
-        return UserError(f"could not write {path}: {exc} (is the disk full? free space, then run the same command "
-                         "again to resume)")
+        return UserError(
+            f"could not write {path}: {exc} (is the disk full? free space, then run the same command again to resume)"
+        )
     return None
 
 
@@ -143,8 +147,10 @@ def sha256_of(path: Path) -> str:
 def check_name(name: str, where: str = "name") -> None:
     """A run name is one path component: it names a directory inside runs_dir, never a path elsewhere."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise UserError(f"{where} = {name!r} must be a single directory name (no '/', not '.' or '..'): the run "
-                        "directory is runs_dir/NAME")
+        raise UserError(
+            f"{where} = {name!r} must be a single directory name (no '/', not '.' or '..'): the run "
+            "directory is runs_dir/NAME"
+        )
 
 
 _HELD: dict[str, object] = {}  # lock files this process holds, by resolved path (re-entrant within a process)
@@ -175,12 +181,16 @@ class RunLock:
             fh.seek(0)
             who = fh.read().strip() or "another process"
             fh.close()
-            raise UserError(f"{self.path.parent} is in use by {who}; wait for it to finish or stop it, then run the "
-                            "same command again (one process at a time works on a run directory)") from None
+            raise UserError(
+                f"{self.path.parent} is in use by {who}; wait for it to finish or stop it, then run the "
+                "same command again (one process at a time works on a run directory)"
+            ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 + (f" ({command})" if command else ""))
+        fh.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            + (f" ({command})" if command else "")
+        )
         fh.flush()
         self._fh = _HELD[key] = fh
 
@@ -225,24 +235,34 @@ class RunDir:
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
             return {"format": MANIFEST_FORMAT, "stages": {}}
-        how = (" Repair or delete it: deleting manifest.json restarts the run from scratch; deleting one stage's "
-               "entry reruns that stage.")
+        how = (
+            " Repair or delete it: deleting manifest.json restarts the run from scratch; deleting one stage's "
+            "entry reruns that stage."
+        )
         try:
             data = json.loads(self.manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.manifest_path} is corrupted ({exc}); refusing to guess which stages are done."
-                            + how) from None
+            raise UserError(
+                f"{self.manifest_path} is corrupted ({exc}); refusing to guess which stages are done." + how
+            ) from None
         except OSError as exc:
             raise UserError(f"cannot read {self.manifest_path}: {exc.strerror or exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) or data.get("format") != MANIFEST_FORMAT:
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("stages"), dict)
+            or data.get("format") != MANIFEST_FORMAT
+        ):
             raise UserError(
                 f"{self.manifest_path} is not a sparring manifest (format {MANIFEST_FORMAT} with a 'stages' mapping); "
-                "refusing to guess which stages are done." + how)
+                "refusing to guess which stages are done." + how
+            )
         for key, entry in data["stages"].items():
             problem = _entry_problem(entry)
             if problem:
-                raise UserError(f"{self.manifest_path}: the entry of stage {key!r} {problem}; refusing to guess "
-                                "whether it is done." + how)
+                raise UserError(
+                    f"{self.manifest_path}: the entry of stage {key!r} {problem}; refusing to guess "
+                    "whether it is done." + how
+                )
         return data
 
     def _save_manifest(self, data: dict) -> None:
@@ -317,8 +337,11 @@ class RunDir:
         out = []
         for d in self._own_dirs():
             if d == base or base in d.parents:
-                out += [p for p in d.iterdir() if p.name.endswith(".tmp")
-                        and (p.name.startswith(TMP_PREFIX) or _LEGACY_TMP.match(p.name))]
+                out += [
+                    p
+                    for p in d.iterdir()
+                    if p.name.endswith(".tmp") and (p.name.startswith(TMP_PREFIX) or _LEGACY_TMP.match(p.name))
+                ]
         return sorted(out)
 
     def remove_temporaries(self, under: Path | None = None) -> list[Path]:

@@ -115,16 +115,24 @@ METHOD_LOSSES = {
 }
 # The method.* keys that matter to each method (the card lists these, not every key)
 METHOD_KEYS = {
-    "sppo": ("beta", "include_self"), "sppo-single": ("beta", "include_self"), "sppo-all": ("beta", "include_self"),
-    "dpo": ("beta", "label_smoothing", "include_self"), "ipo": ("beta", "include_self"),
-    "fdpo": ("beta", "divergence", "alpha", "include_self"), "simpo": ("beta", "gamma", "include_self"),
-    "dno": ("beta", "label_smoothing", "margin_threshold", "include_self"), "spin": ("beta", "spin_history"),
+    "sppo": ("beta", "include_self"),
+    "sppo-single": ("beta", "include_self"),
+    "sppo-all": ("beta", "include_self"),
+    "dpo": ("beta", "label_smoothing", "include_self"),
+    "ipo": ("beta", "include_self"),
+    "fdpo": ("beta", "divergence", "alpha", "include_self"),
+    "simpo": ("beta", "gamma", "include_self"),
+    "dno": ("beta", "label_smoothing", "margin_threshold", "include_self"),
+    "spin": ("beta", "spin_history"),
     "nash-md": ("beta", "mixture"),
 }
 _METRIC_NAMES = {
-    "prompt_strict": "IFEval prompt-level strict accuracy", "instruction_strict": "IFEval instruction-level strict",
-    "prompt_loose": "IFEval prompt-level loose", "instruction_loose": "IFEval instruction-level loose",
-    "win_rate_vs_base": "win rate vs the base model", "length_controlled_win_rate": "length-controlled win rate",
+    "prompt_strict": "IFEval prompt-level strict accuracy",
+    "instruction_strict": "IFEval instruction-level strict",
+    "prompt_loose": "IFEval prompt-level loose",
+    "instruction_loose": "IFEval instruction-level loose",
+    "win_rate_vs_base": "win rate vs the base model",
+    "length_controlled_win_rate": "length-controlled win rate",
     "win_rate_vs_reference": "win rate vs the reference responses",
 }
 _SECRET = re.compile(r"(token|secret|password|passwd|api_?key)$", re.IGNORECASE)
@@ -134,8 +142,10 @@ def _redacted(obj: Any) -> Any:
     """The config with anything that could be a credential hidden: values of secret-looking keys (a
     key *naming* an environment variable, like judge.api_key_env, stays) and user:password@ in URLs."""
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if isinstance(k, str) and _SECRET.search(k) and v is not None else _redacted(v))
-                for k, v in obj.items()}
+        return {
+            k: ("<redacted>" if isinstance(k, str) and _SECRET.search(k) and v is not None else _redacted(v))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [_redacted(v) for v in obj]
     if isinstance(obj, str):
@@ -182,9 +192,12 @@ def _metrics_section(run_dir: Path, iteration: int, cfg: dict, summary: dict | N
     heldout = _setting(cfg, "prompts.heldout")
     limit = _setting(cfg, "eval.limit")
     if row is None:
-        lines += [f"Not evaluated yet: the evaluation on the held-out prompts ({heldout}) runs after training. "
-                  f"Once `iter_{iteration}/eval` is done, `sparring card --run RUN` rewrites this card with the "
-                  "results.", ""]
+        lines += [
+            f"Not evaluated yet: the evaluation on the held-out prompts ({heldout}) runs after training. "
+            f"Once `iter_{iteration}/eval` is done, `sparring card --run RUN` rewrites this card with the "
+            "results.",
+            "",
+        ]
         return lines
     base, _ = _metrics_for(run_dir, None, summary)
     ivs = row.get("intervals") or {}
@@ -193,10 +206,12 @@ def _metrics_section(run_dir: Path, iteration: int, cfg: dict, summary: dict | N
     if limit:
         what.append(f"(the first {limit})")
     greedy = _setting(cfg, "eval.greedy")
-    lines.append(f"On {' '.join(what)}, {'greedy' if greedy else 'sampled'} responses of at most "
-                 f"{_setting(cfg, 'eval.max_new_tokens')} tokens. Intervals: 95% percentile bootstrap over prompts"
-                 + (f" ({extra['bootstrap']} resamples)" if "bootstrap" in extra else "")
-                 + "; the difference from the base is paired (the same resampled prompts for both policies).")
+    lines.append(
+        f"On {' '.join(what)}, {'greedy' if greedy else 'sampled'} responses of at most "
+        f"{_setting(cfg, 'eval.max_new_tokens')} tokens. Intervals: 95% percentile bootstrap over prompts"
+        + (f" ({extra['bootstrap']} resamples)" if "bootstrap" in extra else "")
+        + "; the difference from the base is paired (the same resampled prompts for both policies)."
+    )
     if "judge" in extra:
         lines.append(f"Win rates judged by `{extra['judge']}`.")
     lines += ["", "| metric | this policy [95% CI] | base model | difference from base [95% CI] |", "|---|---|---|---|"]
@@ -214,8 +229,10 @@ def _metrics_section(run_dir: Path, iteration: int, cfg: dict, summary: dict | N
         lines.append(f"| {_METRIC_NAMES[k]} | {mine} | {_pct(base_v)} | {delta} |")
     if row.get("mean_response_tokens") is not None:
         base_tok = (base or {}).get("mean_response_tokens")
-        lines.append(f"| mean response tokens | {row['mean_response_tokens']:.0f} | "
-                     f"{'–' if base_tok is None else f'{base_tok:.0f}'} | – |")
+        lines.append(
+            f"| mean response tokens | {row['mean_response_tokens']:.0f} | "
+            f"{'–' if base_tok is None else f'{base_tok:.0f}'} | – |"
+        )
     if not shown:
         lines.append("| (no metric recorded) | – | – | – |")
     return lines + [""]
@@ -241,16 +258,28 @@ def _judge_section(cfg: dict) -> list[str]:
         return name, out
 
     name, lines = settings("judge.")
-    out = ["## Judge", "", "Preferences P(y_i ≻ y_j) between the K samples of each prompt came from the "
-           f"`{name}` judge (docs/judge.md):", "", *lines]
+    out = [
+        "## Judge",
+        "",
+        f"Preferences P(y_i ≻ y_j) between the K samples of each prompt came from the `{name}` judge (docs/judge.md):",
+        "",
+        *lines,
+    ]
     if isinstance(cfg.get("eval"), dict) and isinstance(cfg["eval"].get("judge"), dict):
         ename, elines = settings("eval.judge.")
         out += ["", f"The held-out win rates were judged by `{ename}`:", "", *elines]
     return out + [""]
 
 
-def render_model_card(*, run_dir: str | Path, iteration: int, cfg: dict, summary: dict | None,
-                      repo_id: str | None = None, stages: dict | None = None) -> str:
+def render_model_card(
+    *,
+    run_dir: str | Path,
+    iteration: int,
+    cfg: dict,
+    summary: dict | None,
+    repo_id: str | None = None,
+    stages: dict | None = None,
+) -> str:
     """The text of the model card of iteration `iteration`'s policy (π_{t+1}, saved in iter_t/policy)."""
     import yaml
 
@@ -274,31 +303,40 @@ def render_model_card(*, run_dir: str | Path, iteration: int, cfg: dict, summary
     t1 = iteration + 1
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", CARD_MARK, ""]
     lines += [f"# {_setting(cfg, 'name')}: π_{t1}, iteration {t1} of {total} ({method})", ""]
-    lines += ["A policy trained with sparring's self-play preference optimization loop: "
-              f"{t1} round(s) of generate → judge → train starting from "
-              + (f"`{base_id}`" if base_id else f"the local model `{model}`")
-              + (" (the embedded copy, converted from its quantized GGUF file)" if model in HUB_IDS else "")
-              + f". This is the policy saved after iteration {iteration} (`iter_{iteration}/policy` of the run).", ""]
+    lines += [
+        "A policy trained with sparring's self-play preference optimization loop: "
+        f"{t1} round(s) of generate → judge → train starting from "
+        + (f"`{base_id}`" if base_id else f"the local model `{model}`")
+        + (" (the embedded copy, converted from its quantized GGUF file)" if model in HUB_IDS else "")
+        + f". This is the policy saved after iteration {iteration} (`iter_{iteration}/policy` of the run).",
+        "",
+    ]
     m = METHODS.get(method)
     lines += ["## Training", "", f"- **Method**: `{method}`" + (f" — {m.description}" if m else "")]
     if method in METHOD_LOSSES:
-        lines.append(f"- **Loss**: {METHOD_LOSSES[method]}; ρ = log π_θ(y) − log π_t(y), P̂ = win rate against the "
-                     "iteration's K samples")
+        lines.append(
+            f"- **Loss**: {METHOD_LOSSES[method]}; ρ = log π_θ(y) − log π_t(y), P̂ = win rate against the "
+            "iteration's K samples"
+        )
     keys = METHOD_KEYS.get(method, ("beta",))
     params = ", ".join(f"`{k}` = {_value_text(_setting(cfg, 'method.' + k))}" for k in keys)
     lines.append(f"- **Method settings**: {params}")
     if apo:
-        lines.append(f"- **APO**: the saved weights are extrapolated, θ̂ = θ + α(θ − θ_prev), α = "
-                     f"{_setting(cfg, 'method.apo_alpha')}")
-    lines += [f"- **Iteration**: {t1} of {total}",
-              f"- **Prompts**: `{train_src}`, {_setting(cfg, 'prompts.per_iteration')} fresh prompts per iteration",
-              f"- **Sampling**: K = {_setting(cfg, 'generation.k')} responses per prompt, at most "
-              f"{_setting(cfg, 'generation.max_new_tokens')} new tokens, temperature "
-              f"{_setting(cfg, 'generation.temperature')}, top-p {_setting(cfg, 'generation.top_p')}",
-              f"- **Optimizer**: {_setting(cfg, 'train.optimizer')}, lr {_setting(cfg, 'train.lr')}, "
-              f"{_setting(cfg, 'train.epochs')} epoch(s), {_setting(cfg, 'train.batch_size')} rows per step, "
-              f"{_setting(cfg, 'train.precision')}",
-              f"- **Seed**: {_setting(cfg, 'seed')}"]
+        lines.append(
+            f"- **APO**: the saved weights are extrapolated, θ̂ = θ + α(θ − θ_prev), α = "
+            f"{_setting(cfg, 'method.apo_alpha')}"
+        )
+    lines += [
+        f"- **Iteration**: {t1} of {total}",
+        f"- **Prompts**: `{train_src}`, {_setting(cfg, 'prompts.per_iteration')} fresh prompts per iteration",
+        f"- **Sampling**: K = {_setting(cfg, 'generation.k')} responses per prompt, at most "
+        f"{_setting(cfg, 'generation.max_new_tokens')} new tokens, temperature "
+        f"{_setting(cfg, 'generation.temperature')}, top-p {_setting(cfg, 'generation.top_p')}",
+        f"- **Optimizer**: {_setting(cfg, 'train.optimizer')}, lr {_setting(cfg, 'train.lr')}, "
+        f"{_setting(cfg, 'train.epochs')} epoch(s), {_setting(cfg, 'train.batch_size')} rows per step, "
+        f"{_setting(cfg, 'train.precision')}",
+        f"- **Seed**: {_setting(cfg, 'seed')}",
+    ]
     done = (stages or {}).get(f"iter_{iteration}/train", {}).get("metrics") or {}
     rows = (stages or {}).get(f"iter_{iteration}/rows", {}).get("metrics") or {}
     facts = []  # at save time the train stage is not recorded yet: say what the manifest knows
@@ -314,23 +352,40 @@ def render_model_card(*, run_dir: str | Path, iteration: int, cfg: dict, summary
     # no absolute path: the card is part of the policy's recorded hash, and two runs of one config in
     # two places (or a moved run) must give the same bits
     where = repo_id or f"{run_dir.name}/iter_{iteration}/policy"
-    lines += ["## How to use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
-              f'model = AutoModelForCausalLM.from_pretrained("{where}")',
-              'messages = [{"role": "user", "content": "Write a haiku about autumn."}]',
-              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
-              "return_dict=True)",
-              "output = model.generate(**inputs, max_new_tokens=128)",
-              'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```", ""]
+    lines += [
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        'messages = [{"role": "user", "content": "Write a haiku about autumn."}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+        "return_dict=True)",
+        "output = model.generate(**inputs, max_new_tokens=128)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+        "",
+    ]
     shown = {k: v for k, v in _redacted(cfg).items() if k != "runs_dir"}
-    lines += ["## Configuration", "", "The run's resolved config (`config.yaml` without `runs_dir`, which says where "
-              "the run lived, not what it computed; `sparring run` reruns it):", "",
-              "```yaml", yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    lines += [
+        "## Configuration",
+        "",
+        "The run's resolved config (`config.yaml` without `runs_dir`, which says where "
+        "the run lived, not what it computed; `sparring run` reruns it):",
+        "",
+        "```yaml",
+        yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_model_card(policy_dir: str | Path, *, run_dir: str | Path, iteration: int, cfg: dict,
-                     summary: dict | None) -> Path:
+def write_model_card(
+    policy_dir: str | Path, *, run_dir: str | Path, iteration: int, cfg: dict, summary: dict | None
+) -> Path:
     """Write README.md (a model card) into `policy_dir`, the policy trained in iteration `iteration`
     (0-based: iter_t/policy holds π_{t+1}). `cfg`: the resolved config as a dict; `summary`: summary.json's
     content or None (before the evaluation the card says "not evaluated yet"). Written atomically, and
@@ -388,9 +443,11 @@ def _rewrite_recorded_card(rd, t: int, text: str) -> None:
     try:
         entry = rd.stage(key) or {}
         if sha256_of(policy) != (entry.get("outputs") or {}).get(rel):
-            raise UserError(f"{policy} no longer matches the sha256 that {key} recorded, so its model card is left "
-                            f"as it is; `sparring status --verify {rd.root}` checks the run, and resuming it trains "
-                            "the policy again")
+            raise UserError(
+                f"{policy} no longer matches the sha256 that {key} recorded, so its model card is left "
+                f"as it is; `sparring status --verify {rd.root}` checks the run, and resuming it trains "
+                "the policy again"
+            )
         write_text(policy / "README.md", text)
     finally:
         if not held:
@@ -440,19 +497,27 @@ def _run_of_policy(policy_dir: Path) -> tuple[Path, int] | None:
 # A hub repo id: ORG/NAME, letters, digits, '-', '_', '.', at most 96 characters a name, no '--' or '..',
 # not starting or ending with '-' or '.' (the hub's own rules, checked here before any network call)
 _REPO_PART = r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_repo_id(repo_id: str) -> None:
     if not isinstance(repo_id, str) or "/" not in repo_id:
-        raise UserError(f"repo id {repo_id!r} must be ORG/NAME (your user name or an organization, then the model "
-                        "name), e.g. alice/smollm2-sppo-iter2")
+        raise UserError(
+            f"repo id {repo_id!r} must be ORG/NAME (your user name or an organization, then the model "
+            "name), e.g. alice/smollm2-sppo-iter2"
+        )
     org, _, name = repo_id.partition("/")
     for part, what in ((org, "ORG"), (name, "NAME")):
         if not re.fullmatch(_REPO_PART, part):
-            raise UserError(f"repo id {repo_id!r}: {what} {part!r} may hold only letters, digits, '-', '_' and '.', "
-                            "at most 96 characters, without '--' or '..', and must not start or end with '-' or '.'")
+            raise UserError(
+                f"repo id {repo_id!r}: {what} {part!r} may hold only letters, digits, '-', '_' and '.', "
+                "at most 96 characters, without '--' or '..', and must not start or end with '-' or '.'"
+            )
 
 
 def check_policy_dir(policy_dir: Path) -> None:
@@ -461,8 +526,9 @@ def check_policy_dir(policy_dir: Path) -> None:
     if not (policy_dir / "config.json").is_file():
         raise UserError(f"{policy_dir} has no config.json: not a saved Hugging Face model directory")
     if not any((policy_dir / f).is_file() for f in WEIGHT_FILES) and not list(policy_dir.glob("*.safetensors")):
-        raise UserError(f"{policy_dir} has no weights (model.safetensors or pytorch_model.bin): was its save "
-                        "interrupted?")
+        raise UserError(
+            f"{policy_dir} has no weights (model.safetensors or pytorch_model.bin): was its save interrupted?"
+        )
 
 
 def _hub_error(exc: BaseException, repo_id: str, secrets: list[str]) -> UserError:
@@ -474,8 +540,10 @@ def _hub_error(exc: BaseException, repo_id: str, secrets: list[str]) -> UserErro
         if s:
             detail = detail.replace(s, "<token>")
     if isinstance(exc, errors.LocalTokenNotFoundError):
-        return UserError(f"push to {repo_id}: no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN "
-                         "to a token with write access")
+        return UserError(
+            f"push to {repo_id}: no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN "
+            "to a token with write access"
+        )
     if isinstance(exc, errors.OfflineModeIsEnabled):
         return UserError(f"push to {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push")
     if isinstance(exc, errors.HFValidationError):
@@ -483,23 +551,30 @@ def _hub_error(exc: BaseException, repo_id: str, secrets: list[str]) -> UserErro
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401:
-            return UserError(f"push to {repo_id}: the hub rejected the token (HTTP 401: invalid or expired); log in "
-                             "again with `hf auth login` or set HF_TOKEN to a valid token")
+            return UserError(
+                f"push to {repo_id}: the hub rejected the token (HTTP 401: invalid or expired); log in "
+                "again with `hf auth login` or set HF_TOKEN to a valid token"
+            )
         if status == 403:
-            return UserError(f"push to {repo_id}: the token may not write to {repo_id.split('/')[0]!r} (HTTP 403); use "
-                             "a token with write access, and an organization you are a member of")
+            return UserError(
+                f"push to {repo_id}: the token may not write to {repo_id.split('/')[0]!r} (HTTP 403); use "
+                "a token with write access, and an organization you are a member of"
+            )
         if status == 404:
-            return UserError(f"push to {repo_id}: the hub found no such repository, or the token cannot see it "
-                             "(HTTP 404); check the repo id and the token's permissions")
+            return UserError(
+                f"push to {repo_id}: the hub found no such repository, or the token cannot see it "
+                "(HTTP 404); check the repo id and the token's permissions"
+            )
         if status == 429:
             return UserError(f"push to {repo_id}: the hub is rate-limiting these requests (HTTP 429); wait and retry")
         return UserError(f"push to {repo_id}: the hub answered HTTP {status}: {detail}")
-    return UserError(f"push to {repo_id}: could not reach the Hugging Face Hub ({type(exc).__name__}: {detail}); "
-                     "check the network connection (and HF_ENDPOINT, if set), then retry")
+    return UserError(
+        f"push to {repo_id}: could not reach the Hugging Face Hub ({type(exc).__name__}: {detail}); "
+        "check the network connection (and HF_ENDPOINT, if set), then retry"
+    )
 
 
-def push(policy_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
-         api=None) -> str:
+def push(policy_dir: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, api=None) -> str:
     """Upload a saved policy directory to the hub repo `repo_id` (created if needed); returns its URL.
     A run's policy is uploaded with a fresh model card whose snippet loads `repo_id`, rendered in memory:
     push writes nothing in the run (which may be running, or read-only). `token`: None uses the logged-in
@@ -518,26 +593,50 @@ def push(policy_dir: str | Path, repo_id: str, *, private: bool = False, token: 
             stages = RunDir(run_dir).manifest()["stages"]
         except UserError:
             stages = {}
-        card = render_model_card(run_dir=run_dir, iteration=t, cfg=_read_run_config(run_dir),
-                                 summary=_read_json(run_dir / "summary.json"), repo_id=repo_id, stages=stages)
+        card = render_model_card(
+            run_dir=run_dir,
+            iteration=t,
+            cfg=_read_run_config(run_dir),
+            summary=_read_json(run_dir / "summary.json"),
+            repo_id=repo_id,
+            stages=stages,
+        )
     from huggingface_hub import HfApi, errors
 
     if api is None:
         api = HfApi(token=token)
     auth = {"token": token} if token is not None else {}
     # Network failures arrive as the hub's HTTP errors, its transport-level HTTPError, or plain OSErrors
-    hub_errors = (errors.HfHubHTTPError, getattr(errors, "HTTPError", OSError), errors.LocalTokenNotFoundError,
-                  errors.HFValidationError, errors.OfflineModeIsEnabled, OSError)
+    hub_errors = (
+        errors.HfHubHTTPError,
+        getattr(errors, "HTTPError", OSError),
+        errors.LocalTokenNotFoundError,
+        errors.HFValidationError,
+        errors.OfflineModeIsEnabled,
+        OSError,
+    )
     secrets = [token or "", os.environ.get("HF_TOKEN", "")]
     name = policy_dir.parent.parent.name + "/" + policy_dir.parent.name if run else policy_dir.name
     ignore = [".*.tmp", ".*.tmp/*"] + (["README.md"] if card is not None else [])
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", **auth)
-        api.upload_folder(repo_id=repo_id, folder_path=str(policy_dir), repo_type="model",
-                          commit_message=f"sparring: upload {name}", ignore_patterns=ignore, **auth)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(policy_dir),
+            repo_type="model",
+            commit_message=f"sparring: upload {name}",
+            ignore_patterns=ignore,
+            **auth,
+        )
         if card is not None:
-            api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
-                            repo_type="model", commit_message=f"sparring: model card of {name}", **auth)
+            api.upload_file(
+                path_or_fileobj=card.encode("utf-8"),
+                path_in_repo="README.md",
+                repo_id=repo_id,
+                repo_type="model",
+                commit_message=f"sparring: model card of {name}",
+                **auth,
+            )
     except hub_errors as exc:
         raise _hub_error(exc, repo_id, secrets) from None
     endpoint = getattr(api, "endpoint", None) or "https://huggingface.co"
@@ -551,10 +650,20 @@ def _conversation_features():
     from datasets import Features, List, Value
 
     turns = List({"role": Value("string"), "content": Value("string")})
-    return Features({"prompt": turns, "chosen": turns, "rejected": turns, "prompt_id": Value("string"),
-                     "score_chosen": Value("float64"), "score_rejected": Value("float64"),
-                     "p_chosen_beats_rejected": Value("float64"), "chosen_index": Value("int32"),
-                     "rejected_index": Value("int32"), "iteration": Value("int32")})
+    return Features(
+        {
+            "prompt": turns,
+            "chosen": turns,
+            "rejected": turns,
+            "prompt_id": Value("string"),
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+            "p_chosen_beats_rejected": Value("float64"),
+            "chosen_index": Value("int32"),
+            "rejected_index": Value("int32"),
+            "iteration": Value("int32"),
+        }
+    )
 
 
 def _samples_by_prompt(path: Path) -> tuple[list[str], dict[str, dict[int, dict]]]:
@@ -591,34 +700,45 @@ def _load_run_prompts(cfg: dict) -> tuple[dict, str | None]:
     try:
         prompts = load_prompts(source, fields=_setting(cfg, "prompts.fields") or {})
     except (UserError, OSError) as exc:
-        return {}, (f"the run's training prompts ({source}) could not be read ({str(exc).splitlines()[0]}): each "
-                    "prompt is its text from samples.parquet as one user turn")
+        return {}, (
+            f"the run's training prompts ({source}) could not be read ({str(exc).splitlines()[0]}): each "
+            "prompt is its text from samples.parquet as one user turn"
+        )
     return {p.id: p for p in prompts}, None
 
 
 def _describe(method: str, cfg: dict, uses_pairs: bool) -> str:
     include_self = _setting(cfg, "method.include_self")
-    head = (f"Preference pairs of the sparring run {_setting(cfg, 'name')!r} (method {method}), one split per "
-            "iteration. ")
+    head = (
+        f"Preference pairs of the sparring run {_setting(cfg, 'name')!r} (method {method}), one split per iteration. "
+    )
     if method == "spin":
-        how = ("chosen is the prompt's ground-truth reference response and rejected is π_t's first sample: the pair "
-               "SPIN trained on (iter_t/train.parquet; SPIN keeps tied prompts too, and score_chosen and "
-               "p_chosen_beats_rejected are null, the ground truth never being judged). ")
+        how = (
+            "chosen is the prompt's ground-truth reference response and rejected is π_t's first sample: the pair "
+            "SPIN trained on (iter_t/train.parquet; SPIN keeps tied prompts too, and score_chosen and "
+            "p_chosen_beats_rejected are null, the ground truth never being judged). "
+        )
     elif uses_pairs:
-        how = ("chosen and rejected are the pair the method trained on in that iteration (iter_t/train.parquet): "
-               "the prompt's best and worst sample by win rate P̂")
+        how = (
+            "chosen and rejected are the pair the method trained on in that iteration (iter_t/train.parquet): "
+            "the prompt's best and worst sample by win rate P̂"
+        )
         if method == "dno":
             threshold = _setting(cfg, "method.margin_threshold")
             how += f", kept when P̂_chosen − P̂_rejected > method.margin_threshold = {threshold}"
         how += ". "
     else:
-        how = (f"Method {method} does not train on pairs, so chosen and rejected are each prompt's best and worst "
-               "sample by win rate P̂ (argmax / argmin, ties to the lower sample index), from samples.parquet and "
-               "preferences.parquet. ")
-    return (head + how + "score_chosen / score_rejected: the win rates P̂ of the two samples against the prompt's K "
-            f"samples (mean of P(y ≻ y_j), self-comparison {'included' if include_self else 'excluded'}); "
-            "p_chosen_beats_rejected: the judge's P(chosen ≻ rejected). Prompts whose K samples all tie are left "
-            "out and counted in export.json.")
+        how = (
+            f"Method {method} does not train on pairs, so chosen and rejected are each prompt's best and worst "
+            "sample by win rate P̂ (argmax / argmin, ties to the lower sample index), from samples.parquet and "
+            "preferences.parquet. "
+        )
+    return (
+        head + how + "score_chosen / score_rejected: the win rates P̂ of the two samples against the prompt's K "
+        f"samples (mean of P(y ≻ y_j), self-comparison {'included' if include_self else 'excluded'}); "
+        "p_chosen_beats_rejected: the judge's P(chosen ≻ rejected). Prompts whose K samples all tie are left "
+        "out and counted in export.json."
+    )
 
 
 def _export_iteration(run_dir: Path, t: int, cfg: dict, prompts: dict, uses_pairs: bool) -> tuple[list[dict], dict]:
@@ -645,8 +765,11 @@ def _export_iteration(run_dir: Path, t: int, cfg: dict, prompts: dict, uses_pair
         names = set(train.column_names)
         cols = [c for c in ("prompt_id", "w_index", "l_index", "from_history") if c in names]
         # spin_history adds iteration t-1's pairs to iteration t's rows: those are t-1's, exported there
-        picks = [(r["prompt_id"], r["w_index"], r["l_index"]) for r in train.select(cols).to_pylist()
-                 if r.get("prompt_id") and not r.get("from_history")]
+        picks = [
+            (r["prompt_id"], r["w_index"], r["l_index"])
+            for r in train.select(cols).to_pylist()
+            if r.get("prompt_id") and not r.get("from_history")
+        ]
     else:
         picks = []
         for pid in order:
@@ -672,10 +795,20 @@ def _export_iteration(run_dir: Path, t: int, cfg: dict, prompts: dict, uses_pair
             chosen, score_w, p_wl = prompt.reference, None, None
         else:
             chosen, score_w, p_wl = samples[pid][w]["response"], float(p_hat[pid][w]), float(mats[pid][w, l])
-        rows.append({"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": samples[pid][l]["response"]}],
-                     "prompt_id": pid, "score_chosen": score_w, "score_rejected": float(p_hat[pid][l]),
-                     "p_chosen_beats_rejected": p_wl, "chosen_index": w, "rejected_index": l, "iteration": t})
+        rows.append(
+            {
+                "prompt": messages,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": samples[pid][l]["response"]}],
+                "prompt_id": pid,
+                "score_chosen": score_w,
+                "score_rejected": float(p_hat[pid][l]),
+                "p_chosen_beats_rejected": p_wl,
+                "chosen_index": w,
+                "rejected_index": l,
+                "iteration": t,
+            }
+        )
     paired = {r["prompt_id"] for r in rows}
     for pid in order:
         if pid in paired:
@@ -712,8 +845,10 @@ def export_trl(run_dir: str | Path, out_dir: str | Path, format: str = "trl") ->
     uses_pairs = method in METHODS and "w" in METHODS[method].sequences and "l" in METHODS[method].sequences
     replaceable = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / "export.json").is_file())
     if out_dir.exists() and not replaceable:
-        raise UserError(f"{out_dir} exists and is not an earlier sparring export; choose another output directory "
-                        "(an export replaces its directory as a whole)")
+        raise UserError(
+            f"{out_dir} exists and is not an earlier sparring export; choose another output directory "
+            "(an export replaces its directory as a whole)"
+        )
     iterations, notes = [], []
     for t in _iterations_on_disk(run_dir):
         d = run_dir / f"iter_{t}"
@@ -724,8 +859,11 @@ def export_trl(run_dir: str | Path, out_dir: str | Path, format: str = "trl") ->
         else:
             iterations.append(t)
     if not iterations:
-        raise UserError(f"{run_dir}: no iteration has samples and preferences yet"
-                        + (f" ({'; '.join(notes)})" if notes else "") + "; nothing to export")
+        raise UserError(
+            f"{run_dir}: no iteration has samples and preferences yet"
+            + (f" ({'; '.join(notes)})" if notes else "")
+            + "; nothing to export"
+        )
     prompts, note = _load_run_prompts(cfg)
     if note:
         notes.append(note)
@@ -736,17 +874,31 @@ def export_trl(run_dir: str | Path, out_dir: str | Path, format: str = "trl") ->
     from datasets import Dataset, DatasetDict, DatasetInfo
 
     features = _conversation_features()
-    report = {"format": "trl", "run": str(run_dir), "name": _setting(cfg, "name"), "method": method,
-              "selection": "train.parquet pairs" if uses_pairs else "best and worst sample by win rate",
-              "description": description, "splits": stats, "notes": notes}
+    report = {
+        "format": "trl",
+        "run": str(run_dir),
+        "name": _setting(cfg, "name"),
+        "method": method,
+        "selection": "train.parquet pairs" if uses_pairs else "best and worst sample by win rate",
+        "description": description,
+        "splits": stats,
+        "notes": notes,
+    }
     with atomic_dir(out_dir) as tmp:
         kept = {name: rows for name, rows in splits.items() if rows}
         if kept:
             # datasets cannot reload a split saved with no rows, so an iteration without pairs has only
             # its (empty) JSONL file and its counts in export.json
-            dd = DatasetDict({name: Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features,
-                                                      info=DatasetInfo(description=description, features=features))
-                              for name, rows in kept.items()})
+            dd = DatasetDict(
+                {
+                    name: Dataset.from_dict(
+                        {c: [r[c] for r in rows] for c in features},
+                        features=features,
+                        info=DatasetInfo(description=description, features=features),
+                    )
+                    for name, rows in kept.items()
+                }
+            )
             stage = tmp / ".dataset.tmp"
             dd.save_to_disk(str(stage))
             for p in stage.iterdir():  # save_to_disk wants its own directory; its files go to the top
@@ -783,7 +935,7 @@ _MEANINGS = {
     "eval": "held-out evaluation settings",
     "tracking": "metric trackers",
     "method.name": "the method: sppo, sppo-all, sppo-single, dpo, ipo, fdpo, simpo, dno, spin, nash-md "
-                   "(docs/methods.md)",
+    "(docs/methods.md)",
     "method.label_smoothing": "DPO label smoothing ε (cDPO); 0 is plain DPO",
     "prompts.heldout": "the held-out prompt source, in the same forms as prompts.train",
     "generation.max_new_tokens": "longest response sampled, in tokens",
@@ -931,13 +1083,18 @@ def config_reference() -> str:
         if prefix.startswith("eval.judge"):
             continue  # the same keys as judge.*; one row says so
         sections.setdefault(prefix, []).append((dotted, cls, f, typ))
-    out = ["# Configuration reference", "",
-           "<!-- Generated by sparring.share.config_reference() from src/sparring/config.py: do not edit by hand. "
-           "Regenerate with `python -m sparring.share config-reference --out docs/config.md`. -->", "",
-           "Every key a recipe (YAML) may hold, and `key.sub=value` overrides on the command line. A bad value is an "
-           "error naming the key and what is allowed; an unknown key is an error naming the nearest valid key, "
-           "whichever section it is in, and TRL's argument names are recognised (see the end of this page). "
-           "Ranges: `[a, b)` includes a and excludes b; `null` is YAML's empty value.", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by sparring.share.config_reference() from src/sparring/config.py: do not edit by hand. "
+        "Regenerate with `python -m sparring.share config-reference --out docs/config.md`. -->",
+        "",
+        "Every key a recipe (YAML) may hold, and `key.sub=value` overrides on the command line. A bad value is an "
+        "error naming the key and what is allowed; an unknown key is an error naming the nearest valid key, "
+        "whichever section it is in, and TRL's argument names are recognised (see the end of this page). "
+        "Ranges: `[a, b)` includes a and excludes b; `null` is YAML's empty value.",
+        "",
+    ]
     for prefix, rows in sections.items():
         out += [f"## {'Top level' if not prefix else f'`{prefix}`'}", ""]
         if section_doc.get(prefix):
@@ -950,18 +1107,28 @@ def config_reference() -> str:
             elif dotted == "eval.judge":
                 meaning += "; the same keys as [`judge`](#judge)"
             if prefix == "judge" and f.name not in ("name", "cache"):
-                defaults = [f"{name} {_value_text(ks[f.name])}" for name, ks in KEYS.items()
-                            if f.name in ks and ks[f.name] is not None]
+                defaults = [
+                    f"{name} {_value_text(ks[f.name])}"
+                    for name, ks in KEYS.items()
+                    if f.name in ks and ks[f.name] is not None
+                ]
                 users = [name for name, ks in KEYS.items() if f.name in ks]
                 meaning += f" (judges: {', '.join(users)}" + (f"; default {', '.join(defaults)}" if defaults else "")
                 meaning += ")"
-            out.append(f"| `{dotted}` | {_cell(_type_text(typ))} | {_range_text(dict(f.metadata))} | "
-                       f"{_cell(_value_text(_field_default(f)))} | {_cell(meaning)} |")
+            out.append(
+                f"| `{dotted}` | {_cell(_type_text(typ))} | {_range_text(dict(f.metadata))} | "
+                f"{_cell(_value_text(_field_default(f)))} | {_cell(meaning)} |"
+            )
         out.append("")
-    out += ["## Coming from TRL", "",
-            "TRL's `DPOConfig` / `TrainingArguments` names and the sparring keys that play their part; given in a "
-            "recipe, each is an unknown-key error that names its sparring key.", "",
-            "| TRL | sparring | note |", "|---|---|---|"]
+    out += [
+        "## Coming from TRL",
+        "",
+        "TRL's `DPOConfig` / `TrainingArguments` names and the sparring keys that play their part; given in a "
+        "recipe, each is an unknown-key error that names its sparring key.",
+        "",
+        "| TRL | sparring | note |",
+        "|---|---|---|",
+    ]
     for name, (key, note) in TRL_KEYS.items():
         out.append(f"| `{name}` | `{key}` | {_cell(note)} |")
     return "\n".join(out) + "\n"
@@ -974,13 +1141,18 @@ TRL_KEYS: dict[str, tuple[str, str]] = {
     "learning_rate": ("train.lr", ""),
     "num_train_epochs": ("train.epochs", "passes over each iteration's rows"),
     "per_device_train_batch_size": ("train.micro_batch_size", "rows per forward pass"),
-    "gradient_accumulation_steps": ("train.batch_size", "here train.batch_size is the rows of one optimizer step "
-                                    "over all processes, i.e. per-device batch × accumulation steps × processes, and "
-                                    "train.micro_batch_size the rows of one forward pass"),
+    "gradient_accumulation_steps": (
+        "train.batch_size",
+        "here train.batch_size is the rows of one optimizer step "
+        "over all processes, i.e. per-device batch × accumulation steps × processes, and "
+        "train.micro_batch_size the rows of one forward pass",
+    ),
     "per_device_eval_batch_size": ("eval.batch_size", "held-out prompts per generate call"),
     "beta": ("method.beta", ""),
-    "loss_type": ("method.name", "sparring names the method, which fixes the loss; TRL's sigmoid is dpo, ipo is "
-                  "ipo, see docs/methods.md"),
+    "loss_type": (
+        "method.name",
+        "sparring names the method, which fixes the loss; TRL's sigmoid is dpo, ipo is ipo, see docs/methods.md",
+    ),
     "label_smoothing": ("method.label_smoothing", ""),
     "simpo_gamma": ("method.gamma", "method.name: simpo"),
     "f_divergence_type": ("method.divergence", "method.name: fdpo"),
@@ -1119,30 +1291,39 @@ def find_recipe(name: str) -> Path | None:
     if name in recipes:
         return recipes[name]
     near = difflib.get_close_matches(name, list(recipes), n=1)
-    raise UserError(f"{name!r} is neither a recipe file nor a shipped recipe"
-                    + (f"; did you mean {near[0]!r}?" if near else "")
-                    + f" (shipped: {', '.join(recipes)}; `sparring recipes` lists them)")
+    raise UserError(
+        f"{name!r} is neither a recipe file nor a shipped recipe"
+        + (f"; did you mean {near[0]!r}?" if near else "")
+        + f" (shipped: {', '.join(recipes)}; `sparring recipes` lists them)"
+    )
 
 
 # ------------------------------------------------------------------ commands
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="a run's preference pairs as a datasets/JSONL dataset in TRL's format",
-                       description="Writes OUT as a datasets.DatasetDict (load_from_disk(OUT), one split iter_<t> per "
-                       "iteration), OUT/iter_<t>.jsonl and OUT/export.json (docs/share.md).")
+    p = sub.add_parser(
+        "export",
+        help="a run's preference pairs as a datasets/JSONL dataset in TRL's format",
+        description="Writes OUT as a datasets.DatasetDict (load_from_disk(OUT), one split iter_<t> per "
+        "iteration), OUT/iter_<t>.jsonl and OUT/export.json (docs/share.md).",
+    )
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--format", default="trl", choices=["trl"])
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("push", help="upload a trained policy (with its model card) to the Hugging Face Hub",
-                       description="Uploads RUN_DIR/iter_T/policy (or any saved model directory) to REPO_ID, creating "
-                       "the repo if needed. The token is the logged-in one (`hf auth login`) or HF_TOKEN.")
+    p = sub.add_parser(
+        "push",
+        help="upload a trained policy (with its model card) to the Hugging Face Hub",
+        description="Uploads RUN_DIR/iter_T/policy (or any saved model directory) to REPO_ID, creating "
+        "the repo if needed. The token is the logged-in one (`hf auth login`) or HF_TOKEN.",
+    )
     p.add_argument("source", metavar="RUN_DIR|POLICY_DIR")
     p.add_argument("repo_id", metavar="ORG/NAME")
-    p.add_argument("--iter", type=int, metavar="T",
-                   help="with a run directory: iteration T's policy (default: the last trained)")
+    p.add_argument(
+        "--iter", type=int, metavar="T", help="with a run directory: iteration T's policy (default: the last trained)"
+    )
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.set_defaults(func=cmd_push)
 
@@ -1161,8 +1342,10 @@ def add_parser(sub) -> None:
 def cmd_export(args) -> int:
     report = export_trl(args.run, args.out, format=args.format)
     for name, s in report["splits"].items():
-        print(f"{name}: {s['pairs']} pairs from {s['prompts']} prompts ({s['skipped_tied']} tied, "
-              f"{s['skipped_incomplete'] + s['skipped_other']} other left out)")
+        print(
+            f"{name}: {s['pairs']} pairs from {s['prompts']} prompts ({s['skipped_tied']} tied, "
+            f"{s['skipped_incomplete'] + s['skipped_other']} other left out)"
+        )
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"written: {args.out} (datasets.load_from_disk), {args.out}/iter_<t>.jsonl, {args.out}/export.json")
@@ -1172,8 +1355,9 @@ def cmd_export(args) -> int:
 def cmd_push(args) -> int:
     source = Path(args.source)
     if (source / "config.yaml").is_file():
-        trained = [t for t in _iterations_on_disk(source)
-                   if (source / f"iter_{t}" / "policy" / "config.json").is_file()]
+        trained = [
+            t for t in _iterations_on_disk(source) if (source / f"iter_{t}" / "policy" / "config.json").is_file()
+        ]
         if args.iter is None:
             if not trained:
                 raise UserError(f"{source}: no iteration has a trained policy yet")
@@ -1181,8 +1365,10 @@ def cmd_push(args) -> int:
         elif args.iter in trained:
             t = args.iter
         else:
-            raise UserError(f"{source}: iteration {args.iter} has no trained policy"
-                            + (f" (trained: {', '.join(map(str, trained))})" if trained else ""))
+            raise UserError(
+                f"{source}: iteration {args.iter} has no trained policy"
+                + (f" (trained: {', '.join(map(str, trained))})" if trained else "")
+            )
         source = source / f"iter_{t}" / "policy"
     elif args.iter is not None:
         raise UserError(f"--iter goes with a run directory; {source} is not one (no config.yaml)")

@@ -85,8 +85,9 @@ def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
     computes each chunk's logits again (one more head matmul) to form its gradient. The same values as
     `-cross_entropy(linear(hidden, weight).float(), targets)`, and under bf16 autocast the same
     precision: bf16 matmuls, float32 logits and softmax."""
-    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
-        else weight.dtype
+    dtype = (
+        torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else weight.dtype
+    )
     return _HeadLogps.apply(hidden, weight, targets, chunk, dtype)
 
 
@@ -188,8 +189,9 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
             L = len(r)
             ids[b, at : at + L], pos[b, at : at + L], seg[b, at : at + L] = r, np.arange(P, P + L), s + 1
             # token j of the response is predicted from token j−1 of it, the first one from the prompt's last
-            pred.append(np.concatenate([[P - 1], np.arange(at, at + L - 1)]) + b * width if L
-                        else np.zeros(0, np.int64))
+            pred.append(
+                np.concatenate([[P - 1], np.arange(at, at + L - 1)]) + b * width if L else np.zeros(0, np.int64)
+            )
             tgt.append(np.asarray(r, dtype=np.int64))
             owner.append(np.full(L, s * n + b, dtype=np.int64))
             at += L
@@ -204,10 +206,12 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
     if kind == "additive":
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     on = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    token_logp = _token_logps(model)(on(np.concatenate(pred)), on(np.concatenate(tgt)), input_ids=on(ids),
-                                     attention_mask=mask, position_ids=on(pos))
-    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(0, on(np.concatenate(owner)),
-                                                                                   token_logp)
+    token_logp = _token_logps(model)(
+        on(np.concatenate(pred)), on(np.concatenate(tgt)), input_ids=on(ids), attention_mask=mask, position_ids=on(pos)
+    )
+    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(
+        0, on(np.concatenate(owner)), token_logp
+    )
     n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)], device=device)
     return [SeqLogp(logp[s * n : (s + 1) * n], n_tokens[s * n : (s + 1) * n]) for s in range(n_seq)]
 
@@ -240,8 +244,13 @@ def make_optimizer(params, cfg, fused: bool = False):
         from sparring.mars import make_mars
 
         m = cfg.mars
-        options = dict(betas=(m.beta1, m.beta2), gamma=m.gamma, eps=m.eps, betas_1d=(m.beta1_1d, m.beta2_1d),
-                       weight_decay_1d=m.weight_decay_1d)
+        options = dict(
+            betas=(m.beta1, m.beta2),
+            gamma=m.gamma,
+            eps=m.eps,
+            betas_1d=(m.beta1_1d, m.beta2_1d),
+            weight_decay_1d=m.weight_decay_1d,
+        )
         if m.lr_1d is not None:
             options["lr_1d"] = m.lr_1d
         return make_mars(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
@@ -356,10 +365,12 @@ def train(
             what = "loss" if not math.isfinite(step_loss) else "gradient norm"
             from sparring.errors import UserError
 
-            raise UserError(f"training stopped at optimizer step {step + 1} of {steps}: the {what} is "
-                            f"{step_loss / len(idx) if what == 'loss' else grad_norm} (train.lr = {train_cfg.lr}, "
-                            f"train.precision = {train_cfg.precision}); nothing was saved. Lower train.lr (or raise "
-                            "method.beta), then run the same command again: the stage starts over")
+            raise UserError(
+                f"training stopped at optimizer step {step + 1} of {steps}: the {what} is "
+                f"{step_loss / len(idx) if what == 'loss' else grad_norm} (train.lr = {train_cfg.lr}, "
+                f"train.precision = {train_cfg.precision}); nothing was saved. Lower train.lr (or raise "
+                "method.beta), then run the same command again: the stage starts over"
+            )
         opt.step()
         sched.step()
         losses_seen.append(step_loss / len(idx))
@@ -375,9 +386,13 @@ def train(
     if train_cfg.gradient_checkpointing:
         set_gradient_checkpointing(model, False)
     model.eval()
-    return {"steps": len(losses_seen), "rows": len(rows), "loss_first": losses_seen[0] if losses_seen else None,
-            "loss_last": losses_seen[-1] if losses_seen else None,
-            "loss_mean": float(np.mean(losses_seen)) if losses_seen else None}
+    return {
+        "steps": len(losses_seen),
+        "rows": len(rows),
+        "loss_first": losses_seen[0] if losses_seen else None,
+        "loss_last": losses_seen[-1] if losses_seen else None,
+        "loss_mean": float(np.mean(losses_seen)) if losses_seen else None,
+    }
 
 
 def set_gradient_checkpointing(model, on: bool) -> None:
@@ -440,8 +455,9 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(directory: Path, done: int, steps: int, model, opt, sched, losses: list[float], identity: str,
-                    dist: Dist) -> None:
+def save_checkpoint(
+    directory: Path, done: int, steps: int, model, opt, sched, losses: list[float], identity: str, dist: Dist
+) -> None:
     """Write `directory`/step_<done>/ atomically (rank 0; under FSDP every rank takes part in the
     gather) and delete the older ones: the trained parameters (every weight, or only the adapter's),
     the optimizer's and the schedule's state, the RNG states, the losses so far. A new name per
@@ -457,8 +473,9 @@ def save_checkpoint(directory: Path, done: int, steps: int, model, opt, sched, l
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         # the whole state on rank 0's CPU (the others get empty dicts); only what trains is saved
-        weights, optim = get_state_dict(model, opt, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        weights, optim = get_state_dict(
+            model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        )
         weights = {k: v.contiguous() for k, v in weights.items()}
     else:
         weights, optim = _trainable_state(model), opt.state_dict()
@@ -471,8 +488,9 @@ def save_checkpoint(directory: Path, done: int, steps: int, model, opt, sched, l
         save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": "pt"})
         torch.save({"optimizer": optim, "scheduler": sched.state_dict(), "rng": rng}, tmp / "state.pt")
         # json keeps a float's shortest repr, which reads back as the same float
-        (tmp / "meta.json").write_text(json.dumps({"identity": identity, "step": done, "steps": steps,
-                                                   "losses": losses}))
+        (tmp / "meta.json").write_text(
+            json.dumps({"identity": identity, "step": done, "steps": steps, "losses": losses})
+        )
     for old in _checkpoints(directory):
         if old.name != f"{CHECKPOINT_PREFIX}{done:08d}":
             shutil.rmtree(old, ignore_errors=True)
@@ -539,8 +557,12 @@ def fill_reference_logps(model, rows: list[dict], method: Method, pad_id: int, m
     """Fill missing (NaN) `ref_logp_<seq>` columns with log π_t of the sequence, π_t being the model
     before its first update. Samples carry the log-prob recorded when they were drawn; this covers
     sequences π_t never sampled (SPIN's ground truth, earlier iterations' pairs). Returns the count."""
-    todo = [(r, s) for r in rows for s in method.sequences
-            if f"ref_logp_{s}" in r and (r[f"ref_logp_{s}"] is None or math.isnan(r[f"ref_logp_{s}"]))]
+    todo = [
+        (r, s)
+        for r in rows
+        for s in method.sequences
+        if f"ref_logp_{s}" in r and (r[f"ref_logp_{s}"] is None or math.isnan(r[f"ref_logp_{s}"]))
+    ]
     todo.sort(key=lambda rs: len(rs[0]["prompt_ids"]) + len(rs[0][f"{rs[1]}_ids"]))  # similar lengths: little padding
     was_training = model.training
     model.eval()  # no dropout: the reference is the deterministic π_t

@@ -52,9 +52,7 @@ def win_rates(prefs, include_self: bool = True):
     """
     prefs = _to_float(_as_array(prefs))
     if prefs.ndim != 3 or prefs.shape[1] != prefs.shape[2]:
-        raise ValueError(
-            f"prefs must have shape [N, K, K] (prompts × samples × samples), got {tuple(prefs.shape)}"
-        )
+        raise ValueError(f"prefs must have shape [N, K, K] (prompts × samples × samples), got {tuple(prefs.shape)}")
     k = prefs.shape[-1]
     if k == 0:
         raise ValueError("prefs must have at least one sample per prompt (K ≥ 1), got K = 0")

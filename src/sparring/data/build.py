@@ -128,21 +128,14 @@ def _kwargs_pool(instruction_id: str, base: str) -> list[dict]:
             {"capital_frequency": n, "capital_relation": rel} for rel, n in CAPITAL_WORDS
         ],
         "punctuation:no_comma": [{}],
-        "length_constraints:number_words": [
-            {"num_words": n, "relation": "less than"} for n in WORD_LIMITS
-        ],
-        "length_constraints:number_sentences": [
-            {"num_sentences": n, "relation": rel} for rel, n in SENTENCE_LIMITS
-        ],
+        "length_constraints:number_words": [{"num_words": n, "relation": "less than"} for n in WORD_LIMITS],
+        "length_constraints:number_sentences": [{"num_sentences": n, "relation": rel} for rel, n in SENTENCE_LIMITS],
         "length_constraints:number_paragraphs": [{"num_paragraphs": 2}],
         "keywords:existence": [{"keywords": list(kws)} for kws in EXISTENCE_KEYWORDS],
         "keywords:forbidden_words": [{"forbidden_words": list(ws)} for ws in FORBIDDEN_WORDS],
-        "keywords:frequency": [
-            {"keyword": kw, "frequency": n, "relation": "at least"} for kw, n in FREQUENCY_KEYWORDS
-        ],
+        "keywords:frequency": [{"keyword": kw, "frequency": n, "relation": "at least"} for kw, n in FREQUENCY_KEYWORDS],
         "keywords:letter_frequency": [
-            {"letter": letter, "let_frequency": n, "let_relation": "at least"}
-            for letter, n in LETTER_FREQUENCIES
+            {"letter": letter, "let_frequency": n, "let_relation": "at least"} for letter, n in LETTER_FREQUENCIES
         ],
         "startend:end_checker": [{"end_phrase": p} for p in END_PHRASES],
         "startend:quotation": [{}],
@@ -164,8 +157,7 @@ def instruction_text(instruction_id: str, kw: dict) -> str:
     """The sentence(s) appended to the base request, stating the constraint the way IFEval does."""
     if instruction_id == "change_case:english_lowercase":
         return (
-            "Your entire response should be in English, and in all lowercase letters. "
-            "No capital letters are allowed."
+            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed."
         )
     if instruction_id == "change_case:english_capital":
         return "Your entire response should be in English, and in all capital letters."
@@ -193,10 +185,7 @@ def instruction_text(instruction_id: str, kw: dict) -> str:
     if instruction_id == "keywords:forbidden_words":
         return f"Do not include keywords {_words(kw['forbidden_words'])} in the response."
     if instruction_id == "keywords:frequency":
-        return (
-            f"In your response, the word {kw['keyword']} should appear "
-            f"{kw['relation']} {kw['frequency']} times."
-        )
+        return f"In your response, the word {kw['keyword']} should appear {kw['relation']} {kw['frequency']} times."
     if instruction_id == "keywords:letter_frequency":
         return (
             f"In your response, the letter {kw['letter']} should appear "
@@ -205,16 +194,12 @@ def instruction_text(instruction_id: str, kw: dict) -> str:
     if instruction_id == "startend:end_checker":
         # Every end phrase ends with "." or "?", so no extra full stop after it.
         return (
-            f"Finish your response with this exact phrase: {kw['end_phrase']} "
-            "No other words should follow this phrase."
+            f"Finish your response with this exact phrase: {kw['end_phrase']} No other words should follow this phrase."
         )
     if instruction_id == "startend:quotation":
         return "Wrap your entire response with double quotation marks."
     if instruction_id == "detectable_format:title":
-        return (
-            "Your answer must contain a title, wrapped in double angular brackets, "
-            "such as <<poem of joy>>."
-        )
+        return "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
     if instruction_id == "detectable_format:number_bullet_lists":
         return (
             f"Your answer must contain exactly {kw['num_bullets']} bullet points. "
@@ -223,36 +208,23 @@ def instruction_text(instruction_id: str, kw: dict) -> str:
     if instruction_id == "detectable_format:number_highlighted_sections":
         n = kw["num_highlights"]
         noun = "section" if n == 1 else "sections"
-        return (
-            f"Highlight at least {n} {noun} in your answer with markdown, "
-            "i.e. *highlighted section*."
-        )
+        return f"Highlight at least {n} {noun} in your answer with markdown, i.e. *highlighted section*."
     if instruction_id == "detectable_format:json_format":
-        return (
-            "Entire output should be wrapped in JSON format. "
-            "You can use markdown ticks such as ```."
-        )
+        return "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```."
     if instruction_id == "detectable_format:constrained_response":
         options = ", ".join(repr(o) for o in CONSTRAINED_OPTIONS)
         return f"Answer with one of the following options: ({options})"
     if instruction_id == "detectable_format:multiple_sections":
         s, n = kw["section_spliter"], kw["num_sections"]
-        return (
-            f"Your response must have {n} sections. "
-            f"Mark the beginning of each section with {s} X, such as: {s} 1"
-        )
+        return f"Your response must have {n} sections. Mark the beginning of each section with {s} X, such as: {s} 1"
     if instruction_id == "detectable_content:postscript":
         return (
-            "At the end of your response, please explicitly add a postscript "
-            f"starting with {kw['postscript_marker']}"
+            f"At the end of your response, please explicitly add a postscript starting with {kw['postscript_marker']}"
         )
     if instruction_id == "detectable_content:number_placeholders":
         n = kw["num_placeholders"]
         noun = "placeholder" if n == 1 else "placeholders"
-        return (
-            f"The response must contain at least {n} {noun} represented by square brackets, "
-            "such as [address]."
-        )
+        return f"The response must contain at least {n} {noun} represented by square brackets, such as [address]."
     if instruction_id == "combination:repeat_prompt":
         return (
             "First repeat the request word for word without change, then give your answer "
@@ -350,9 +322,7 @@ _CONFLICT_LIST: tuple[tuple[str, frozenset[str]], ...] = (
     (END, frozenset({POSTSCRIPT})),
     (N_PARAGRAPHS, frozenset({SECTIONS})),
 )
-CONFLICTS: frozenset[frozenset[str]] = frozenset(
-    frozenset({a, b}) for a, others in _CONFLICT_LIST for b in others
-)
+CONFLICTS: frozenset[frozenset[str]] = frozenset(frozenset({a, b}) for a, others in _CONFLICT_LIST for b in others)
 
 
 def _check_mix() -> None:
@@ -384,109 +354,156 @@ def _check_mix() -> None:
 _ANSWERS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "Write a short poem about {topic}.": (
         "ode to {topic}",
-        ("Soft light falls on {topic}.", "We stop to watch in quiet wonder.",
-         "Each small detail has a story to tell."),
-        ("Think of {topic} at dawn.", "The air is cool and full of song.",
-         "Our hearts feel light and free."),
+        ("Soft light falls on {topic}.", "We stop to watch in quiet wonder.", "Each small detail has a story to tell."),
+        ("Think of {topic} at dawn.", "The air is cool and full of song.", "Our hearts feel light and free."),
     ),
     "Explain {topic} to a ten-year-old.": (
         "{topic} made easy",
-        ("{Topic} can look tricky at first.",
-         "Think of it like a puzzle where each piece has a job.",
-         "Once the pieces fit you can explain it to a friend."),
-        ("Here is an easy way to think about {topic}.",
-         "Picture yourself looking closer and asking how each part works.",
-         "Every question you ask helps the picture make sense."),
+        (
+            "{Topic} can look tricky at first.",
+            "Think of it like a puzzle where each piece has a job.",
+            "Once the pieces fit you can explain it to a friend.",
+        ),
+        (
+            "Here is an easy way to think about {topic}.",
+            "Picture yourself looking closer and asking how each part works.",
+            "Every question you ask helps the picture make sense.",
+        ),
     ),
     "Describe {topic} in a few sentences.": (
         "getting to know {topic}",
-        ("{Topic} can catch the eye of anyone who stops to look.",
-         "There is color and detail in every part of the picture.",
-         "The more you notice the more there is to enjoy."),
-        ("People notice {topic} in many different ways.",
-         "Some focus on the shapes and others on the sounds.",
-         "Each view adds something new to the whole picture."),
+        (
+            "{Topic} can catch the eye of anyone who stops to look.",
+            "There is color and detail in every part of the picture.",
+            "The more you notice the more there is to enjoy.",
+        ),
+        (
+            "People notice {topic} in many different ways.",
+            "Some focus on the shapes and others on the sounds.",
+            "Each view adds something new to the whole picture.",
+        ),
     ),
     "Write a short story about {topic}.": (
         "an afternoon with {topic}",
-        ("One morning Maya set out to learn about {topic}.",
-         "She asked questions and took notes everywhere she went.",
-         "By sunset she had a story to share with her class."),
-        ("Leo found an old notebook full of drawings of {topic}.",
-         "Each page showed something he had missed before.",
-         "He closed the book with a smile and decided to see for himself."),
+        (
+            "One morning Maya set out to learn about {topic}.",
+            "She asked questions and took notes everywhere she went.",
+            "By sunset she had a story to share with her class.",
+        ),
+        (
+            "Leo found an old notebook full of drawings of {topic}.",
+            "Each page showed something he had missed before.",
+            "He closed the book with a smile and decided to see for himself.",
+        ),
     ),
     "Share a fun fact about {topic}.": (
         "fun fact: {topic}",
-        ("Here is a fun fact about {topic}.",
-         "Experts and hobbyists keep finding new surprises in this subject.",
-         "Even a quick look can teach you something new."),
-        ("Did you know that {topic} can tell us a lot about the world?",
-         "Looking closely can reveal patterns that are easy to miss.",
-         "That is what makes the subject so fun to explore."),
+        (
+            "Here is a fun fact about {topic}.",
+            "Experts and hobbyists keep finding new surprises in this subject.",
+            "Even a quick look can teach you something new.",
+        ),
+        (
+            "Did you know that {topic} can tell us a lot about the world?",
+            "Looking closely can reveal patterns that are easy to miss.",
+            "That is what makes the subject so fun to explore.",
+        ),
     ),
     "Write a short note to a friend about {topic}.": (
         "quick note about {topic}",
-        ("Hey there!", "Today reminded me of you because we talked about {topic}.",
-         "We should find time soon to learn more about it."),
-        ("Hello friend!", "Guess what we discussed today: {topic}!",
-         "Write back soon and tell me what you think."),
+        (
+            "Hey there!",
+            "Today reminded me of you because we talked about {topic}.",
+            "We should find time soon to learn more about it.",
+        ),
+        ("Hello friend!", "Guess what we discussed today: {topic}!", "Write back soon and tell me what you think."),
     ),
     "Write a short product description for a book about {topic}.": (
         "the little book of {topic}",
-        ("This little book about {topic} is a friendly guide for curious readers.",
-         "Short chapters and clear pictures make each idea easy to follow.",
-         "It makes the perfect gift for anyone who loves to learn."),
-        ("Discover {topic} in a whole new way.",
-         "This book mixes clear writing with colorful pictures on every page.",
-         "Readers of all ages will find something to enjoy."),
+        (
+            "This little book about {topic} is a friendly guide for curious readers.",
+            "Short chapters and clear pictures make each idea easy to follow.",
+            "It makes the perfect gift for anyone who loves to learn.",
+        ),
+        (
+            "Discover {topic} in a whole new way.",
+            "This book mixes clear writing with colorful pictures on every page.",
+            "Readers of all ages will find something to enjoy.",
+        ),
     ),
     "Give a few quick tips for learning about {topic}.": (
         "tips for exploring {topic}",
-        ("Start with a short book or video about {topic}.",
-         "Write down one new thing you learn each day.",
-         "Share what you find with a friend to help it stick."),
-        ("Visit a local library to read more about {topic}.",
-         "Ask an expert or a teacher your questions.",
-         "Keep a small journal of everything you discover."),
+        (
+            "Start with a short book or video about {topic}.",
+            "Write down one new thing you learn each day.",
+            "Share what you find with a friend to help it stick.",
+        ),
+        (
+            "Visit a local library to read more about {topic}.",
+            "Ask an expert or a teacher your questions.",
+            "Keep a small journal of everything you discover.",
+        ),
     ),
     "Write a short social media post about {topic}.": (
         "all about {topic}",
-        ("Spent the whole afternoon thinking about {topic} today!",
-         "There is so much more to it than meets the eye.",
-         "Share your favorite thing about {topic} below!"),
-        ("Who else loves {topic}?", "Every time we look closer we find something new.",
-         "Tell us your best story in the replies!"),
+        (
+            "Spent the whole afternoon thinking about {topic} today!",
+            "There is so much more to it than meets the eye.",
+            "Share your favorite thing about {topic} below!",
+        ),
+        (
+            "Who else loves {topic}?",
+            "Every time we look closer we find something new.",
+            "Tell us your best story in the replies!",
+        ),
     ),
     "Summarize why people find {topic} interesting.": (
         "the charm of {topic}",
-        ("People find {topic} interesting because there is something new to learn.",
-         "The subject connects to history and everyday life.",
-         "It also sparks curiosity in young and old alike."),
-        ("Curiosity is the main reason.",
-         "{Topic} can surprise us and make us ask new questions.",
-         "That sense of discovery keeps people coming back."),
+        (
+            "People find {topic} interesting because there is something new to learn.",
+            "The subject connects to history and everyday life.",
+            "It also sparks curiosity in young and old alike.",
+        ),
+        (
+            "Curiosity is the main reason.",
+            "{Topic} can surprise us and make us ask new questions.",
+            "That sense of discovery keeps people coming back.",
+        ),
     ),
     "Is {topic} worth learning about?": (
         "thoughts on {topic}",
-        ("My answer is yes.", "Learning about {topic} can open up new ideas.",
-         "It is also fun to share with others."),
-        ("My answer is yes.", "Even a little time spent on {topic} pays off.",
-         "Each new fact leads to another question."),
+        ("My answer is yes.", "Learning about {topic} can open up new ideas.", "It is also fun to share with others."),
+        (
+            "My answer is yes.",
+            "Even a little time spent on {topic} pays off.",
+            "Each new fact leads to another question.",
+        ),
     ),
     "Would a child enjoy learning about {topic}?": (
         "kids and {topic}",
-        ("My answer is yes.", "Children love to ask questions about {topic}.",
-         "Hands-on activities make the subject come alive."),
-        ("My answer is yes.", "Young minds enjoy exploring {topic} with a grown-up.",
-         "Pictures and games keep the fun going."),
+        (
+            "My answer is yes.",
+            "Children love to ask questions about {topic}.",
+            "Hands-on activities make the subject come alive.",
+        ),
+        (
+            "My answer is yes.",
+            "Young minds enjoy exploring {topic} with a grown-up.",
+            "Pictures and games keep the fun going.",
+        ),
     ),
     "Is {topic} important in everyday life?": (
         "{topic} in daily life",
-        ("My answer is maybe.", "For some people {topic} matters every single day.",
-         "For others the link is harder to see."),
-        ("My answer is maybe.", "It depends on where you live and what you do.",
-         "Still {topic} can shape our lives in quiet ways."),
+        (
+            "My answer is maybe.",
+            "For some people {topic} matters every single day.",
+            "For others the link is harder to see.",
+        ),
+        (
+            "My answer is maybe.",
+            "It depends on where you live and what you do.",
+            "Still {topic} can shape our lives in quiet ways.",
+        ),
     ),
 }
 # The option a `detectable_format:constrained_response` prompt is answered with, per question.
@@ -525,9 +542,7 @@ _TITLE_SMALL_WORDS = frozenset({"a", "an", "and", "the", "of", "to", "in", "on",
 
 def _title_case(text: str) -> str:
     words = text.split()
-    return " ".join(
-        w if i and w in _TITLE_SMALL_WORDS else w[:1].upper() + w[1:] for i, w in enumerate(words)
-    )
+    return " ".join(w if i and w in _TITLE_SMALL_WORDS else w[:1].upper() + w[1:] for i, w in enumerate(words))
 
 
 def parse_base_request(base: str) -> tuple[str, str]:
@@ -557,9 +572,7 @@ def _chunks(sentences: Sequence[str], extra: Sequence[str], n: int) -> list[list
     return out
 
 
-def _compose(
-    sentences: Sequence[str], extra: Sequence[str], kw: dict[str, dict], topic: str, poem: bool
-) -> str:
+def _compose(sentences: Sequence[str], extra: Sequence[str], kw: dict[str, dict], topic: str, poem: bool) -> str:
     """One answer: the variant's sentences plus the instruction-specific sentences, highlighted
     and laid out (bullets, paragraphs or sections) as the instructions ask."""
     sents = list(sentences)
@@ -587,10 +600,7 @@ def _compose(
         sents.append(f"Remember to {' and '.join(words)}.")
     if PLACEHOLDER in kw:
         n = kw[PLACEHOLDER]["num_placeholders"]
-        names = [
-            _PLACEHOLDER_NAMES[i] if i < len(_PLACEHOLDER_NAMES) else f"[detail {i + 1}]"
-            for i in range(n)
-        ]
+        names = [_PLACEHOLDER_NAMES[i] if i < len(_PLACEHOLDER_NAMES) else f"[detail {i + 1}]" for i in range(n)]
         sents.append(f"Feel free to share this with {names[0]}" + "".join(
             f" on {p}" if i == 0 else f" at {p}" for i, p in enumerate(names[1:])
         ) + ".")  # fmt: skip
@@ -599,7 +609,7 @@ def _compose(
         n = kw[HIGHLIGHT]["num_highlights"]
         order = list(range(1, len(sents))) + [0]
         for i in order[:n]:
-            sents[i] = f"*{sents[i].rstrip('.!?')}*{sents[i][len(sents[i].rstrip('.!?')):]}"
+            sents[i] = f"*{sents[i].rstrip('.!?')}*{sents[i][len(sents[i].rstrip('.!?')) :]}"
     joiner = "\n" if poem else " "
     if BULLET_LIST in kw:
         n = kw[BULLET_LIST]["num_bullets"]
@@ -611,9 +621,7 @@ def _compose(
     if SECTIONS in kw:
         k = kw[SECTIONS]
         groups = _chunks(sents, extra, k["num_sections"])
-        return "\n\n".join(
-            f"{k['section_spliter']} {i + 1}\n{joiner.join(g)}" for i, g in enumerate(groups)
-        )
+        return "\n\n".join(f"{k['section_spliter']} {i + 1}\n{joiner.join(g)}" for i, g in enumerate(groups))
     return joiner.join(sents)
 
 
@@ -670,9 +678,7 @@ def base_requests(topics: Sequence[str], templates: Sequence[str]) -> list[str]:
     return [t.format(topic=topic) for topic in topics for t in templates]
 
 
-def build_set(
-    topics: Sequence[str], units: int, seed: int, key_start: int, references: bool = False
-) -> list[dict]:
+def build_set(topics: Sequence[str], units: int, seed: int, key_start: int, references: bool = False) -> list[dict]:
     """`units` copies of the mix unit, each combination on its own (topic, request) pair; with
     `references`, each record also gets its `reference_response`."""
     _check_mix()
@@ -753,9 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m sparring.data.build",
         description="Write the IFEval-format training and held-out prompt sets (deterministic).",
     )
-    parser.add_argument(
-        "--out-dir", type=Path, default=DATA_DIR, help=f"output directory (default: {DATA_DIR})"
-    )
+    parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help=f"output directory (default: {DATA_DIR})")
     args = parser.parse_args(argv)
     train_path, heldout_path = write_sets(args.out_dir)
     train, heldout = build_sets()

@@ -476,8 +476,22 @@ def run(
         import torch
 
         with _single_thread(torch):
-            _run_sampled(P, algo, iters, eta, k, seed, apo_alpha, pi0, iterates, replicas, loss,
-                         inner_steps, inner_lr, extrapolate)
+            _run_sampled(
+                P,
+                algo,
+                iters,
+                eta,
+                k,
+                seed,
+                apo_alpha,
+                pi0,
+                iterates,
+                replicas,
+                loss,
+                inner_steps,
+                inner_lr,
+                extrapolate,
+            )
         settings["replicas"] = int(replicas)
         if algo == "sppo-sampled":
             settings["loss"] = loss
@@ -513,8 +527,9 @@ class _single_thread:
         return False
 
 
-def _run_sampled(P, algo, iters, eta, k, seed, apo_alpha, pi0, iterates, replicas, loss,
-                 inner_steps, inner_lr, extrapolate):
+def _run_sampled(
+    P, algo, iters, eta, k, seed, apo_alpha, pi0, iterates, replicas, loss, inner_steps, inner_lr, extrapolate
+):
     import torch
 
     rng = np.random.default_rng(seed)

@@ -45,26 +45,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--matrix", default="rps", help="rps | transitive | random | FILE.json (default rps)")
     p.add_argument("--algo", default="sppo", choices=ALGOS, help="algorithm (default sppo)")
-    p.add_argument("--compare", default=None, metavar="A,B,...",
-                   help="comma-separated algorithms to run and plot together (overrides --algo)")
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated algorithms to run and plot together (overrides --algo)",
+    )
     p.add_argument("--iters", type=int, default=1000, help="iterations T (default 1000)")
     p.add_argument("--eta", type=float, default=0.1, help="step size eta (default 0.1)")
-    p.add_argument("--beta", type=float, default=None,
-                   help="KL strength towards the uniform reference, for nash-md/nash-mp")
+    p.add_argument(
+        "--beta", type=float, default=None, help="KL strength towards the uniform reference, for nash-md/nash-mp"
+    )
     p.add_argument("--k", type=int, default=None, help="samples per prompt for the sampled algorithms (default 8)")
-    p.add_argument("--replicas", type=int, default=64,
-                   help="prompt replicas per iteration for the sampled algorithms (default 64)")
+    p.add_argument(
+        "--replicas", type=int, default=64, help="prompt replicas per iteration for the sampled algorithms (default 64)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random matrices and of sampling (default 0)")
     p.add_argument("--n", type=int, default=None, help="number of responses for transitive/random (default 5)")
-    p.add_argument("--apo-alpha", type=float, default=0.0,
-                   help="APO momentum alpha for sppo, sppo-sampled, dpo-iterative (default 0)")
+    p.add_argument(
+        "--apo-alpha",
+        type=float,
+        default=0.0,
+        help="APO momentum alpha for sppo, sppo-sampled, dpo-iterative (default 0)",
+    )
     p.add_argument("--out", required=True, help="write results JSON here")
-    p.add_argument("--plot", default=None,
-                   help="also draw exploitability vs iteration to this image (.png, .pdf, .svg...: the extension "
-                        "picks the format)")
-    p.add_argument("--report", default=None, metavar="FILE.html",
-                   help="also write a self-contained HTML page of the results (with the --plot figure when it is "
-                        "a .png or .svg)")
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="also draw exploitability vs iteration to this image (.png, .pdf, .svg...: the extension "
+        "picks the format)",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE.html",
+        help="also write a self-contained HTML page of the results (with the --plot figure when it is a .png or .svg)",
+    )
     p.set_defaults(func=main)
     return p
 
@@ -105,17 +121,18 @@ def _check_args(args) -> list[str]:
     if args.apo_alpha != 0.0:
         apo = [a for a in algos if a in ("sppo", "sppo-sampled", "dpo-iterative")]
         if not apo:
-            raise UserError(
-                f"--apo-alpha applies to sppo, sppo-sampled and dpo-iterative, not {', '.join(algos)}"
-            )
+            raise UserError(f"--apo-alpha applies to sppo, sppo-sampled and dpo-iterative, not {', '.join(algos)}")
     _check_outputs(args)
     return algos
 
 
 def _check_outputs(args) -> None:
     """Refuse output paths that could only fail after the computation (or clobber something)."""
-    outputs = ({"--out": args.out} | ({"--plot": args.plot} if args.plot is not None else {})
-               | ({"--report": args.report} if getattr(args, "report", None) is not None else {}))
+    outputs = (
+        {"--out": args.out}
+        | ({"--plot": args.plot} if args.plot is not None else {})
+        | ({"--report": args.report} if getattr(args, "report", None) is not None else {})
+    )
     for flag, name in outputs.items():
         if not name:
             raise UserError(f"{flag} needs a file name")
@@ -133,8 +150,9 @@ def _check_outputs(args) -> None:
     resolved = {}
     for flag, name in outputs.items():
         if Path(name).resolve() in resolved:
-            raise UserError(f"{flag} and {resolved[Path(name).resolve()]} are the same file ({name}); give each its own "
-                            "name")
+            raise UserError(
+                f"{flag} and {resolved[Path(name).resolve()]} are the same file ({name}); give each its own name"
+            )
         resolved[Path(name).resolve()] = flag
     if args.plot is not None:
         _check_plot_format(args.plot)
@@ -159,8 +177,9 @@ def _check_plot_format(name: str) -> None:
     if ext not in formats:
         raise UserError(f"--plot {name}: matplotlib cannot write .{ext} files; use one of {choices}")
     if ext == "pgf" and shutil.which(rcParams["pgf.texsystem"]) is None:
-        raise UserError(f"--plot {name}: .pgf needs LaTeX ({rcParams['pgf.texsystem']}), which is not installed; "
-                        "use .pdf or .png")
+        raise UserError(
+            f"--plot {name}: .pgf needs LaTeX ({rcParams['pgf.texsystem']}), which is not installed; use .pdf or .png"
+        )
 
 
 def main(args) -> int:
@@ -197,18 +216,19 @@ def main(args) -> int:
         except ValueError as exc:
             # _check_args has vetted every argument run() checks, so what is left is numerical breakdown
             # (an iterate overflowing to inf/nan): name the knobs that cause it.
-            raise UserError(f"{algo}: {exc}: the iteration broke down numerically with --eta {args.eta}"
-                            + (f", --apo-alpha {args.apo_alpha}" if args.apo_alpha else "")
-                            + (f", --beta {args.beta}" if algo in REGULARIZED else "")
-                            + "; try a smaller --eta") from None
+            raise UserError(
+                f"{algo}: {exc}: the iteration broke down numerically with --eta {args.eta}"
+                + (f", --apo-alpha {args.apo_alpha}" if args.apo_alpha else "")
+                + (f", --beta {args.beta}" if algo in REGULARIZED else "")
+                + "; try a smaller --eta"
+            ) from None
         except RuntimeError as exc:  # the regularised equilibrium (nash-md/mp's yardstick) did not converge
             remedy = f" with --beta {args.beta}; use a larger --beta (1e-5 or more)" if algo in REGULARIZED else ""
             raise UserError(f"{algo}: {exc}{remedy}") from None
         except MemoryError as exc:
             raise UserError(_out_of_memory(exc)) from None
         results.append(res)
-        line = (f"{algo:14s} exploitability last {res.exploitability:.3e}  "
-                f"average {res.avg_exploitability:.3e}")
+        line = f"{algo:14s} exploitability last {res.exploitability:.3e}  average {res.avg_exploitability:.3e}"
         if res.reg_history is not None:
             line += f"  regularized gap {res.reg_history[-1]:.3e}"
         print(line)
@@ -239,8 +259,12 @@ def main(args) -> int:
         settings["compare"] = algos
         out["settings"] = settings
         out["runs"] = {r.algo: r.to_json() for r in results}
-    title = f"{args.matrix}: " + ", ".join(algos) + f" (eta={args.eta}" + (
-        f", beta={args.beta})" if args.beta is not None and any(a in REGULARIZED for a in algos) else ")")
+    title = (
+        f"{args.matrix}: "
+        + ", ".join(algos)
+        + f" (eta={args.eta}"
+        + (f", beta={args.beta})" if args.beta is not None and any(a in REGULARIZED for a in algos) else ")")
+    )
     _write_outputs(Path(args.out), out, None if args.plot is None else Path(args.plot), results, title)
     if getattr(args, "report", None) is not None:
         from sparring.report import game_report
@@ -258,13 +282,16 @@ def _matrix(args):
     try:
         return make_matrix(args.matrix, args.n, args.seed)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{args.matrix}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                        "save the matrix as UTF-8 JSON") from None
+        raise UserError(
+            f"{args.matrix}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the matrix as UTF-8 JSON"
+        ) from None
     except RecursionError:
         raise UserError(f"{args.matrix}: JSON nested too deeply; a matrix is a list of rows of numbers") from None
     except OverflowError:
-        raise UserError(f"{args.matrix}: holds a number too large for a float; entries are probabilities in "
-                        "[0, 1]") from None
+        raise UserError(
+            f"{args.matrix}: holds a number too large for a float; entries are probabilities in [0, 1]"
+        ) from None
     except MemoryError as exc:
         raise UserError(_out_of_memory(exc)) from None
 
@@ -293,8 +320,9 @@ def _write_outputs(out: Path, obj: Any, plot: Path | None, results, title: str) 
             try:
                 plot_results(results, plot_tmp, title=title, fmt=plot.suffix.lower().lstrip("."))
             except (OSError, ValueError, RuntimeError) as exc:
-                raise UserError(f"--plot {plot}: matplotlib could not write it ({str(exc).splitlines()[0]}); "
-                                "use .png or .pdf") from None
+                raise UserError(
+                    f"--plot {plot}: matplotlib could not write it ({str(exc).splitlines()[0]}); use .png or .pdf"
+                ) from None
         out_tmp = temp_beside(out)
         out_tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
         os.replace(out_tmp, out)
@@ -321,13 +349,14 @@ def plot_results(results, path, title: str = "", floor: float = 1e-16, fmt: str 
     for i, res in enumerate(results):
         color = f"C{i}"
         t = np.arange(len(res.history_last))
-        ax.plot(t, np.maximum(res.history_last, floor), color=color, lw=1.2,
-                label=f"{res.algo}: last iterate")
-        ax.plot(t, np.maximum(res.history_avg, floor), color=color, lw=1.2, ls="--",
-                label=f"{res.algo}: average iterate")
+        ax.plot(t, np.maximum(res.history_last, floor), color=color, lw=1.2, label=f"{res.algo}: last iterate")
+        ax.plot(
+            t, np.maximum(res.history_avg, floor), color=color, lw=1.2, ls="--", label=f"{res.algo}: average iterate"
+        )
         if res.reg_history is not None:
-            ax.plot(t, np.maximum(res.reg_history, floor), color=color, lw=1.0, ls=":",
-                    label=f"{res.algo}: regularized gap")
+            ax.plot(
+                t, np.maximum(res.reg_history, floor), color=color, lw=1.0, ls=":", label=f"{res.algo}: regularized gap"
+            )
     ax.set_yscale("log")
     ax.set_xlabel("iteration t")
     ax.set_ylabel("exploitability  max_y P(y > pi) - 1/2")

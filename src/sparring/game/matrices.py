@@ -50,9 +50,7 @@ def validate_matrix(P: Any) -> np.ndarray:
             if not isinstance(row, (list, tuple)):
                 raise ValueError(f"row {r} is not a list (got {type(row).__name__}: {row!r})")
             if len(row) != n_rows:
-                raise ValueError(
-                    f"matrix must be square: row {r} has {len(row)} entries, expected {n_rows}"
-                )
+                raise ValueError(f"matrix must be square: row {r} has {len(row)} entries, expected {n_rows}")
             for c, v in enumerate(row):
                 if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                     raise ValueError(f"entry (row {r}, column {c}) is not a number: {v!r}")
@@ -72,8 +70,7 @@ def validate_matrix(P: Any) -> np.ndarray:
     for i in range(n):
         if abs(A[i, i] - 0.5) > TOL:
             raise ValueError(
-                f"diagonal entry (row {i}, column {i}) = {float(A[i, i])!r} must be 0.5 "
-                "(a response ties with itself)"
+                f"diagonal entry (row {i}, column {i}) = {float(A[i, i])!r} must be 0.5 (a response ties with itself)"
             )
     for r in range(n):
         for c in range(r + 1, n):
@@ -187,9 +184,7 @@ def make_matrix(spec: str, n: int | None = None, seed: int = 0) -> np.ndarray:
         return transitive(size, seed=seed) if spec == "transitive" else random_intransitive(size, seed=seed)
     path = Path(spec)
     if not path.exists():
-        raise UserError(
-            f"--matrix {spec!r}: not one of {', '.join(BUILTIN)} and no such file"
-        )
+        raise UserError(f"--matrix {spec!r}: not one of {', '.join(BUILTIN)} and no such file")
     if n is not None:
         raise UserError(f"--n applies to the built-in matrices, not to a matrix file ({path})")
     return load_matrix(path)

@@ -19,8 +19,10 @@ def require_vllm(where: str = "config") -> None:
     """Fail before any work when `generation.backend: vllm` is chosen but vLLM is not installed.
     (A cheap look-up, not an import: importing vLLM takes seconds.)"""
     if importlib.util.find_spec("vllm") is None:
-        raise UserError(f"{where}: generation.backend = 'vllm' needs vLLM, which is not installed; {VLLM_INSTALL}, "
-                        "or set generation.backend: hf")
+        raise UserError(
+            f"{where}: generation.backend = 'vllm' needs vLLM, which is not installed; {VLLM_INSTALL}, "
+            "or set generation.backend: hf"
+        )
 
 
 def load_sampler(policy: str, backend: str = "hf", dtype: str = "bfloat16", seed: int = 0, device="cpu"):
@@ -47,10 +49,16 @@ def load_sampler(policy: str, backend: str = "hf", dtype: str = "bfloat16", seed
         # checked is what the engine says it holds: the directory it loaded or reloaded last must be
         # this policy, and the weights on disk there must be the ones training recorded
         if Path(engine.policy).resolve() != Path(resolve_model(policy)).resolve():
-            raise UserError(f"{policy}: the vLLM engine holds {engine.policy} instead; it would sample another "
-                            "policy (stale weights). Nothing was sampled")
-        check_weights(policy, "float32", lambda name: tensor_from_dir(engine.policy, name),
-                      f"the weights the vLLM engine loaded from {engine.policy}")
+            raise UserError(
+                f"{policy}: the vLLM engine holds {engine.policy} instead; it would sample another "
+                "policy (stale weights). Nothing was sampled"
+            )
+        check_weights(
+            policy,
+            "float32",
+            lambda name: tensor_from_dir(engine.policy, name),
+            f"the weights the vLLM engine loaded from {engine.policy}",
+        )
         return tok, engine, iter_samples
     raise UserError(f"generation.backend = {backend!r} is not known; choose 'hf' or 'vllm'")
 
@@ -73,4 +81,5 @@ def check_weights(policy: str, dtype: str, tensors, what: str) -> None:
             f"{policy}: {what} are not the weights training recorded for this policy ({FINGERPRINT_FILE}: "
             f"{len(record['tensors'])} tensors compared in {dtype}, from {record['tensors'][0]}); sampling would "
             "use other (stale) weights than the trained ones. Nothing was sampled. If the policy's files were "
-            "changed by hand, restore them or run its training stage again")
+            "changed by hand, restore them or run its training stage again"
+        )

@@ -43,6 +43,7 @@ class SamplingParams:
 
     def check(self, prefix: str = "sampling.") -> None:
         """UserError naming the first bad field (`prefix` + name)."""
+
         def bad(key, why):
             raise UserError(f"{prefix}{key} = {getattr(self, key)!r} {why}")
 
@@ -72,9 +73,16 @@ class SamplingParams:
     @classmethod
     def from_generation(cls, g, *, greedy: bool = False, max_new_tokens: int | None = None) -> "SamplingParams":
         """From a `GenerationConfig` (the loop's `cfg.generation`)."""
-        return cls(max_new_tokens=max_new_tokens or g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                   top_k=g.top_k, min_p=g.min_p, repetition_penalty=g.repetition_penalty, stop=tuple(g.stop),
-                   greedy=greedy)
+        return cls(
+            max_new_tokens=max_new_tokens or g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            min_p=g.min_p,
+            repetition_penalty=g.repetition_penalty,
+            stop=tuple(g.stop),
+            greedy=greedy,
+        )
 
     @classmethod
     def for_eval(cls, g, e) -> "SamplingParams":

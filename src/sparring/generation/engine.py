@@ -69,7 +69,8 @@ def supported(model) -> bool:
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
         return False
     if getattr(cfg, "use_sliding_window", False) or (
-        getattr(cfg, "sliding_window", None) is not None and type(model).__name__ == "MistralForCausalLM"):
+        getattr(cfg, "sliding_window", None) is not None and type(model).__name__ == "MistralForCausalLM"
+    ):
         return False
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return False
@@ -78,9 +79,12 @@ def supported(model) -> bool:
         return False
     layer = base.layers[0]
     norm = layer.input_layernorm
-    return (type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")
-            and all(hasattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
-            and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")))
+    return (
+        type(norm).__name__.endswith("RMSNorm")
+        and hasattr(norm, "variance_epsilon")
+        and all(hasattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+        and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
+    )
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -168,16 +172,25 @@ class LlamaStepper:
                 def lin(mod):
                     return Linear(mod.weight, _bias(mod), packed)
 
-                entry = {"ln1": (n1.weight, n1.variance_epsilon), "ln2": (n2.weight, n2.variance_epsilon),
-                         "o": lin(a.o_proj), "down": lin(m.down_proj)}
+                entry = {
+                    "ln1": (n1.weight, n1.variance_epsilon),
+                    "ln2": (n2.weight, n2.variance_epsilon),
+                    "o": lin(a.o_proj),
+                    "down": lin(m.down_proj),
+                }
                 if fused:  # copies (the model keeps its own): ~0.8 of the layer weights
-                    entry["qkv"] = Linear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                                          _cat_bias(a.q_proj, a.k_proj, a.v_proj), packed)
-                    entry["gu"] = Linear(torch.cat([m.gate_proj.weight, m.up_proj.weight]),
-                                         _cat_bias(m.gate_proj, m.up_proj), packed)
+                    entry["qkv"] = Linear(
+                        torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                        _cat_bias(a.q_proj, a.k_proj, a.v_proj),
+                        packed,
+                    )
+                    entry["gu"] = Linear(
+                        torch.cat([m.gate_proj.weight, m.up_proj.weight]), _cat_bias(m.gate_proj, m.up_proj), packed
+                    )
                 else:
-                    entry.update(q=lin(a.q_proj), k=lin(a.k_proj), v=lin(a.v_proj), g=lin(m.gate_proj),
-                                 u=lin(m.up_proj))
+                    entry.update(
+                        q=lin(a.q_proj), k=lin(a.k_proj), v=lin(a.v_proj), g=lin(m.gate_proj), u=lin(m.up_proj)
+                    )
                 self.layers.append(entry)
         self.slots, self.cap = slots, 0
         self.k = self.v = None
@@ -272,9 +285,19 @@ def mixture_logits(logp: torch.Tensor, ref_logp: torch.Tensor, mixture: float) -
 
 
 @torch.no_grad()
-def decode(models: Sequence, tokenizer, prompts: Sequence[list[int]], *, k: int, params: SamplingParams,
-           seed_of: Callable[[int, int], int], slots: int, stop_ids: Sequence[int], mixture: float = 0.0,
-           levers: Levers | None = None) -> Iterator[tuple[int, list[tuple[list[int], float, bool, float | None]]]]:
+def decode(
+    models: Sequence,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    *,
+    k: int,
+    params: SamplingParams,
+    seed_of: Callable[[int, int], int],
+    slots: int,
+    stop_ids: Sequence[int],
+    mixture: float = 0.0,
+    levers: Levers | None = None,
+) -> Iterator[tuple[int, list[tuple[list[int], float, bool, float | None]]]]:
     """Decode K samples of every prompt on `slots` rows; yields (prompt index, its K (ids, logp,
     finished, ref_logp) tuples) as each prompt completes. `models`: the policy, and a reference μ
     decoded in lockstep (Nash-MD: tokens from `mixture_logits`, log μ recorded). `seed_of(i, j)`: the

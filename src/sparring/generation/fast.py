@@ -22,8 +22,9 @@ ATTENTION = "sparring_decode"
 
 def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     if query.shape[2] != 1 or module.training or kwargs.get("softcap") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     b, h, _, d = query.shape
     kvh = key.shape[1]
     q = query.reshape(b, kvh, h // kvh, d)  # the query heads sharing one key/value head, side by side

@@ -51,8 +51,10 @@ def chat_prompt_ids(tokenizer, prompt) -> list[int]:
     if len(messages) != 1 or messages[0]["role"] != "user":
         from sparring.errors import UserError
 
-        raise UserError("the policy's tokenizer has no chat template, so it can only take one-turn prompts; this "
-                        f"prompt has the turns {[m['role'] for m in messages]} (give the tokenizer a chat_template)")
+        raise UserError(
+            "the policy's tokenizer has no chat template, so it can only take one-turn prompts; this "
+            f"prompt has the turns {[m['role'] for m in messages]} (give the tokenizer a chat_template)"
+        )
     return tokenizer(messages[0]["content"])["input_ids"]
 
 
@@ -144,8 +146,9 @@ def sample_batch_with_reference(
     return _decode(model, ref_model, tokenizer, prompt_ids, k=k, params=params, seed=seed, mixture=mixture)
 
 
-def _decode(model, ref_model, tokenizer, prompt_ids, *, k, params, seed, mixture,
-            seed_of=None, slots=None, levers=None) -> list[list[tuple[list[int], float, bool, float | None]]]:
+def _decode(
+    model, ref_model, tokenizer, prompt_ids, *, k, params, seed, mixture, seed_of=None, slots=None, levers=None
+) -> list[list[tuple[list[int], float, bool, float | None]]]:
     """Per prompt, K (ids, logp, finished, ref_logp): the slot loop (engine.py) for the models it
     supports, else the padded loop."""
     from sparring.generation.engine import LEVERS, decode, supported
@@ -154,18 +157,36 @@ def _decode(model, ref_model, tokenizer, prompt_ids, *, k, params, seed, mixture
     seed_of = seed_of or (lambda i, j: sample_seed(seed, i, j))
     if all(supported(m) for m in models):
         results: list = [None] * len(prompt_ids)
-        for i, per_prompt in decode(models, tokenizer, list(prompt_ids), k=k, params=params, seed_of=seed_of,
-                                    slots=slots or len(prompt_ids) * k, stop_ids=stop_token_ids(tokenizer, model),
-                                    mixture=mixture, levers=levers or LEVERS):
+        for i, per_prompt in decode(
+            models,
+            tokenizer,
+            list(prompt_ids),
+            k=k,
+            params=params,
+            seed_of=seed_of,
+            slots=slots or len(prompt_ids) * k,
+            stop_ids=stop_token_ids(tokenizer, model),
+            mixture=mixture,
+            levers=levers or LEVERS,
+        ):
             results[i] = per_prompt
         return results
-    return _decode_padded(models, tokenizer, prompt_ids, k=k, params=params, seed_of=seed_of, mixture=mixture,
-                          widths=(levers or LEVERS).widths)
+    return _decode_padded(
+        models,
+        tokenizer,
+        prompt_ids,
+        k=k,
+        params=params,
+        seed_of=seed_of,
+        mixture=mixture,
+        widths=(levers or LEVERS).widths,
+    )
 
 
 @torch.no_grad()
-def _decode_padded(models, tokenizer, prompt_ids, *, k, params, seed_of, mixture, widths
-                   ) -> list[list[tuple[list[int], float, bool, float | None]]]:
+def _decode_padded(
+    models, tokenizer, prompt_ids, *, k, params, seed_of, mixture, widths
+) -> list[list[tuple[list[int], float, bool, float | None]]]:
     """The decode loop for models engine.py does not run: the batch's prompts left-padded to one
     width, HF's forward with a growing KV cache (`fast.block_cache`), a row leaving the batch as
     soon as it ends. Same sampling (`RowSampler`) as the slot loop."""
@@ -185,8 +206,12 @@ def _decode_padded(models, tokenizer, prompt_ids, *, k, params, seed_of, mixture
     caches = [block_cache(m) for m in models]
     with_cache = [{cache_kwarg(m): c, "use_cache": True} for m, c in zip(models, caches)]  # forward kwargs
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = [m(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
-                **kw).logits[:, -1].float() for m, kw in zip(models, with_cache)]
+    logits = [
+        m(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1, **kw)
+        .logits[:, -1]
+        .float()
+        for m, kw in zip(models, with_cache)
+    ]
     vocab = logits[0].shape[-1]
     sampler = RowSampler(params, tokenizer, vocab, n, device, widths=widths)
     for i, ids in enumerate(prompt_ids):
@@ -222,8 +247,12 @@ def _decode_padded(models, tokenizer, prompt_ids, *, k, params, seed_of, mixture
                     layer.batch_select_indices(keep)
             alive, tok, attention, next_pos = alive[keep], tok[keep], attention[keep], next_pos[keep]
         attention = torch.cat([attention, torch.ones((len(alive), 1), dtype=attention.dtype, device=device)], dim=1)
-        logits = [m(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
-                    **kw).logits[:, -1].float() for m, kw in zip(models, with_cache)]
+        logits = [
+            m(input_ids=tok[:, None], attention_mask=attention, position_ids=next_pos[:, None], **kw)
+            .logits[:, -1]
+            .float()
+            for m, kw in zip(models, with_cache)
+        ]
         next_pos = next_pos + 1
     results: list[list[tuple[list[int], float, bool, float | None]]] = [[] for _ in prompt_ids]
     for r in range(n):
@@ -265,8 +294,9 @@ def sample_batch_generate(
     width = input_ids.shape[1]
     stops = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
-    options = {} if p.greedy else {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
-                                   "min_p": p.min_p or None}
+    options = (
+        {} if p.greedy else {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p or None}
+    )
     if p.repetition_penalty != 1.0:
         options["repetition_penalty"] = p.repetition_penalty
     if p.stop:
@@ -345,8 +375,10 @@ def iter_samples(
     if ref_model is not None and (engine == "generate" or params.greedy):
         raise ValueError("a reference model needs engine='sparring' and sampling (not greedy)")
     if engine not in ("sparring", "padded", "generate"):
-        raise ValueError(f"engine={engine!r}: choose 'sparring', 'padded' (the padded loop, which models engine.py "
-                         "does not run take anyway) or 'generate'")
+        raise ValueError(
+            f"engine={engine!r}: choose 'sparring', 'padded' (the padded loop, which models engine.py "
+            "does not run take anyway) or 'generate'"
+        )
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     key = list(keys) if keys is not None else list(range(len(prompts)))
@@ -365,9 +397,18 @@ def iter_samples(
     if engine == "sparring" and all(supported(m) for m in models):
         order = list(range(start, len(prompts)))
         found: dict[int, list] = {}
-        stream = decode(models, tokenizer, [ids[i] for i in order], k=k, params=params,
-                        seed_of=lambda a, j: sample_seed(seed, key[order[a]], j), slots=per_batch * k,
-                        stop_ids=stop_token_ids(tokenizer, model), mixture=mixture, levers=levers or LEVERS)
+        stream = decode(
+            models,
+            tokenizer,
+            [ids[i] for i in order],
+            k=k,
+            params=params,
+            seed_of=lambda a, j: sample_seed(seed, key[order[a]], j),
+            slots=per_batch * k,
+            stop_ids=stop_token_ids(tokenizer, model),
+            mixture=mixture,
+            levers=levers or LEVERS,
+        )
         for first in firsts:
             idx = list(range(first, min(first + per_batch, len(prompts))))
             while any(i not in found for i in idx):
@@ -381,7 +422,14 @@ def iter_samples(
         if engine == "generate":
             outs = sample_batch_generate(model, tokenizer, part, k=k, params=params, seed=batch_seed(seed, first))
         else:
-            outs = _decode_padded(models, tokenizer, part, k=k, params=params, mixture=mixture,
-                                  widths=(levers or LEVERS).widths,
-                                  seed_of=lambda a, j, idx=idx: sample_seed(seed, key[idx[a]], j))
+            outs = _decode_padded(
+                models,
+                tokenizer,
+                part,
+                k=k,
+                params=params,
+                mixture=mixture,
+                widths=(levers or LEVERS).widths,
+                seed_of=lambda a, j, idx=idx: sample_seed(seed, key[idx[a]], j),
+            )
         yield samples(idx, outs)

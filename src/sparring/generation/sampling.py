@@ -139,8 +139,12 @@ def _candidates(logits: torch.Tensor, p: SamplingParams, widths=WIDTHS):
             out = [vals, idx, n_keep, w]
         else:  # widen the result to c columns and put these rows in
             width = max(out[0].shape[1], c)
-            grown = [out[0].new_full((n, width), float("-inf")), out[1].new_zeros((n, width)), out[2].clone(),
-                     out[3].new_zeros((n, width))]
+            grown = [
+                out[0].new_full((n, width), float("-inf")),
+                out[1].new_zeros((n, width)),
+                out[2].clone(),
+                out[3].new_zeros((n, width)),
+            ]
             c0 = out[0].shape[1]
             grown[0][:, :c0], grown[1][:, :c0], grown[3][:, :c0] = out[0], out[1], out[3]
             grown[0][rows], grown[1][rows], grown[2][rows], grown[3][rows] = vals, idx, n_keep, w
@@ -205,8 +209,9 @@ class StopStrings:
                 flags[v] = True
         return flags
 
-    def completed(self, out_tokens: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor,
-                  new: torch.Tensor) -> torch.Tensor:
+    def completed(
+        self, out_tokens: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, new: torch.Tensor
+    ) -> torch.Tensor:
         """[len(rows)] bool: rows whose response (out_tokens[row, :length]) now holds a stop string."""
         hit = torch.zeros_like(rows, dtype=torch.bool)
         check = self.flags[new].nonzero().squeeze(1).tolist()
@@ -223,6 +228,7 @@ class StopStrings:
 
 def cut_ids(tokenizer, ids: list[int], stop) -> list[int]:
     """The shortest prefix of `ids` whose text holds a stop string (all of `ids` when none is there)."""
+
     def holds(part):
         return stop_end(tokenizer.decode(part, skip_special_tokens=True), stop) is not None
 
@@ -239,10 +245,12 @@ class RowSampler:
 
     def __init__(self, params: SamplingParams, tokenizer, vocab: int, slots: int, device, widths=WIDTHS):
         self.p, self.widths, self.vocab = params, widths, vocab
-        self.u = None if params.greedy else torch.zeros(slots, params.max_new_tokens, dtype=torch.float64,
-                                                         device=device)
-        self.seen = (torch.zeros(slots, vocab, dtype=torch.bool, device=device)
-                     if params.repetition_penalty != 1.0 else None)
+        self.u = (
+            None if params.greedy else torch.zeros(slots, params.max_new_tokens, dtype=torch.float64, device=device)
+        )
+        self.seen = (
+            torch.zeros(slots, vocab, dtype=torch.bool, device=device) if params.repetition_penalty != 1.0 else None
+        )
         self.stops = StopStrings(tokenizer, params.stop, vocab, device) if params.stop else None
 
     def start(self, rows: torch.Tensor, prompt_ids: list[int], seeds: list[int]) -> None:
@@ -251,8 +259,9 @@ class RowSampler:
             self.u[rows] = uniforms(seeds, self.p.max_new_tokens, self.u.device)
         if self.seen is not None:
             self.seen[rows] = False
-            ids = torch.tensor([t for t in prompt_ids if 0 <= t < self.vocab], dtype=torch.long,
-                               device=self.seen.device)
+            ids = torch.tensor(
+                [t for t in prompt_ids if 0 <= t < self.vocab], dtype=torch.long, device=self.seen.device
+            )
             self.seen[rows[:, None], ids[None, :]] = True
 
     def choose(self, logits: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

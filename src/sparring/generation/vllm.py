@@ -33,9 +33,21 @@ from sparring.generation.sampling import cut_ids
 
 # config.json keys that fix the shapes of the weights: a policy with the same values can be
 # reloaded into a running engine; another one needs a new engine.
-_SHAPE_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
-               "max_position_embeddings", "rope_theta", "rope_scaling")
+_SHAPE_KEYS = (
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "rope_theta",
+    "rope_scaling",
+)
 
 _ENGINE: "VLLMEngine | None" = None
 
@@ -48,8 +60,10 @@ def _import_vllm():
     except ImportError as exc:
         from sparring.generation import VLLM_INSTALL
 
-        raise UserError(f"generation.backend = 'vllm' needs vLLM, which cannot be imported ({exc}); {VLLM_INSTALL}, "
-                        "or set generation.backend: hf") from None
+        raise UserError(
+            f"generation.backend = 'vllm' needs vLLM, which cannot be imported ({exc}); {VLLM_INSTALL}, "
+            "or set generation.backend: hf"
+        ) from None
     return vllm
 
 
@@ -176,8 +190,9 @@ class VLLMEngine:
 
     # -------------------------------------------------------------- sampling
 
-    def generate(self, prompt_ids: Sequence[list[int]], *, k: int, params, seeds: Sequence[int],
-                 stop_ids: list[int]) -> list[list[tuple[list[int], list[float], bool]]]:
+    def generate(
+        self, prompt_ids: Sequence[list[int]], *, k: int, params, seeds: Sequence[int], stop_ids: list[int]
+    ) -> list[list[tuple[list[int], list[float], bool]]]:
         """Per prompt, K (response_ids, the raw log-prob of each, finished) triples. `params`:
         sparring's `SamplingParams`, passed to vLLM's options of the same names."""
         from vllm import SamplingParams

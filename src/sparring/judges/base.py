@@ -37,8 +37,9 @@ from sparring.records import Prompt
 class Judge(Protocol):
     id: str
 
-    def preferences_many(self, prompts: Sequence[Prompt], response_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        ...
+    def preferences_many(
+        self, prompts: Sequence[Prompt], response_lists: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]: ...
 
 
 def win_probability(diff: float) -> tuple[float, float]:
@@ -97,8 +98,10 @@ def checked_matrix(P, k: int, who: str) -> np.ndarray:
     if np.any(P < 0) or np.any(P > 1):
         raise ValueError(f"{who}: returned probabilities outside [0, 1] (min {P.min():.4g}, max {P.max():.4g})")
     if k and (np.max(np.abs(P + P.T - 1.0)) > 1e-6 or np.max(np.abs(np.diag(P) - 0.5)) > 1e-6):
-        raise ValueError(f"{who}: returned a matrix that is not a preference matrix: P[i, j] + P[j, i] must be 1 "
-                         f"and P[i, i] must be 0.5 (largest deviation {np.max(np.abs(P + P.T - 1.0)):.3g})")
+        raise ValueError(
+            f"{who}: returned a matrix that is not a preference matrix: P[i, j] + P[j, i] must be 1 "
+            f"and P[i, i] must be 0.5 (largest deviation {np.max(np.abs(P + P.T - 1.0)):.3g})"
+        )
     out = np.full((k, k), 0.5, dtype=np.float64)
     for i in range(k):
         for j in range(i + 1, k):
@@ -148,8 +151,9 @@ class PairwiseJudge:
     def __init__(self) -> None:
         self.stats = JudgeStats()
 
-    def compare_many(self, queries: Sequence[tuple[Prompt, str, str]],
-                     on_result: Callable[[int, float], None] | None = None) -> list[float]:
+    def compare_many(
+        self, queries: Sequence[tuple[Prompt, str, str]], on_result: Callable[[int, float], None] | None = None
+    ) -> list[float]:
         raise NotImplementedError
 
     def combine(self, Q: np.ndarray) -> np.ndarray:

@@ -61,9 +61,7 @@ _CHUNK = 500  # keys per SELECT ... IN (...): well under SQLite's host-parameter
 def canonical_json(value: Any) -> str:
     """The one JSON text of `value` that keys are hashed from: sorted keys, no spaces, ASCII only."""
     try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot encode {value!r} as canonical JSON for a cache key: {exc}") from None
 
@@ -133,10 +131,7 @@ class JudgeCache:
         if self.path.is_dir():
             raise UserError(f"{self.path}: judge cache path is a directory, not a file")
         if not self.path.parent.is_dir():
-            raise UserError(
-                f"{self.path}: cannot create the judge cache: directory {self.path.parent} "
-                "does not exist"
-            )
+            raise UserError(f"{self.path}: cannot create the judge cache: directory {self.path.parent} does not exist")
         try:
             # isolation_level=None: no implicit transactions; we BEGIN/COMMIT explicitly.
             conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
@@ -152,8 +147,7 @@ class JudgeCache:
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {_TABLE} "
-                "(key TEXT PRIMARY KEY NOT NULL, p REAL NOT NULL) WITHOUT ROWID"
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} (key TEXT PRIMARY KEY NOT NULL, p REAL NOT NULL) WITHOUT ROWID"
             )
             columns = [(row[1], row[2].upper()) for row in conn.execute(f"PRAGMA table_info({_TABLE})")]
             if columns != [("key", "TEXT"), ("p", "REAL")]:
@@ -278,8 +272,10 @@ class CachedJudge:
 
     def __init__(self, judge: Any, cache: JudgeCache | str | os.PathLike | None, *, chunk: int | None = None):
         if not isinstance(getattr(judge, "id", None), str) or not callable(getattr(judge, "preferences_many", None)):
-            raise TypeError("CachedJudge needs a judge with a string `.id` and a `.preferences_many(prompts, "
-                            f"response_lists)` method, got {judge!r}")
+            raise TypeError(
+                "CachedJudge needs a judge with a string `.id` and a `.preferences_many(prompts, "
+                f"response_lists)` method, got {judge!r}"
+            )
         self.judge = judge
         self.pairwise = is_pairwise(judge)
         self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
@@ -317,14 +313,16 @@ class CachedJudge:
     def preferences(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
         return self.preferences_many([prompt], [responses])[0]
 
-    def preferences_many(self, prompts: Sequence[Prompt], response_lists: Sequence[Sequence[str]], *,
-                         progress: bool = False) -> list[np.ndarray]:
+    def preferences_many(
+        self, prompts: Sequence[Prompt], response_lists: Sequence[Sequence[str]], *, progress: bool = False
+    ) -> list[np.ndarray]:
         """One [K_n, K_n] float64 matrix per prompt; see the class docstring."""
         prompts = list(prompts)
         response_lists = [list(r) for r in response_lists]
         if len(prompts) != len(response_lists):
-            raise ValueError(f"got {len(prompts)} prompts but {len(response_lists)} response lists; "
-                             "they must be aligned")
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(response_lists)} response lists; they must be aligned"
+            )
         if self.pairwise:
             return self._pairwise(prompts, response_lists, progress)
         return self._whole_lists(prompts, response_lists, progress)
@@ -342,8 +340,7 @@ class CachedJudge:
         todo = [m for m, key in enumerate(keys) if key not in known and first_of.setdefault(key, m) == m]
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
-        bar = tqdm(total=len(todo), desc="judging", unit="query", disable=not progress or not todo,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(todo), desc="judging", unit="query", disable=not progress or not todo, dynamic_ncols=True)
         try:
             for start in range(0, len(todo), self.chunk):
                 part = todo[start : start + self.chunk]
@@ -402,8 +399,7 @@ class CachedJudge:
                 self.hits += len(plan) - len(missing_pairs)
             else:
                 self.hits += len(plan)
-        bar = tqdm(total=len(need), desc="judging", unit="prompt", disable=not progress or not need,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(need), desc="judging", unit="prompt", disable=not progress or not need, dynamic_ncols=True)
         try:
             for start in range(0, len(need), self.chunk):
                 part = need[start : start + self.chunk]

@@ -42,7 +42,9 @@ def position_consistency(orders: Sequence[np.ndarray]) -> float | None:
     return agree / total if total else None
 
 
-def length_spearman(mats: Sequence[np.ndarray], lengths: Sequence[Sequence[int]], include_self: bool = True) -> float | None:
+def length_spearman(
+    mats: Sequence[np.ndarray], lengths: Sequence[Sequence[int]], include_self: bool = True
+) -> float | None:
     from scipy.stats import spearmanr
 
     from sparring.winrates import win_rates

@@ -53,9 +53,7 @@ def _record_parts(record: Any) -> tuple[str, Sequence[str], Sequence[Mapping[str
     else:
         prompt, ids, kwargs = record.text, record.meta.get("instruction_id_list", ()), record.meta.get("kwargs", ())
     if len(ids) != len(kwargs):
-        raise ValueError(
-            f"instruction_id_list has {len(ids)} entries but kwargs has {len(kwargs)}"
-        )
+        raise ValueError(f"instruction_id_list has {len(ids)} entries but kwargs has {len(kwargs)}")
     return prompt, ids, kwargs
 
 
@@ -108,9 +106,7 @@ def evaluate(prompt_records: Sequence[Any], responses: Sequence[str] | Mapping[s
     else:
         aligned = list(responses)
         if len(aligned) != len(records):
-            raise ValueError(
-                f"got {len(aligned)} responses for {len(records)} prompts; they must be aligned"
-            )
+            raise ValueError(f"got {len(aligned)} responses for {len(records)} prompts; they must be aligned")
     prompt_ok = {"strict": 0, "loose": 0}
     instr_ok = {"strict": 0, "loose": 0}
     n_instructions = 0
@@ -174,7 +170,8 @@ class IFEvalJudge(PointwiseJudge):
             raise UserError(
                 f"{label}: judge 'ifeval' scores the IFEval instructions of each prompt (instruction_id_list and "
                 f"kwargs), but {len(lacking)} of {len(prompts)} prompts carry none (first: id {lacking[0].id!r}); "
-                "use an IFEval-style prompt set or another judge (reward_model, pairrm, llm, openai, python)")
+                "use an IFEval-style prompt set or another judge (reward_model, pairrm, llm, openai, python)"
+            )
 
     def score(self, prompt_record: Any, response: str) -> float:
         """Fraction of the record's instructions that `response` follows (strict); 1.0 for a record
@@ -200,8 +197,9 @@ class IFEvalJudge(PointwiseJudge):
         return bradley_terry(self.scores(prompt_record, list(responses)), self.tau)
 
 
-def parse_instructions(where: str, ids: Any, kwargs: Any, columns: Mapping[str, str],
-                       skip_unsupported: bool = False) -> dict | None:
+def parse_instructions(
+    where: str, ids: Any, kwargs: Any, columns: Mapping[str, str], skip_unsupported: bool = False
+) -> dict | None:
     """A prompt row's IFEval instructions, validated: {"instruction_id_list": [...], "kwargs": [...]}
     for the prompt's meta, or None when the row uses an id sparring does not know and
     `skip_unsupported` is set. UserError naming the row (`where`) and the column otherwise."""
@@ -215,13 +213,16 @@ def parse_instructions(where: str, ids: Any, kwargs: Any, columns: Mapping[str, 
     if not isinstance(kwargs, list):
         raise UserError(f"{where}: column {kw_col!r} must be a list of objects, got {type(kwargs).__name__}")
     if len(ids) != len(kwargs):
-        raise UserError(f"{where}: {id_col} has {len(ids)} entries but {kw_col} has {len(kwargs)}; they must have "
-                        "the same length (one kwargs object per instruction)")
+        raise UserError(
+            f"{where}: {id_col} has {len(ids)} entries but {kw_col} has {len(kwargs)}; they must have "
+            "the same length (one kwargs object per instruction)"
+        )
     clean_kwargs = []
     for i, (instruction_id, kw) in enumerate(zip(ids, kwargs)):
         if kw is not None and not isinstance(kw, Mapping):
-            raise UserError(f"{where}: {kw_col}[{i}] (for {instruction_id!r}) must be an object, "
-                            f"got {type(kw).__name__}")
+            raise UserError(
+                f"{where}: {kw_col}[{i}] (for {instruction_id!r}) must be an object, got {type(kw).__name__}"
+            )
         if skip_unsupported and instruction_id not in INSTRUCTIONS:
             return None
         try:

@@ -54,12 +54,36 @@ RELATIONS = ("less than", "at least")
 # descriptions can name (the official code fails with KeyError on any other code). langdetect can
 # return each of them.
 RESPONSE_LANGUAGES: dict[str, str] = {
-    "ar": "Arabic", "bg": "Bulgarian", "bn": "Bengali", "de": "German", "en": "English",
-    "es": "Spanish", "fa": "Persian", "fi": "Finnish", "fr": "French", "gu": "Gujarati",
-    "he": "Hebrew", "hi": "Hindi", "it": "Italian", "ja": "Japanese", "kn": "Kannada",
-    "ko": "Korean", "ml": "Malayalam", "mr": "Marathi", "ne": "Nepali", "pa": "Punjabi",
-    "pl": "Polish", "pt": "Portuguese", "ru": "Russian", "sw": "Swahili", "ta": "Tamil",
-    "te": "Telugu", "th": "Thai", "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese",
+    "ar": "Arabic",
+    "bg": "Bulgarian",
+    "bn": "Bengali",
+    "de": "German",
+    "en": "English",
+    "es": "Spanish",
+    "fa": "Persian",
+    "fi": "Finnish",
+    "fr": "French",
+    "gu": "Gujarati",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "it": "Italian",
+    "ja": "Japanese",
+    "kn": "Kannada",
+    "ko": "Korean",
+    "ml": "Malayalam",
+    "mr": "Marathi",
+    "ne": "Nepali",
+    "pa": "Punjabi",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "sw": "Swahili",
+    "ta": "Tamil",
+    "te": "Telugu",
+    "th": "Thai",
+    "uk": "Ukrainian",
+    "ur": "Urdu",
+    "vi": "Vietnamese",
 }
 
 # The seed of sparring's langdetect factory (see the module docstring).
@@ -75,8 +99,7 @@ def _require(module: str, package: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"IFEval checking needs the PyPI package {package!r} ({exc}); install it with "
-            f"`pip install {package}`"
+            f"IFEval checking needs the PyPI package {package!r} ({exc}); install it with `pip install {package}`"
         ) from exc
 
 
@@ -219,9 +242,7 @@ def _number_paragraphs(response: str, num_paragraphs: int) -> bool:
     return count == num_paragraphs
 
 
-def _nth_paragraph_first_word(
-    response: str, num_paragraphs: int, nth_paragraph: int, first_word: str
-) -> bool:
+def _nth_paragraph_first_word(response: str, num_paragraphs: int, nth_paragraph: int, first_word: str) -> bool:
     parts = response.split("\n\n")
     count = sum(1 for p in parts if p.strip())
     # As in IFEval, the n-th piece is taken from the raw split (empty pieces included).
@@ -523,58 +544,128 @@ def _spec(id_, check, required=(), description=""):
 
 INSTRUCTIONS: dict[str, Instruction] = dict(
     [
-        _spec("language:response_language", _response_language, ("language",),
-              "langdetect says the response is in `language` (or cannot tell)"),
-        _spec("change_case:english_lowercase", _english_lowercase,
-              description="the whole response is lowercase (str.islower) and English (langdetect)"),
-        _spec("change_case:english_capital", _english_capital,
-              description="the whole response is uppercase (str.isupper) and English (langdetect)"),
-        _spec("change_case:capital_word_frequency", _capital_word_frequency,
-              ("capital_frequency", "capital_relation"),
-              "number of all-capital nltk word tokens compared with capital_frequency"),
+        _spec(
+            "language:response_language",
+            _response_language,
+            ("language",),
+            "langdetect says the response is in `language` (or cannot tell)",
+        ),
+        _spec(
+            "change_case:english_lowercase",
+            _english_lowercase,
+            description="the whole response is lowercase (str.islower) and English (langdetect)",
+        ),
+        _spec(
+            "change_case:english_capital",
+            _english_capital,
+            description="the whole response is uppercase (str.isupper) and English (langdetect)",
+        ),
+        _spec(
+            "change_case:capital_word_frequency",
+            _capital_word_frequency,
+            ("capital_frequency", "capital_relation"),
+            "number of all-capital nltk word tokens compared with capital_frequency",
+        ),
         _spec("punctuation:no_comma", _no_comma, description="no ',' anywhere"),
-        _spec("length_constraints:number_words", _number_words, ("num_words", "relation"),
-              "number of \\w+ words compared with num_words"),
-        _spec("length_constraints:number_sentences", _number_sentences,
-              ("num_sentences", "relation"), "number of Punkt sentences compared with num_sentences"),
-        _spec("length_constraints:number_paragraphs", _number_paragraphs, ("num_paragraphs",),
-              "exactly num_paragraphs paragraphs separated by the markdown divider ***"),
-        _spec("length_constraints:nth_paragraph_first_word", _nth_paragraph_first_word,
-              ("num_paragraphs", "nth_paragraph", "first_word"),
-              "exactly num_paragraphs paragraphs separated by a blank line; paragraph "
-              "nth_paragraph (from 1) starts with first_word"),
-        _spec("keywords:existence", _existence, ("keywords",),
-              "every keyword (a regex) occurs (case-insensitive)"),
-        _spec("keywords:forbidden_words", _forbidden_words, ("forbidden_words",),
-              "no forbidden word (a regex) occurs between word boundaries (case-insensitive)"),
-        _spec("keywords:frequency", _keyword_frequency, ("keyword", "frequency", "relation"),
-              "occurrences of keyword (a regex, case-insensitive) compared with frequency"),
-        _spec("keywords:letter_frequency", _letter_frequency,
-              ("letter", "let_frequency", "let_relation"),
-              "occurrences of the letter (case-insensitive) compared with let_frequency"),
-        _spec("startend:end_checker", _end_checker, ("end_phrase",),
-              "ends with end_phrase (case-insensitive, ignoring surrounding whitespace and quotes)"),
+        _spec(
+            "length_constraints:number_words",
+            _number_words,
+            ("num_words", "relation"),
+            "number of \\w+ words compared with num_words",
+        ),
+        _spec(
+            "length_constraints:number_sentences",
+            _number_sentences,
+            ("num_sentences", "relation"),
+            "number of Punkt sentences compared with num_sentences",
+        ),
+        _spec(
+            "length_constraints:number_paragraphs",
+            _number_paragraphs,
+            ("num_paragraphs",),
+            "exactly num_paragraphs paragraphs separated by the markdown divider ***",
+        ),
+        _spec(
+            "length_constraints:nth_paragraph_first_word",
+            _nth_paragraph_first_word,
+            ("num_paragraphs", "nth_paragraph", "first_word"),
+            "exactly num_paragraphs paragraphs separated by a blank line; paragraph "
+            "nth_paragraph (from 1) starts with first_word",
+        ),
+        _spec("keywords:existence", _existence, ("keywords",), "every keyword (a regex) occurs (case-insensitive)"),
+        _spec(
+            "keywords:forbidden_words",
+            _forbidden_words,
+            ("forbidden_words",),
+            "no forbidden word (a regex) occurs between word boundaries (case-insensitive)",
+        ),
+        _spec(
+            "keywords:frequency",
+            _keyword_frequency,
+            ("keyword", "frequency", "relation"),
+            "occurrences of keyword (a regex, case-insensitive) compared with frequency",
+        ),
+        _spec(
+            "keywords:letter_frequency",
+            _letter_frequency,
+            ("letter", "let_frequency", "let_relation"),
+            "occurrences of the letter (case-insensitive) compared with let_frequency",
+        ),
+        _spec(
+            "startend:end_checker",
+            _end_checker,
+            ("end_phrase",),
+            "ends with end_phrase (case-insensitive, ignoring surrounding whitespace and quotes)",
+        ),
         _spec("startend:quotation", _quotation, description="wrapped in double quotes"),
         _spec("detectable_format:title", _title, description="contains a <<title>>"),
-        _spec("detectable_format:number_bullet_lists", _number_bullet_lists, ("num_bullets",),
-              "exactly num_bullets markdown bullet lines ('* ' or '-')"),
-        _spec("detectable_format:number_highlighted_sections", _number_highlighted_sections,
-              ("num_highlights",), "at least num_highlights *highlighted* or **bold** sections"),
-        _spec("detectable_format:json_format", _json_format,
-              description="the whole response is JSON (a ``` fence is allowed)"),
-        _spec("detectable_format:constrained_response", _constrained_response,
-              description="contains 'My answer is yes.', 'My answer is no.' or 'My answer is maybe.'"),
-        _spec("detectable_format:multiple_sections", _multiple_sections,
-              ("section_spliter", "num_sections"),
-              "at least num_sections section headers '<section_spliter> <number>'"),
-        _spec("detectable_content:postscript", _postscript, ("postscript_marker",),
-              "contains the postscript marker (case-insensitive)"),
-        _spec("detectable_content:number_placeholders", _number_placeholders,
-              ("num_placeholders",), "at least num_placeholders [placeholders]"),
-        _spec("combination:repeat_prompt", _repeat_prompt, ("prompt_to_repeat",),
-              "starts with prompt_to_repeat (case-insensitive)"),
-        _spec("combination:two_responses", _two_responses,
-              description="two different answers separated by ******"),
+        _spec(
+            "detectable_format:number_bullet_lists",
+            _number_bullet_lists,
+            ("num_bullets",),
+            "exactly num_bullets markdown bullet lines ('* ' or '-')",
+        ),
+        _spec(
+            "detectable_format:number_highlighted_sections",
+            _number_highlighted_sections,
+            ("num_highlights",),
+            "at least num_highlights *highlighted* or **bold** sections",
+        ),
+        _spec(
+            "detectable_format:json_format",
+            _json_format,
+            description="the whole response is JSON (a ``` fence is allowed)",
+        ),
+        _spec(
+            "detectable_format:constrained_response",
+            _constrained_response,
+            description="contains 'My answer is yes.', 'My answer is no.' or 'My answer is maybe.'",
+        ),
+        _spec(
+            "detectable_format:multiple_sections",
+            _multiple_sections,
+            ("section_spliter", "num_sections"),
+            "at least num_sections section headers '<section_spliter> <number>'",
+        ),
+        _spec(
+            "detectable_content:postscript",
+            _postscript,
+            ("postscript_marker",),
+            "contains the postscript marker (case-insensitive)",
+        ),
+        _spec(
+            "detectable_content:number_placeholders",
+            _number_placeholders,
+            ("num_placeholders",),
+            "at least num_placeholders [placeholders]",
+        ),
+        _spec(
+            "combination:repeat_prompt",
+            _repeat_prompt,
+            ("prompt_to_repeat",),
+            "starts with prompt_to_repeat (case-insensitive)",
+        ),
+        _spec("combination:two_responses", _two_responses, description="two different answers separated by ******"),
     ]
 )
 
@@ -591,9 +682,7 @@ def closest_instruction_id(name: str) -> str:
     if len(same_suffix) == 1:
         return same_suffix[0]
     by_full = difflib.get_close_matches(name, ids, n=1, cutoff=0.0)
-    by_suffix = difflib.get_close_matches(
-        suffix, [i.rsplit(":", 1)[-1] for i in ids], n=1, cutoff=0.0
-    )
+    by_suffix = difflib.get_close_matches(suffix, [i.rsplit(":", 1)[-1] for i in ids], n=1, cutoff=0.0)
     full_ratio = difflib.SequenceMatcher(None, name, by_full[0]).ratio()
     suffix_ratio = difflib.SequenceMatcher(None, suffix, by_suffix[0]).ratio() if by_suffix else 0
     if suffix_ratio > full_ratio:
@@ -608,12 +697,9 @@ def normalize_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> d
         raise ValueError(f"instruction id must be a string, got {instruction_id!r}")  # noqa: TRY004
     if instruction_id not in INSTRUCTIONS:
         if instruction_id in UNSUPPORTED:
-            raise ValueError(
-                f"instruction {instruction_id!r} is not supported: {UNSUPPORTED[instruction_id]}"
-            )
+            raise ValueError(f"instruction {instruction_id!r} is not supported: {UNSUPPORTED[instruction_id]}")
         raise ValueError(
-            f"unknown instruction id {instruction_id!r}; did you mean "
-            f"{closest_instruction_id(instruction_id)!r}?"
+            f"unknown instruction id {instruction_id!r}; did you mean {closest_instruction_id(instruction_id)!r}?"
         )
     spec = INSTRUCTIONS[instruction_id]
     if kwargs is None:
@@ -634,8 +720,7 @@ def normalize_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> d
     for name in spec.required:
         if name not in given:
             raise ValueError(
-                f"{instruction_id}: missing required kwarg {name!r} "
-                f"(required: {', '.join(spec.required)})"
+                f"{instruction_id}: missing required kwarg {name!r} (required: {', '.join(spec.required)})"
             )
     clean = {}
     for name, value in given.items():

@@ -20,8 +20,17 @@ from sparring.judges.pairwise import LABELS, compile_template, load_template, re
 class LLMJudge(PairwiseJudge):
     KEYS = ("model", "revision", "dtype", "batch_size", "max_length", "template")
 
-    def __init__(self, model: str, *, revision: str | None = None, dtype: str = "bfloat16", batch_size: int = 8,
-                 max_length: int = 2048, template: str | None = None, device="cpu"):
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "bfloat16",
+        batch_size: int = 8,
+        max_length: int = 2048,
+        template: str | None = None,
+        device="cpu",
+    ):
         super().__init__()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,33 +45,48 @@ class LLMJudge(PairwiseJudge):
             self.tok = AutoTokenizer.from_pretrained(path, revision=revision)
             with quiet_loading():
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    path, revision=revision, dtype={"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype])
+                    path, revision=revision, dtype={"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+                )
         except (OSError, ValueError) as exc:
             raise UserError(f"judge.model = {model!r}: cannot load it as a causal LM ({exc})") from None
         self.model.to(device).eval()
         if not getattr(self.tok, "chat_template", None):
-            raise UserError(f"judge.model = {model!r}: its tokenizer has no chat template, which the llm judge "
-                            "needs to ask its question")
+            raise UserError(
+                f"judge.model = {model!r}: its tokenizer has no chat template, which the llm judge "
+                "needs to ask its question"
+            )
         self.label_ids = []
         for label in LABELS:
             ids = self.tok(label, add_special_tokens=False)["input_ids"]
             if len(ids) != 1:
-                raise UserError(f"judge.model = {model!r}: the label {label!r} is {len(ids)} tokens in its tokenizer; "
-                                "the llm judge needs single-token labels")
+                raise UserError(
+                    f"judge.model = {model!r}: the label {label!r} is {len(ids)} tokens in its tokenizer; "
+                    "the llm judge needs single-token labels"
+                )
             self.label_ids.append(ids[0])
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        self.id = (f"llm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:template={template_hash(text)}"
-                   f":max_length={max_length}")
+        self.id = (
+            f"llm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:template={template_hash(text)}"
+            f":max_length={max_length}"
+        )
 
     @classmethod
     def from_config(cls, cfg, device="cpu") -> LLMJudge:
-        return cls(cfg.model, revision=cfg.revision, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                   max_length=cfg.max_length, template=cfg.template, device=device)
+        return cls(
+            cfg.model,
+            revision=cfg.revision,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            template=cfg.template,
+            device=device,
+        )
 
     def _ids(self, prompt, first: str, second: str) -> list[int]:
         content = render(self.template, prompt, first, second)
-        text = self.tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                            add_generation_prompt=True)
+        text = self.tok.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_length:
             self.stats.add(truncated=1)
@@ -83,8 +107,11 @@ class LLMJudge(PairwiseJudge):
                 part = order[start : start + self.batch_size]
                 ids, mask = (t.to(device) for t in left_pad([rows[n] for n in part], self.pad_id))
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1].float()
+                logits = (
+                    self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+                    .logits[:, -1]
+                    .float()
+                )
                 lp = torch.log_softmax(logits, dim=-1)[:, self.label_ids].double().cpu().numpy()
                 for n, (lp_a, lp_b) in zip(part, lp):
                     out[n] = soft_label(float(lp_a), float(lp_b))

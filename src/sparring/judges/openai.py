@@ -35,26 +35,51 @@ from sparring.judges.pairwise import (
 class OpenAIJudge(PairwiseJudge):
     KEYS = ("model", "base_url", "api_key_env", "template", "max_concurrency", "timeout", "max_retries", "top_logprobs")
 
-    def __init__(self, *, model: str, base_url: str, api_key_env: str | None = None, template: str | None = None,
-                 max_concurrency: int = 8, timeout: float = 60.0, max_retries: int = 6, top_logprobs: int = 20,
-                 backoff_base: float = 1.0):
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str,
+        api_key_env: str | None = None,
+        template: str | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        top_logprobs: int = 20,
+        backoff_base: float = 1.0,
+    ):
         super().__init__()
         from sparring.judges.openai_client import ChatLabeler
 
         text = load_template(template)
         self.template = compile_template(text)
-        self.labeler = ChatLabeler(base_url=base_url.rstrip("/"), model=model, api_key_env=api_key_env,
-                                   labels=LABELS, max_tokens=1, top_logprobs=top_logprobs,
-                                   max_concurrency=max_concurrency, timeout=timeout, max_retries=max_retries,
-                                   backoff_base=backoff_base)
+        self.labeler = ChatLabeler(
+            base_url=base_url.rstrip("/"),
+            model=model,
+            api_key_env=api_key_env,
+            labels=LABELS,
+            max_tokens=1,
+            top_logprobs=top_logprobs,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+        )
         # the endpoint is not part of the id: the same model served elsewhere gives the same verdicts
         self.id = f"openai-v1:model={model}:template={template_hash(text)}:top_logprobs={top_logprobs}"
 
     @classmethod
     def from_config(cls, cfg, device=None) -> OpenAIJudge:
-        return cls(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, template=cfg.template,
-                   max_concurrency=cfg.max_concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
-                   top_logprobs=cfg.top_logprobs)
+        return cls(
+            model=cfg.model,
+            base_url=cfg.base_url,
+            api_key_env=cfg.api_key_env,
+            template=cfg.template,
+            max_concurrency=cfg.max_concurrency,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
+            top_logprobs=cfg.top_logprobs,
+        )
 
     def answer(self, result) -> float:
         """q from one endpoint answer (see the module docstring), counting how it was read."""

@@ -64,8 +64,17 @@ class JudgeEndpointError(UserError):
     failed), `answered` / `total` (conversations answered before stopping), `conversation` (index of the
     conversation whose request failed; None for failures not tied to one)."""
 
-    def __init__(self, message: str, *, url: str, status: int | None = None, attempts: int = 0,
-                 answered: int = 0, total: int = 0, conversation: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        attempts: int = 0,
+        answered: int = 0,
+        total: int = 0,
+        conversation: int | None = None,
+    ):
         super().__init__(message)
         self.url = url
         self.status = status
@@ -141,38 +150,69 @@ class ChatLabeler:
     `retries`, `seconds_waited` (backoff waits, summed over the worker threads, so it can exceed the wall
     time), `answers_without_logprobs`."""
 
-    def __init__(self, *, base_url: str, model: str, api_key_env: str | None, labels: Sequence[str] = ("A", "B"),
-                 max_tokens: int = 1, top_logprobs: int = 20, temperature: float = 0.0, max_concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 6, backoff_base: float = 1.0, backoff_max: float = 60.0):
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key_env: str | None,
+        labels: Sequence[str] = ("A", "B"),
+        max_tokens: int = 1,
+        top_logprobs: int = 20,
+        temperature: float = 0.0,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+    ):
         if not isinstance(base_url, str) or not re.match(r"https?://[^/\s]+", base_url):
             raise UserError(f"judge base_url must be an http:// or https:// URL, got {base_url!r}")
         base_url = base_url.rstrip("/")
         if base_url.endswith("/chat/completions"):
-            raise UserError(f"judge base_url should be the API root (e.g. http://host:8000/v1), without "
-                            f"/chat/completions: got {base_url!r}")
+            raise UserError(
+                f"judge base_url should be the API root (e.g. http://host:8000/v1), without "
+                f"/chat/completions: got {base_url!r}"
+            )
         if not isinstance(model, str) or not model:
             raise UserError(f"judge model must be a non-empty string, got {model!r}")
         if isinstance(labels, str) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
             raise UserError(f"judge labels must be a list of non-blank strings, got {labels!r}")
         if len({x.strip() for x in labels}) != len(labels):
             raise UserError(f"judge labels must be distinct after stripping whitespace, got {list(labels)!r}")
-        for name, value, low in (("max_tokens", max_tokens, 1), ("top_logprobs", top_logprobs, 0),
-                                 ("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0)):
+        for name, value, low in (
+            ("max_tokens", max_tokens, 1),
+            ("top_logprobs", top_logprobs, 0),
+            ("max_concurrency", max_concurrency, 1),
+            ("max_retries", max_retries, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"judge {name} must be an integer >= {low}, got {value!r}")
-        for name, value, positive in (("temperature", temperature, False), ("timeout", timeout, True),
-                                      ("backoff_base", backoff_base, False), ("backoff_max", backoff_max, False)):
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or value < 0 or (positive and value == 0)):
-                raise UserError(f"judge {name} must be a {'positive' if positive else 'non-negative'} number, "
-                                f"got {value!r}")
+        for name, value, positive in (
+            ("temperature", temperature, False),
+            ("timeout", timeout, True),
+            ("backoff_base", backoff_base, False),
+            ("backoff_max", backoff_max, False),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (positive and value == 0)
+            ):
+                raise UserError(
+                    f"judge {name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
+                )
         self._api_key: str | None = None
         if api_key_env is not None:
             if not isinstance(api_key_env, str) or not api_key_env:
                 raise UserError(f"judge api_key_env must be the name of an environment variable, got {api_key_env!r}")
             if api_key_env not in os.environ:
-                raise UserError(f"judge api_key_env: environment variable {api_key_env} is not set (it should hold "
-                                f"the API key; use api_key_env: null for a server without a key)")
+                raise UserError(
+                    f"judge api_key_env: environment variable {api_key_env} is not set (it should hold "
+                    f"the API key; use api_key_env: null for a server without a key)"
+                )
             if not os.environ[api_key_env].strip():
                 raise UserError(f"judge api_key_env: environment variable {api_key_env} is empty")
             self._api_key = os.environ[api_key_env].strip()
@@ -197,19 +237,29 @@ class ChatLabeler:
         self._rng = random.Random()
 
     def __repr__(self) -> str:  # no key here: the default repr would show it
-        return (f"ChatLabeler(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
-                f"max_concurrency={self.max_concurrency})")
+        return (
+            f"ChatLabeler(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
 
     @property
     def stats(self) -> dict[str, float]:
         with self._stats_lock:
-            return {"requests_sent": self.requests_sent, "retries": self.retries,
-                    "seconds_waited": self.seconds_waited, "answers_without_logprobs": self.answers_without_logprobs}
+            return {
+                "requests_sent": self.requests_sent,
+                "retries": self.retries,
+                "seconds_waited": self.seconds_waited,
+                "answers_without_logprobs": self.answers_without_logprobs,
+            }
 
     # -- the public entry point ------------------------------------------------------------------------------
 
-    def label_many(self, conversations: list[list[dict]], on_result: Callable[[int, LabelResult], None] | None = None,
-                   progress: bool = False) -> list[LabelResult]:
+    def label_many(
+        self,
+        conversations: list[list[dict]],
+        on_result: Callable[[int, LabelResult], None] | None = None,
+        progress: bool = False,
+    ) -> list[LabelResult]:
         """The answer to every conversation, in order. `on_result(i, result)` is called from this (the
         calling) thread as each answer arrives, so the caller can persist it before anything else fails.
         Raises JudgeEndpointError (a UserError) when a request fails for good; see the module doc."""
@@ -230,8 +280,12 @@ class ChatLabeler:
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key}"
         n_workers = min(self.max_concurrency, n)
-        client = httpx.Client(headers=headers, timeout=httpx.Timeout(self.timeout), follow_redirects=False,
-                              limits=httpx.Limits(max_connections=n_workers, max_keepalive_connections=n_workers))
+        client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=n_workers, max_keepalive_connections=n_workers),
+        )
         stop = threading.Event()
         next_index = iter(range(n))
         index_lock = threading.Lock()
@@ -305,12 +359,23 @@ class ChatLabeler:
     # -- one request, with retries ---------------------------------------------------------------------------
 
     def _encode(self, i: int, conversation: Any) -> bytes:
-        if (not isinstance(conversation, (list, tuple)) or not conversation
-                or not all(isinstance(m, dict) for m in conversation)):
-            raise UserError(f"judge conversation {i} must be a non-empty list of message dicts "
-                            f"({{'role': ..., 'content': ...}}), got {type(conversation).__name__}")
-        payload = {"model": self.model, "messages": list(conversation), "max_tokens": self.max_tokens,
-                   "temperature": self.temperature, "logprobs": True, "top_logprobs": self.top_logprobs}
+        if (
+            not isinstance(conversation, (list, tuple))
+            or not conversation
+            or not all(isinstance(m, dict) for m in conversation)
+        ):
+            raise UserError(
+                f"judge conversation {i} must be a non-empty list of message dicts "
+                f"({{'role': ..., 'content': ...}}), got {type(conversation).__name__}"
+            )
+        payload = {
+            "model": self.model,
+            "messages": list(conversation),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
         try:
             return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as e:
@@ -349,8 +414,11 @@ class ChatLabeler:
                 else:
                     hint = ""
                     if status in (401, 403):
-                        hint = (f" (check the API key in ${self.api_key_env})" if self.api_key_env
-                                else " (the server wants an API key: set judge api_key_env)")
+                        hint = (
+                            f" (check the API key in ${self.api_key_env})"
+                            if self.api_key_env
+                            else " (the server wants an API key: set judge api_key_env)"
+                        )
                     elif 300 <= status < 400:
                         hint = f" (redirect to {response.headers.get('location', '?')}: fix base_url)"
                     return _Failure(i, f"HTTP {status}{self._error_detail(response)}{hint}", status, attempt)
@@ -360,8 +428,12 @@ class ChatLabeler:
                 return _ABANDONED
             limit = max(MAX_RETRY_AFTER_S, self.backoff_max)
             if wait_at_least is not None and wait_at_least > limit:
-                return _Failure(i, f"{problem}, and Retry-After asks to wait {wait_at_least:.0f} s (more than "
-                                   f"{limit:.0f} s)", status, attempt)
+                return _Failure(
+                    i,
+                    f"{problem}, and Retry-After asks to wait {wait_at_least:.0f} s (more than {limit:.0f} s)",
+                    status,
+                    attempt,
+                )
             delay = self._rng.uniform(0.0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
             if wait_at_least is not None:
                 delay = max(delay, wait_at_least)
@@ -383,8 +455,11 @@ class ChatLabeler:
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
             detail = self._error_detail_from(data)
-            raise _Malformed(f"no 'choices' in the response{detail or ''}" if choices is None
-                             else f"'choices' is {choices!r:.40}, not a non-empty list{detail or ''}")
+            raise _Malformed(
+                f"no 'choices' in the response{detail or ''}"
+                if choices is None
+                else f"'choices' is {choices!r:.40}, not a non-empty list{detail or ''}"
+            )
         choice = choices[0]
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             raise _Malformed("choices[0] has no 'message' object")
@@ -434,8 +509,13 @@ class ChatLabeler:
         return JudgeEndpointError(
             f"judge endpoint {self.url}: {first.problem} after {first.attempts} attempt(s) for conversation "
             f"{first.conversation}{others}; {answered} of {total} conversations were answered before stopping",
-            url=self.url, status=first.status, attempts=first.attempts, answered=answered, total=total,
-            conversation=first.conversation)
+            url=self.url,
+            status=first.status,
+            attempts=first.attempts,
+            answered=answered,
+            total=total,
+            conversation=first.conversation,
+        )
 
     def _error_detail(self, response: Any) -> str:
         """': <server's error message>' from an error response's body, scrubbed of the key; '' if none."""

@@ -42,8 +42,16 @@ def logit(q: float) -> float:
 class PairRMJudge(PairwiseJudge):
     KEYS = ("model", "dtype", "batch_size", "mode")
 
-    def __init__(self, model: str, *, dtype: str = "bfloat16", batch_size: int = 16, mode: str = "sppo",
-                 revision: str | None = None, device="cpu"):
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "bfloat16",
+        batch_size: int = 16,
+        mode: str = "sppo",
+        revision: str | None = None,
+        device="cpu",
+    ):
         super().__init__()
         from sparring.judges.pairrm_model import load_pairrm
         from sparring.models import model_fingerprint
@@ -55,12 +63,15 @@ class PairRMJudge(PairwiseJudge):
 
     @classmethod
     def from_config(cls, cfg, device="cpu") -> PairRMJudge:
-        return cls(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, mode=cfg.mode,
-                   device=device)
+        return cls(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, mode=cfg.mode, device=device)
 
     def compare_many(self, queries, on_result=None) -> list[float]:
-        c = self.rm.pair_logits([source_text(p) for p, _, _ in queries], [a for _, a, _ in queries],
-                                [b for _, _, b in queries], batch_size=self.batch_size)
+        c = self.rm.pair_logits(
+            [source_text(p) for p, _, _ in queries],
+            [a for _, a, _ in queries],
+            [b for _, _, b in queries],
+            batch_size=self.batch_size,
+        )
         out = [1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x)) for x in c.tolist()]
         self.stats.add(queries=len(out))
         if on_result is not None:

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, diff)
         print(f"{source!r:<14}{a!r:<14}{b!r:<20}{float(got):>20.10f}{want:>20.10f}{diff:>12.2e}")
     ok = worst <= args.tolerance
-    print(f"largest |diff| {worst:.2e} {'<=' if ok else '>'} tolerance {args.tolerance:g}: {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"largest |diff| {worst:.2e} {'<=' if ok else '>'} tolerance {args.tolerance:g}: {'OK' if ok else 'MISMATCH'}"
+    )
     return 0 if ok else 1
 
 

@@ -93,10 +93,23 @@ DEBERTA_V3_LARGE = {
 DEBERTA_V3_LARGE_NAME = "microsoft/deberta-v3-large"
 
 # What a hub snapshot needs; everything else in the repos (training_args.bin, config.bin) is pickle.
-_HUB_FILES = ["config.json", "ranker_config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "added_tokens.json"]
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+_HUB_FILES = [
+    "config.json",
+    "ranker_config.json",
+    WEIGHTS_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+]
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 class PairRMModule(nn.Module):
@@ -110,7 +123,10 @@ class PairRMModule(nn.Module):
         self.pretrained_model = DebertaV2Model(config)
         # Same layer order as llm-blender's head, so the Linear layers are keys head_layer.1 and head_layer.4.
         self.head_layer = nn.Sequential(
-            nn.Dropout(drop_out), nn.Linear(2 * hidden, hidden), nn.Tanh(), nn.Dropout(drop_out),
+            nn.Dropout(drop_out),
+            nn.Linear(2 * hidden, hidden),
+            nn.Tanh(),
+            nn.Dropout(drop_out),
             nn.Linear(hidden, n_tasks),
         )
 
@@ -146,8 +162,17 @@ class _Item:
 class PairRM:
     """A loaded PairRM: `pair_logits` for (source, first, second) triples, `logit_matrices` for K×K."""
 
-    def __init__(self, module: PairRMModule, tokenizer, *, prefix_ids: dict[str, int], source_max_length: int,
-                 candidate_max_length: int, layout: str, path: Path):
+    def __init__(
+        self,
+        module: PairRMModule,
+        tokenizer,
+        *,
+        prefix_ids: dict[str, int],
+        source_max_length: int,
+        candidate_max_length: int,
+        layout: str,
+        path: Path,
+    ):
         self.module = module
         self.tokenizer = tokenizer
         self.prefix_ids = dict(prefix_ids)
@@ -189,8 +214,10 @@ class PairRM:
             if not all(isinstance(t, str) for t in texts):
                 raise TypeError(f"pair_logits: {name} must be a list of str")
         if not len(sources) == len(firsts) == len(seconds):
-            raise ValueError(f"pair_logits: sources, firsts and seconds differ in length "
-                             f"({len(sources)}, {len(firsts)}, {len(seconds)})")
+            raise ValueError(
+                f"pair_logits: sources, firsts and seconds differ in length "
+                f"({len(sources)}, {len(firsts)}, {len(seconds)})"
+            )
         src = [SOURCE_PREFIX + self._clean(t) for t in sources]
         one = [CANDIDATE1_PREFIX + self._clean(t) for t in firsts]
         two = [CANDIDATE2_PREFIX + self._clean(t) for t in seconds]
@@ -213,8 +240,7 @@ class PairRM:
 
     # -- model ----------------------------------------------------------------------------------------
 
-    def pair_logits(self, sources: list[str], firsts: list[str], seconds: list[str], batch_size: int = 8
-                    ) -> np.ndarray:
+    def pair_logits(self, sources: list[str], firsts: list[str], seconds: list[str], batch_size: int = 8) -> np.ndarray:
         """PairRM's logit that ``firsts[n]`` beats ``seconds[n]`` as a reply to ``sources[n]``, float64 [N].
 
         Triples are sorted by length (longest first, so a batch too large for the device fails at once)
@@ -231,7 +257,7 @@ class PairRM:
         self.module.eval()
         with torch.inference_mode():
             for start in range(0, len(order), int(batch_size)):
-                chunk = order[start:start + int(batch_size)]
+                chunk = order[start : start + int(batch_size)]
                 width = max(len(items[i].ids) for i in chunk)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -239,13 +265,13 @@ class PairRM:
                     ids[row, : len(items[i].ids)] = torch.tensor(items[i].ids)
                     mask[row, : len(items[i].ids)] = 1
                 pos = torch.tensor([items[i].positions for i in chunk], dtype=torch.long)
-                logits = self.module(ids.to(device), mask.to(device), pos[:, 0].to(device), pos[:, 1].to(device),
-                                     pos[:, 2].to(device))
+                logits = self.module(
+                    ids.to(device), mask.to(device), pos[:, 0].to(device), pos[:, 1].to(device), pos[:, 2].to(device)
+                )
                 out[chunk] = logits.float().cpu().numpy().astype(np.float64)
         return out
 
-    def logit_matrices(self, sources: list[str], candidates: list[list[str]], batch_size: int = 8
-                       ) -> list[np.ndarray]:
+    def logit_matrices(self, sources: list[str], candidates: list[list[str]], batch_size: int = 8) -> list[np.ndarray]:
         """For each source, the K×K matrix c[i, j] = pair logit of (candidate i, candidate j).
 
         All K(K−1) ordered pairs of all sources go through `pair_logits` together. The diagonal is 0 and
@@ -343,8 +369,10 @@ def resolve_checkpoint(name: str | os.PathLike) -> Path:
             # Honours HF_HUB_OFFLINE (then only the local cache is used).
             return Path(snapshot_download(text, allow_patterns=_HUB_FILES))
         except Exception as exc:  # any hub failure (offline, missing repo, network) is the user's
-            raise UserError(f"PairRM checkpoint {text!r} is not a local directory and could not be resolved as a "
-                            f"Hugging Face hub id (nor found in the local cache): {exc}") from exc
+            raise UserError(
+                f"PairRM checkpoint {text!r} is not a local directory and could not be resolved as a "
+                f"Hugging Face hub id (nor found in the local cache): {exc}"
+            ) from exc
     raise UserError(f"PairRM checkpoint directory {text!r} does not exist")
 
 
@@ -374,19 +402,24 @@ def _backbone_config(model_name, ranker_path: Path):
     from transformers import AutoConfig, DebertaV2Config
 
     if not isinstance(model_name, str) or not model_name:
-        raise UserError(f"{ranker_path}: model_name (the DeBERTa backbone, {DEBERTA_V3_LARGE_NAME} for PairRM) "
-                        f"is missing")
+        raise UserError(
+            f"{ranker_path}: model_name (the DeBERTa backbone, {DEBERTA_V3_LARGE_NAME} for PairRM) is missing"
+        )
     if model_name == DEBERTA_V3_LARGE_NAME:
         return DebertaV2Config(**DEBERTA_V3_LARGE)
     local = Path(model_name).expanduser()
     try:
         config = AutoConfig.from_pretrained(str(local) if local.is_dir() else model_name)
     except Exception as exc:  # a missing/unreachable backbone is the user's to fix
-        raise UserError(f"{ranker_path}: model_name {model_name!r} is neither {DEBERTA_V3_LARGE_NAME}, a local "
-                        f"model directory, nor a hub id in the local cache: {exc}") from exc
+        raise UserError(
+            f"{ranker_path}: model_name {model_name!r} is neither {DEBERTA_V3_LARGE_NAME}, a local "
+            f"model directory, nor a hub id in the local cache: {exc}"
+        ) from exc
     if getattr(config, "model_type", None) != "deberta-v2":
-        raise UserError(f"{ranker_path}: model_name {model_name!r} is a {config.model_type!r} model; PairRM's "
-                        f"backbone is DeBERTa-v2/v3")
+        raise UserError(
+            f"{ranker_path}: model_name {model_name!r} is a {config.model_type!r} model; PairRM's "
+            f"backbone is DeBERTa-v2/v3"
+        )
     return config
 
 
@@ -402,40 +435,59 @@ def _read_layout(directory: Path) -> _Layout:
                 f"{config_path}: not a PairRM config: expected llm-blender's ranker config (ranker_type "
                 f"'pairranker', as in llm-blender/PairRM) or a DeBERTa-v2 config with source_prefix_id, "
                 f"cand1_prefix_id and cand2_prefix_id (as in llm-blender/PairRM-hf); got model_type "
-                f"{config.get('model_type')!r}")
+                f"{config.get('model_type')!r}"
+            )
         missing = [k for k in ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id") if k not in config]
         if missing:
-            raise UserError(f"{config_path}: a DeBERTa-v2 config without {', '.join(missing)}: not a PairRM-hf "
-                            f"checkpoint (its DebertaV2PairRM config carries the ids of PairRM's prefix tokens)")
+            raise UserError(
+                f"{config_path}: a DeBERTa-v2 config without {', '.join(missing)}: not a PairRM-hf "
+                f"checkpoint (its DebertaV2PairRM config carries the ids of PairRM's prefix tokens)"
+            )
         ids = {}
-        for key, token in (("source_prefix_id", SOURCE_PREFIX), ("cand1_prefix_id", CANDIDATE1_PREFIX),
-                           ("cand2_prefix_id", CANDIDATE2_PREFIX)):
+        for key, token in (
+            ("source_prefix_id", SOURCE_PREFIX),
+            ("cand1_prefix_id", CANDIDATE1_PREFIX),
+            ("cand2_prefix_id", CANDIDATE2_PREFIX),
+        ):
             ids[token] = _int_field(config, key, 0, config_path, 0)
         try:
             backbone = DebertaV2Config.from_dict(config)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{config_path}: not a valid DeBERTa-v2 config ({exc})") from exc
         drop = config.get("drop_out", 0.05)
-        return _Layout("PairRM-hf", backbone, _int_field(config, "n_tasks", 1, config_path, 1),
-                       float(drop) if isinstance(drop, int | float) else 0.05,
-                       SOURCE_MAX_LENGTH, CANDIDATE_MAX_LENGTH, config_path, ids)
+        return _Layout(
+            "PairRM-hf",
+            backbone,
+            _int_field(config, "n_tasks", 1, config_path, 1),
+            float(drop) if isinstance(drop, int | float) else 0.05,
+            SOURCE_MAX_LENGTH,
+            CANDIDATE_MAX_LENGTH,
+            config_path,
+            ids,
+        )
     ranker, path = (config, config_path) if config is not None else (None, ranker_path)
     if ranker is None:
         if not ranker_path.is_file():
             raise UserError(
                 f"{directory}: not a PairRM checkpoint: no config.json (llm-blender/PairRM and PairRM-hf both "
-                f"have one) and no ranker_config.json")
+                f"have one) and no ranker_config.json"
+            )
         ranker = _read_json(ranker_path)
     if ranker.get("ranker_type") != "pairranker":
-        raise UserError(f"{path}: ranker_type is {ranker.get('ranker_type')!r}; PairRM is llm-blender's "
-                        f"'pairranker'")
+        raise UserError(f"{path}: ranker_type is {ranker.get('ranker_type')!r}; PairRM is llm-blender's 'pairranker'")
     if not str(ranker.get("model_type") or "deberta").startswith("deberta"):
         raise UserError(f"{path}: model_type is {ranker.get('model_type')!r}; PairRM's backbone is DeBERTa")
     drop = ranker.get("drop_out", 0.05)
-    return _Layout("PairRM", _backbone_config(ranker.get("model_name"), path),
-                   _int_field(ranker, "n_tasks", 1, path, 1), float(drop) if isinstance(drop, int | float) else 0.05,
-                   _int_field(ranker, "source_maxlength", SOURCE_MAX_LENGTH, path, 3),
-                   _int_field(ranker, "candidate_maxlength", CANDIDATE_MAX_LENGTH, path, 3), path, None)
+    return _Layout(
+        "PairRM",
+        _backbone_config(ranker.get("model_name"), path),
+        _int_field(ranker, "n_tasks", 1, path, 1),
+        float(drop) if isinstance(drop, int | float) else 0.05,
+        _int_field(ranker, "source_maxlength", SOURCE_MAX_LENGTH, path, 3),
+        _int_field(ranker, "candidate_maxlength", CANDIDATE_MAX_LENGTH, path, 3),
+        path,
+        None,
+    )
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -446,8 +498,9 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         other = [n for n in ("pytorch_model.bin", "model.safetensors.index.json") if (directory / n).exists()]
         found = f"; found {', '.join(other)}, which sparring does not read" if other else ""
-        raise UserError(f"{directory}: no {WEIGHTS_FILE} (both published PairRM checkpoints keep their weights "
-                        f"there){found}")
+        raise UserError(
+            f"{directory}: no {WEIGHTS_FILE} (both published PairRM checkpoints keep their weights there){found}"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -464,9 +517,11 @@ def _load_module(layout: _Layout, state: dict[str, torch.Tensor], path: Path) ->
     state = {k: v for k, v in state.items() if k != BACKBONE_PREFIX + "embeddings.position_ids"}
     unexpected = sorted(k for k in state if not k.startswith((BACKBONE_PREFIX, HEAD_PREFIX)))
     if unexpected:
-        raise UserError(f"{path}: unexpected tensors {', '.join(unexpected[:5])}"
-                        f"{' …' if len(unexpected) > 5 else ''}; a PairRM checkpoint holds only "
-                        f"'{BACKBONE_PREFIX}*' and '{HEAD_PREFIX}*'")
+        raise UserError(
+            f"{path}: unexpected tensors {', '.join(unexpected[:5])}"
+            f"{' …' if len(unexpected) > 5 else ''}; a PairRM checkpoint holds only "
+            f"'{BACKBONE_PREFIX}*' and '{HEAD_PREFIX}*'"
+        )
     embedding = state.get(BACKBONE_PREFIX + "embeddings.word_embeddings.weight")
     if embedding is None:
         raise UserError(f"{path}: no '{BACKBONE_PREFIX}embeddings.word_embeddings.weight'")
@@ -480,15 +535,18 @@ def _load_module(layout: _Layout, state: dict[str, torch.Tensor], path: Path) ->
     try:
         result = module.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
-        raise UserError(f"{path}: tensors do not fit the model described by {layout.config_file.name} "
-                        f"({str(exc).strip()[:1000]})") from exc
+        raise UserError(
+            f"{path}: tensors do not fit the model described by {layout.config_file.name} ({str(exc).strip()[:1000]})"
+        ) from exc
     if result.missing_keys:
         missing = result.missing_keys
         raise UserError(f"{path}: missing tensors {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     if result.unexpected_keys:
         extra = result.unexpected_keys
-        raise UserError(f"{path}: tensors the model described by {layout.config_file.name} does not have: "
-                        f"{', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}")
+        raise UserError(
+            f"{path}: tensors the model described by {layout.config_file.name} does not have: "
+            f"{', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}"
+        )
     return module
 
 
@@ -497,8 +555,10 @@ def _load_tokenizer(directory: Path, layout: _Layout, vocab_rows: int):
 
     path = directory / "tokenizer.json"
     if not path.is_file():
-        raise UserError(f"{directory}: no tokenizer.json (both published PairRM checkpoints ship DeBERTa-v3's "
-                        f"tokenizer with PairRM's added tokens there; sparring reads it as is)")
+        raise UserError(
+            f"{directory}: no tokenizer.json (both published PairRM checkpoints ship DeBERTa-v3's "
+            f"tokenizer with PairRM's added tokens there; sparring reads it as is)"
+        )
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
     except Exception as exc:  # a corrupt tokenizer file is the user's to fix
@@ -519,12 +579,14 @@ def _load_tokenizer(directory: Path, layout: _Layout, vocab_rows: int):
         probe = tok(token + " probe")["input_ids"]
         bare = tok(token + " probe", add_special_tokens=False)["input_ids"]
         if probe != [tok.cls_token_id, *bare, tok.sep_token_id] or bare[:1] != [tid]:
-            raise UserError(f"{path}: the tokenizer does not encode {token}text as [CLS] {token} … [SEP] "
-                            f"(got ids {probe[:4]}…)")
+            raise UserError(
+                f"{path}: the tokenizer does not encode {token}text as [CLS] {token} … [SEP] (got ids {probe[:4]}…)"
+            )
         ids[token] = tid
     if layout.prefix_ids is not None and layout.prefix_ids != ids:
-        raise UserError(f"{layout.config_file}: prefix token ids {layout.prefix_ids} differ from the tokenizer's "
-                        f"{ids} in {path}")
+        raise UserError(
+            f"{layout.config_file}: prefix token ids {layout.prefix_ids} differ from the tokenizer's {ids} in {path}"
+        )
     return tok, ids
 
 
@@ -536,8 +598,14 @@ def _as_dtype(dtype) -> torch.dtype:
     raise UserError(f"PairRM dtype {dtype!r} not supported; use one of {', '.join(_DTYPES)}")
 
 
-def load_pairrm(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", dtype="fp32", *,
-                source_max_length: int | None = None, candidate_max_length: int | None = None) -> PairRM:
+def load_pairrm(
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype="fp32",
+    *,
+    source_max_length: int | None = None,
+    candidate_max_length: int | None = None,
+) -> PairRM:
     """Load llm-blender/PairRM or llm-blender/PairRM-hf (a directory, or a hub id in the local cache).
 
     `dtype`: fp32 (the README's published logits) or bf16; fp16 is accepted too (llm-blender runs PairRM
@@ -563,5 +631,12 @@ def load_pairrm(checkpoint: str | os.PathLike, device: str | torch.device = "cpu
         module = module.to(device=torch_device, dtype=torch_dtype).eval()
     except (RuntimeError, AssertionError) as exc:  # e.g. "Torch not compiled with CUDA enabled"
         raise UserError(f"cannot put PairRM on device {device!r}: {exc}") from exc
-    return PairRM(module, tok, prefix_ids=ids, source_max_length=src_max, candidate_max_length=cand_max,
-                  layout=layout.name, path=directory)
+    return PairRM(
+        module,
+        tok,
+        prefix_ids=ids,
+        source_max_length=src_max,
+        candidate_max_length=cand_max,
+        layout=layout.name,
+        path=directory,
+    )

@@ -43,8 +43,10 @@ def compile_template(text: str, where: str = "judge.template"):
         template = env.from_string(text)
         probe = template.render(messages=[{"role": "user", "content": "Q"}], response_a="RA", response_b="RB")
     except jinja2.TemplateError as exc:
-        raise UserError(f"{where}: not a usable Jinja2 template ({type(exc).__name__}: {exc}); it is rendered with "
-                        "messages, response_a and response_b") from None
+        raise UserError(
+            f"{where}: not a usable Jinja2 template ({type(exc).__name__}: {exc}); it is rendered with "
+            "messages, response_a and response_b"
+        ) from None
     if "RA" not in probe or "RB" not in probe:
         raise UserError(f"{where}: the template must show both {{{{ response_a }}}} and {{{{ response_b }}}}")
     return template

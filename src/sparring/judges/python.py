@@ -87,8 +87,10 @@ class PythonJudge:
             try:
                 arr = np.asarray(result, dtype=np.float64)
             except (TypeError, ValueError):
-                raise UserError(f"{who} returned {type(result).__name__}, not {len(responses)} scores or a "
-                                f"{len(responses)}×{len(responses)} matrix (prompt {prompt.id!r})") from None
+                raise UserError(
+                    f"{who} returned {type(result).__name__}, not {len(responses)} scores or a "
+                    f"{len(responses)}×{len(responses)} matrix (prompt {prompt.id!r})"
+                ) from None
             k = len(responses)
             try:
                 if arr.ndim == 1:

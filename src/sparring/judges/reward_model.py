@@ -24,8 +24,17 @@ from sparring.judges.base import PointwiseJudge
 class RewardModelJudge(PointwiseJudge):
     KEYS = ("model", "revision", "dtype", "batch_size", "max_length", "tau")
 
-    def __init__(self, model: str, *, revision: str | None = None, dtype: str = "bfloat16", batch_size: int = 16,
-                 max_length: int = 2048, tau: float = 1.0, device="cpu"):
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "bfloat16",
+        batch_size: int = 16,
+        max_length: int = 2048,
+        tau: float = 1.0,
+        device="cpu",
+    ):
         super().__init__()
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -37,30 +46,45 @@ class RewardModelJudge(PointwiseJudge):
         if config.is_file():
             archs = json.loads(config.read_text()).get("architectures") or []
             if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-                raise UserError(f"judge.model = {model!r} is a {', '.join(archs)}, not a sequence-classification "
-                                "reward model (its architectures must end in ForSequenceClassification)")
+                raise UserError(
+                    f"judge.model = {model!r} is a {', '.join(archs)}, not a sequence-classification "
+                    "reward model (its architectures must end in ForSequenceClassification)"
+                )
         try:
             self.tok = AutoTokenizer.from_pretrained(path, revision=revision)
             with quiet_loading():
                 self.model = AutoModelForSequenceClassification.from_pretrained(
-                    path, revision=revision, dtype={"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype])
+                    path, revision=revision, dtype={"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+                )
         except (OSError, ValueError) as exc:
             raise UserError(f"judge.model = {model!r}: cannot load it as a reward model ({exc})") from None
         if not getattr(self.tok, "chat_template", None):
-            raise UserError(f"judge.model = {model!r}: its tokenizer has no chat template; the reward model judge "
-                            "scores apply_chat_template(messages + [response]) and needs one")
+            raise UserError(
+                f"judge.model = {model!r}: its tokenizer has no chat template; the reward model judge "
+                "scores apply_chat_template(messages + [response]) and needs one"
+            )
         if self.tok.pad_token_id is None:  # a batch needs a pad token, and the model must know it
             self.tok.pad_token = self.tok.eos_token
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
         self.model.to(device).eval()
         self.tau, self.batch_size, self.max_length = float(tau), batch_size, max_length
-        self.id = f"reward_model-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:max_length={max_length}:tau={self.tau!r}"
+        self.id = (
+            f"reward_model-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:max_length={max_length}"
+            f":tau={self.tau!r}"
+        )
 
     @classmethod
     def from_config(cls, cfg, device="cpu") -> RewardModelJudge:
-        return cls(cfg.model, revision=cfg.revision, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                   max_length=cfg.max_length, tau=cfg.tau, device=device)
+        return cls(
+            cfg.model,
+            revision=cfg.revision,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            tau=cfg.tau,
+            device=device,
+        )
 
     def text(self, prompt, response: str) -> str:
         messages = [dict(m) for m in prompt.messages] + [{"role": "assistant", "content": response}]
@@ -84,8 +108,9 @@ class RewardModelJudge(PointwiseJudge):
             for start in range(0, len(order), self.batch_size):
                 part = order[start : start + self.batch_size]
                 batch = self.tok.pad({"input_ids": [rows[n] for n in part]}, padding=True, return_tensors="pt")
-                logits = self.model(input_ids=batch["input_ids"].to(device),
-                                    attention_mask=batch["attention_mask"].to(device)).logits
+                logits = self.model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                ).logits
                 out[part] = logits[:, 0].double().cpu().numpy()
         self.stats.add(calls=len(rows))
         return out

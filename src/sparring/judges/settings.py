@@ -13,17 +13,42 @@ COMMON = ("name", "cache")
 # judge -> {key: default (None: required or optional without default)}
 KEYS: dict[str, dict[str, object]] = {
     "ifeval": {"tau": 0.1},
-    "reward_model": {"model": None, "revision": None, "dtype": "bfloat16", "batch_size": 16, "max_length": 2048,
-                     "tau": 1.0},
+    "reward_model": {
+        "model": None,
+        "revision": None,
+        "dtype": "bfloat16",
+        "batch_size": 16,
+        "max_length": 2048,
+        "tau": 1.0,
+    },
     "pairrm": {"model": None, "dtype": "bfloat16", "batch_size": 16, "mode": "sppo"},
-    "llm": {"model": None, "revision": None, "dtype": "bfloat16", "batch_size": 8, "max_length": 2048,
-            "template": None},
-    "openai": {"model": None, "base_url": None, "api_key_env": None, "template": None, "max_concurrency": 8,
-               "timeout": 60.0, "max_retries": 6, "top_logprobs": 20},
+    "llm": {
+        "model": None,
+        "revision": None,
+        "dtype": "bfloat16",
+        "batch_size": 8,
+        "max_length": 2048,
+        "template": None,
+    },
+    "openai": {
+        "model": None,
+        "base_url": None,
+        "api_key_env": None,
+        "template": None,
+        "max_concurrency": 8,
+        "timeout": 60.0,
+        "max_retries": 6,
+        "top_logprobs": 20,
+    },
     "python": {"function": None, "tau": 1.0},
 }
-REQUIRED = {"reward_model": ("model",), "pairrm": ("model",), "llm": ("model",), "openai": ("model", "base_url"),
-            "python": ("function",)}
+REQUIRED = {
+    "reward_model": ("model",),
+    "pairrm": ("model",),
+    "llm": ("model",),
+    "openai": ("model", "base_url"),
+    "python": ("function",),
+}
 
 
 def check_judge_config(cfg, where: str = "judge", prefix: str = "judge.") -> None:
@@ -38,8 +63,10 @@ def check_judge_config(cfg, where: str = "judge", prefix: str = "judge.") -> Non
         if f.name not in keys:
             if value is not None:
                 users = [n for n, k in KEYS.items() if f.name in k]
-                raise UserError(f"{where}: {prefix}{f.name} does not apply to judge {cfg.name!r} "
-                                f"(it is a setting of: {', '.join(users)})")
+                raise UserError(
+                    f"{where}: {prefix}{f.name} does not apply to judge {cfg.name!r} "
+                    f"(it is a setting of: {', '.join(users)})"
+                )
             continue
         if value is None and keys[f.name] is not None:
             setattr(cfg, f.name, keys[f.name])
@@ -59,8 +86,10 @@ def check_judge_config(cfg, where: str = "judge", prefix: str = "judge.") -> Non
         if not cfg.base_url.startswith(("http://", "https://")):
             raise UserError(f"{where}: {prefix}base_url = {cfg.base_url!r} must start with http:// or https://")
         if cfg.api_key_env is not None and cfg.api_key_env not in os.environ:
-            raise UserError(f"{where}: {prefix}api_key_env names the environment variable {cfg.api_key_env!r}, "
-                            "which is not set (export it before running)")
+            raise UserError(
+                f"{where}: {prefix}api_key_env names the environment variable {cfg.api_key_env!r}, "
+                "which is not set (export it before running)"
+            )
     if cfg.name == "python":
         from sparring.judges.python import import_function
 

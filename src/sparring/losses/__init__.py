@@ -47,9 +47,7 @@ def get_loss(name: str) -> Callable:
         pass
     close = difflib.get_close_matches(str(name), LOSSES, n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"unknown loss {name!r}{hint} (valid losses: {', '.join(sorted(LOSSES))})"
-    )
+    raise ValueError(f"unknown loss {name!r}{hint} (valid losses: {', '.join(sorted(LOSSES))})")
 
 
 __all__ = [

@@ -60,9 +60,7 @@ def check_sequences(**tensors: torch.Tensor) -> int:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 1:
-            raise ValueError(
-                f"{name} must be 1-D (one entry per example), got shape {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name} must be 1-D (one entry per example), got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
         if first_name is None:

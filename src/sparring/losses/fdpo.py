@@ -65,9 +65,7 @@ def fdpo(logp_w, logp_l, ref_logp_w, ref_logp_l, beta, divergence, alpha=0.5) ->
     if divergence not in DIVERGENCES:
         close = difflib.get_close_matches(str(divergence), DIVERGENCES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"divergence must be one of {', '.join(DIVERGENCES)}; got {divergence!r}{hint}"
-        )
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}; got {divergence!r}{hint}")
     if divergence == "alpha":
         check_positive("alpha", alpha)
     diff = _g_difference(logp_w - ref_logp_w, logp_l - ref_logp_l, divergence, alpha)

@@ -12,7 +12,9 @@ from sparring.methods.nash_md import NASH_MD
 from sparring.methods.spin import SPIN
 from sparring.methods.sppo import SPPO, SPPO_ALL, SPPO_SINGLE
 
-METHODS: dict[str, Method] = {m.name: m for m in (SPPO, SPPO_ALL, SPPO_SINGLE, DPO, IPO, FDPO, SIMPO, DNO, SPIN, NASH_MD)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (SPPO, SPPO_ALL, SPPO_SINGLE, DPO, IPO, FDPO, SIMPO, DNO, SPIN, NASH_MD)
+}
 
 
 def get_method(name: str) -> Method:

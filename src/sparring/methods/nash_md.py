@@ -28,16 +28,23 @@ def _rows(groups: list[PromptGroup], cfg) -> list[dict]:
             raise ValueError(f"nash-md needs samples drawn with opponents and log μ (prompt {g.prompt_id})")
         n = g.n_policy
         for i in range(n):
-            rows.append({"prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids, "y_ids": g.response_ids[i],
-                         "y_index": i, "mu_logp_y": float(g.mu_logps[i]),
-                         "p": float(np.mean(g.prefs[i, n:]))})  # P̂(y ≻ π_t^μ): mean over the opponents
+            rows.append(
+                {
+                    "prompt_id": g.prompt_id,
+                    "prompt_ids": g.prompt_ids,
+                    "y_ids": g.response_ids[i],
+                    "y_index": i,
+                    "mu_logp_y": float(g.mu_logps[i]),
+                    "p": float(np.mean(g.prefs[i, n:])),
+                }
+            )  # P̂(y ≻ π_t^μ): mean over the opponents
     return rows
 
 
 NASH_MD = Method(
     name="nash-md",
     description="π_t's samples against opponents from the π_t/μ geometric mixture, loss `nash_md_pg`, "
-                "regularised towards the initial model μ (Nash-MD)",
+    "regularised towards the initial model μ (Nash-MD)",
     sequences=("y",),
     rows=_rows,
     loss=lambda lp, b, cfg: losses.nash_md_pg(lp["y"].logp, b["mu_logp_y"], b["p"], cfg.beta),

@@ -16,9 +16,18 @@ def _rows(groups: list[PromptGroup], cfg) -> list[dict]:
         if g.reference_ids is None:  # checked before generation; kept as a guard for API users
             raise ValueError(f"SPIN needs a reference_response for prompt {g.prompt_id}")
         # the first sample stands for π_t's generation (SPIN draws one per prompt)
-        rows.append({"prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids, "w_ids": g.reference_ids,
-                     "l_ids": g.response_ids[0], "w_index": -1, "l_index": 0,
-                     "ref_logp_w": float("nan"), "ref_logp_l": float(g.logps[0])})
+        rows.append(
+            {
+                "prompt_id": g.prompt_id,
+                "prompt_ids": g.prompt_ids,
+                "w_ids": g.reference_ids,
+                "l_ids": g.response_ids[0],
+                "w_index": -1,
+                "l_index": 0,
+                "ref_logp_w": float("nan"),
+                "ref_logp_l": float(g.logps[0]),
+            }
+        )
     return rows
 
 

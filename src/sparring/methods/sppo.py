@@ -27,13 +27,21 @@ def best_worst_rows(groups: list[PromptGroup], cfg, min_margin: float = 0.0) -> 
         w, l = int(picked.best[0]), int(picked.worst[0])
         if picked.margin[0] <= min_margin:
             continue
-        rows.append({
-            "prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids,
-            "w_ids": g.response_ids[w], "l_ids": g.response_ids[l], "w_index": w, "l_index": l,
-            "ref_logp_w": float(g.logps[w]), "ref_logp_l": float(g.logps[l]),
-            "p_w": float(p_hat[w]), "p_l": float(p_hat[l]),
-            "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l)
-        })
+        rows.append(
+            {
+                "prompt_id": g.prompt_id,
+                "prompt_ids": g.prompt_ids,
+                "w_ids": g.response_ids[w],
+                "l_ids": g.response_ids[l],
+                "w_index": w,
+                "l_index": l,
+                "ref_logp_w": float(g.logps[w]),
+                "ref_logp_l": float(g.logps[l]),
+                "p_w": float(p_hat[w]),
+                "p_l": float(p_hat[l]),
+                "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l)
+            }
+        )
     return rows
 
 
@@ -44,8 +52,16 @@ def _all_rows(groups: list[PromptGroup], cfg) -> list[dict]:
         if float(p_hat.max() - p_hat.min()) == 0.0:
             continue
         for k in range(len(g.response_ids)):
-            rows.append({"prompt_id": g.prompt_id, "prompt_ids": g.prompt_ids, "y_ids": g.response_ids[k],
-                         "y_index": k, "ref_logp_y": float(g.logps[k]), "p": float(p_hat[k])})
+            rows.append(
+                {
+                    "prompt_id": g.prompt_id,
+                    "prompt_ids": g.prompt_ids,
+                    "y_ids": g.response_ids[k],
+                    "y_index": k,
+                    "ref_logp_y": float(g.logps[k]),
+                    "p": float(p_hat[k]),
+                }
+            )
     return rows
 
 
@@ -54,8 +70,9 @@ SPPO = Method(
     description="best/worst sample per prompt, loss `sppo`, reference π_t (the SPPO reference recipe)",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.sppo(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"],
-                                        b["p_w"], b["p_l"], cfg.beta),
+    loss=lambda lp, b, cfg: losses.sppo(
+        lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], b["p_w"], b["p_l"], cfg.beta
+    ),
 )
 
 SPPO_SINGLE = Method(
@@ -63,8 +80,9 @@ SPPO_SINGLE = Method(
     description="best/worst sample per prompt with p = P(y_w ≻ y_l) for both, loss `sppo_single`, reference π_t",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.sppo_single(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"],
-                                               b["p"], cfg.beta),
+    loss=lambda lp, b, cfg: losses.sppo_single(
+        lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], b["p"], cfg.beta
+    ),
 )
 
 SPPO_ALL = Method(

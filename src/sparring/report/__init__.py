@@ -26,8 +26,9 @@ def build_report(run_dir: str | PathLike, out: str | PathLike | None = None) -> 
     return build(run_dir, out)
 
 
-def game_report(results: str | PathLike | Mapping, images: Sequence[str | PathLike] = (),
-                out: str | PathLike | None = None) -> Path:
+def game_report(
+    results: str | PathLike | Mapping, images: Sequence[str | PathLike] = (), out: str | PathLike | None = None
+) -> Path:
     """Write the page of a `sparring game` result (its results JSON, or the dict it holds) with the
     given PNG plots embedded, to `out` (default: the results file with .html); its path."""
     from sparring.report.game import game_report as build

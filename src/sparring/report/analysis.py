@@ -18,8 +18,16 @@ from sparring.report.rundata import Run, read_json
 
 # sparring.loop.SUMMARY_METRICS (a test checks they agree); not imported, as the loop module pulls in
 # the training stack, which a report does not need
-SUMMARY_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "win_rate_vs_base",
-                   "length_controlled_win_rate", "win_rate_vs_reference", "mean_response_tokens")
+SUMMARY_METRICS = (
+    "prompt_strict",
+    "instruction_strict",
+    "prompt_loose",
+    "instruction_loose",
+    "win_rate_vs_base",
+    "length_controlled_win_rate",
+    "win_rate_vs_reference",
+    "mean_response_tokens",
+)
 IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 WIN_KEYS = ("win_rate_vs_base", "length_controlled_win_rate", "win_rate_vs_reference")
 INTERVAL_METRICS = IFEVAL_KEYS + WIN_KEYS  # the ones evaluation gives a 95% interval
@@ -116,8 +124,15 @@ def load_evaluation(run: Run) -> Evaluation:
         src = row if row is not None else met
         values = {k: src.get(k) for k in SUMMARY_METRICS}
         intervals = (row or {}).get("intervals") or met.get("intervals") or {}
-        ep = EvalPolicy(t, key, d, values, {k: v for k, v in intervals.items() if isinstance(v, dict)},
-                        from_summary=row is not None, finished=met.get("finished"))
+        ep = EvalPolicy(
+            t,
+            key,
+            d,
+            values,
+            {k: v for k, v in intervals.items() if isinstance(v, dict)},
+            from_summary=row is not None,
+            finished=met.get("finished"),
+        )
         ep.interval_from = {k: "run" for k in ep.intervals}
         ep.prompts, ep.responses = _read_responses(d / "responses.jsonl", run.problems)
         try:
@@ -152,8 +167,10 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
 
     source = run.cfg("prompts", "heldout", default="shipped:heldout")
     if str(source).startswith("hf:"):
-        notes.append(f"the held-out prompts come from the hub ({source}); the report reads local files only, so "
-                     "the per-instruction IFEval results are not shown")
+        notes.append(
+            f"the held-out prompts come from the hub ({source}); the report reads local files only, so "
+            "the per-instruction IFEval results are not shown"
+        )
         return None
     try:
         prompts = load_prompts(source, fields=run.cfg("prompts", "fields"))
@@ -164,8 +181,10 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
     if isinstance(limit, int) and limit > 0:
         prompts = prompts[:limit]
     if len(prompts) != n or (texts and [p.text for p in prompts] != texts):
-        notes.append(f"the held-out prompts ({source}) no longer match the evaluated responses ({len(prompts)} "
-                     f"prompts for {n} responses, or other texts); no per-instruction IFEval results")
+        notes.append(
+            f"the held-out prompts ({source}) no longer match the evaluated responses ({len(prompts)} "
+            f"prompts for {n} responses, or other texts); no per-instruction IFEval results"
+        )
         return None
     if not all(p.meta.get("instruction_id_list") for p in prompts):
         notes.append(f"the held-out prompts ({source}) carry no IFEval instructions; no per-instruction results")
@@ -188,21 +207,27 @@ def _recompute_ifeval(run: Run, ev: Evaluation) -> None:
     ev.prompts = prompts
     for p in with_responses:
         if len(p.responses) != len(prompts):
-            ev.notes.append(f"{p.dir}: {len(p.responses)} responses for {len(prompts)} held-out prompts; "
-                            "its IFEval results are not recomputed")
+            ev.notes.append(
+                f"{p.dir}: {len(p.responses)} responses for {len(prompts)} held-out prompts; "
+                "its IFEval results are not recomputed"
+            )
             continue
-        p.ifeval = {"strict": [follow_instructions(q, r, loose=False) for q, r in zip(prompts, p.responses)],
-                    "loose": [follow_instructions(q, r, loose=True) for q, r in zip(prompts, p.responses)]}
+        p.ifeval = {
+            "strict": [follow_instructions(q, r, loose=False) for q, r in zip(prompts, p.responses)],
+            "loose": [follow_instructions(q, r, loose=True) for q, r in zip(prompts, p.responses)],
+        }
 
 
 def ifeval_columns(res: dict) -> dict[str, np.ndarray]:
     """scores.parquet's IFEval columns (sparring.evaluate.ifeval_columns) from per-instruction results."""
     s, lo = res["strict"], res["loose"]
-    return {"ifeval_prompt_strict": np.array([all(x) for x in s]),
-            "ifeval_prompt_loose": np.array([all(x) for x in lo]),
-            "ifeval_followed_strict": np.array([sum(x) for x in s]),
-            "ifeval_followed_loose": np.array([sum(x) for x in lo]),
-            "ifeval_instructions": np.array([len(x) for x in s])}
+    return {
+        "ifeval_prompt_strict": np.array([all(x) for x in s]),
+        "ifeval_prompt_loose": np.array([all(x) for x in lo]),
+        "ifeval_followed_strict": np.array([sum(x) for x in s]),
+        "ifeval_followed_loose": np.array([sum(x) for x in lo]),
+        "ifeval_instructions": np.array([len(x) for x in s]),
+    }
 
 
 def _ifeval_cols(p: EvalPolicy) -> dict[str, np.ndarray] | None:
@@ -225,8 +250,10 @@ def _recompute_win_rates(run: Run, ev: Evaluation) -> None:
         return
     judge = _eval_judge(run)
     if judge.get("name", "ifeval") != "ifeval" or ev.prompts is None:
-        ev.notes.append("this run kept no per-prompt verdicts against the base (made before scores.parquet), and "
-                        "its judge cannot be rerun here: the win rates have no interval")
+        ev.notes.append(
+            "this run kept no per-prompt verdicts against the base (made before scores.parquet), and "
+            "its judge cannot be rerun here: the win rates have no interval"
+        )
         return
     from sparring.judges.ifeval import IFEvalJudge
 
@@ -234,8 +261,9 @@ def _recompute_win_rates(run: Run, ev: Evaluation) -> None:
     for p in lacking:
         if len(p.responses) != len(base.responses) or p.prompts != base.prompts:
             continue
-        p.win_vs_base = np.array([judge_fn.preference(q, a, b) for q, a, b in
-                                  zip(ev.prompts, p.responses, base.responses)], dtype=float)
+        p.win_vs_base = np.array(
+            [judge_fn.preference(q, a, b) for q, a, b in zip(ev.prompts, p.responses, base.responses)], dtype=float
+        )
         p.win_from = "report"
 
 
@@ -274,12 +302,15 @@ def _fill_intervals(run: Run, ev: Evaluation) -> None:
                 p.intervals["win_rate_vs_base"] = with_interval(w.mean(), w[idx].mean(1), 0.5, half)
                 p.interval_from["win_rate_vs_base"] = "report"
                 if abs(float(w.mean()) - float(p.values["win_rate_vs_base"])) > 1e-9:
-                    mismatch.append(f"{p.label} win_rate_vs_base: recorded {p.values['win_rate_vs_base']:.4f}, "
-                                    f"recomputed {w.mean():.4f}")
+                    mismatch.append(
+                        f"{p.label} win_rate_vs_base: recorded {p.values['win_rate_vs_base']:.4f}, "
+                        f"recomputed {w.mean():.4f}"
+                    )
             if "length_controlled_win_rate" in todo and paired:
                 lc = length_controlled_win_rate(w, p.chars(), base.chars())[0]
                 p.intervals["length_controlled_win_rate"] = with_interval(
-                    lc, length_controlled_win_rate(w, p.chars(), base.chars(), idx), 0.5, half)
+                    lc, length_controlled_win_rate(w, p.chars(), base.chars(), idx), 0.5, half
+                )
                 p.interval_from["length_controlled_win_rate"] = "report"
         ref = (p.scores or {}).get("win_vs_reference")
         if ref is not None and "win_rate_vs_reference" in todo:
@@ -289,12 +320,16 @@ def _fill_intervals(run: Run, ev: Evaluation) -> None:
             p.intervals["win_rate_vs_reference"] = with_interval(ref.mean(), ref[idx].mean(1), *extra)
             p.interval_from["win_rate_vs_reference"] = "report"
     if any(v == "report" for p in ev.policies for v in p.interval_from.values()):
-        ev.notes.append(f"this run recorded no intervals: those shown were computed by the report, a paired bootstrap "
-                        f"over the held-out prompts ({BOOTSTRAP} resamples, seed {seed}) of per-prompt results "
-                        "recomputed from responses.jsonl")
+        ev.notes.append(
+            f"this run recorded no intervals: those shown were computed by the report, a paired bootstrap "
+            f"over the held-out prompts ({BOOTSTRAP} resamples, seed {seed}) of per-prompt results "
+            "recomputed from responses.jsonl"
+        )
     if mismatch:
-        ev.notes.append("the recomputed per-prompt results do not reproduce the recorded values (the checks changed "
-                        "since the run?): the intervals are of the recomputed ones — " + "; ".join(mismatch))
+        ev.notes.append(
+            "the recomputed per-prompt results do not reproduce the recorded values (the checks changed "
+            "since the run?): the intervals are of the recomputed ones — " + "; ".join(mismatch)
+        )
 
 
 # ------------------------------------------------------------------ instruction kinds
@@ -319,8 +354,14 @@ def instruction_kinds(ev: Evaluation) -> dict | None:
     rows = []
     for k in kinds.values():
         rates = [c / k["count"] for c in k["passed"]]
-        rows.append({"id": k["id"], "count": k["count"], "rates": rates,
-                     "change": rates[-1] - rates[0] if len(rates) > 1 else None})
+        rows.append(
+            {
+                "id": k["id"],
+                "count": k["count"],
+                "rates": rates,
+                "change": rates[-1] - rates[0] if len(rates) > 1 else None,
+            }
+        )
     rows.sort(key=lambda r: (-(r["change"] or 0.0), r["id"]))
     out = {"kinds": rows, "labels": [p.label for p in pols], "compares_base": pols[0].t == 0 and len(pols) > 1}
     if out["compares_base"]:
@@ -378,8 +419,16 @@ def judged_iterations(run: Run) -> list[JudgedIteration]:
             ties += int(np.sum(upper == 0.5))
             pairs += len(upper)
             all_tied += bool(len(upper)) and bool(np.all(upper == 0.5))
-        out.append(JudgedIteration(t, list(entries), p_hat, ties / pairs if pairs else None,
-                                   all_tied / len(entries) if entries else 0.0, run.stages[f"iter_{t}/judge"].metrics))
+        out.append(
+            JudgedIteration(
+                t,
+                list(entries),
+                p_hat,
+                ties / pairs if pairs else None,
+                all_tied / len(entries) if entries else 0.0,
+                run.stages[f"iter_{t}/judge"].metrics,
+            )
+        )
     return out
 
 
@@ -488,8 +537,11 @@ def training_examples(run: Run, judged: list[JudgedIteration], per_iteration: in
     and the worst sample with their win rates P̂."""
     out = []
     for it in judged:
-        tab = _read_table(run.root / f"iter_{it.t}" / "samples.parquet",
-                          ["prompt_id", "sample_index", "prompt", "response", "n_tokens"], run.problems)
+        tab = _read_table(
+            run.root / f"iter_{it.t}" / "samples.parquet",
+            ["prompt_id", "sample_index", "prompt", "response", "n_tokens"],
+            run.problems,
+        )
         if tab is None or not {"prompt_id", "sample_index", "response"} <= set(tab):
             continue
         by_key = {(pid, int(s)): i for i, (pid, s) in enumerate(zip(tab["prompt_id"], tab["sample_index"]))}
@@ -502,8 +554,14 @@ def training_examples(run: Run, judged: list[JudgedIteration], per_iteration: in
             if None in rows:
                 continue
             prompt = tab["prompt"][rows[0]] if "prompt" in tab else ""
-            sides = [{"label": f"{which} of {len(ph)} (sample {s})", "response": tab["response"][r],
-                      "p_hat": float(ph[s]), "n_tokens": tab["n_tokens"][r] if "n_tokens" in tab else None}
-                     for which, s, r in (("best", best, rows[0]), ("worst", worst, rows[1]))]
+            sides = [
+                {
+                    "label": f"{which} of {len(ph)} (sample {s})",
+                    "response": tab["response"][r],
+                    "p_hat": float(ph[s]),
+                    "n_tokens": tab["n_tokens"][r] if "n_tokens" in tab else None,
+                }
+                for which, s, r in (("best", best, rows[0]), ("worst", worst, rows[1]))
+            ]
             out.append({"t": it.t, "prompt_id": pid, "prompt": prompt, "k": len(ph), "sides": sides})
     return out

@@ -12,10 +12,13 @@ import sys
 
 from sparring.errors import UserError
 
-HELP = ("one self-contained HTML page of a run: metrics with intervals, lengths, training curves, judge, samples, "
-        "timings")
-DESCRIPTION = ("Write a static HTML report of a run directory (finished, killed or still running; runs of earlier "
-               "versions too). Figures are embedded; the page needs no network and no server (docs/report.md).")
+HELP = (
+    "one self-contained HTML page of a run: metrics with intervals, lengths, training curves, judge, samples, timings"
+)
+DESCRIPTION = (
+    "Write a static HTML report of a run directory (finished, killed or still running; runs of earlier "
+    "versions too). Figures are embedded; the page needs no network and no server (docs/report.md)."
+)
 
 
 def _arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -48,8 +48,9 @@ def _runs(data: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict[str, dic
     P = _floats(data["matrix"], where, "'matrix'")
     nash = _floats(data["nash"], where, "'nash'")
     if P.ndim != 2 or P.shape[0] != P.shape[1] or nash.shape != (P.shape[0],):
-        raise UserError(f"{where}: 'matrix' must be square and 'nash' one probability per row "
-                        f"(got {P.shape} and {nash.shape})")
+        raise UserError(
+            f"{where}: 'matrix' must be square and 'nash' one probability per row (got {P.shape} and {nash.shape})"
+        )
     runs = data.get("runs") if "runs" in data else ({data["algo"]: data} if "algo" in data else None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{where}: no algorithm results ('algo' with its history, or 'runs' from --compare)")
@@ -85,8 +86,10 @@ def _image(path: str | PathLike) -> dict:
         raise UserError(f"{p}: cannot read the plot ({exc.strerror or exc})") from None
     mime = image_type(data)
     if mime is None:
-        raise UserError(f"{p}: not a PNG, JPEG or SVG image; a page can only embed those "
-                        "(draw the plot with --plot FILE.png to have it in the report)")
+        raise UserError(
+            f"{p}: not a PNG, JPEG or SVG image; a page can only embed those "
+            "(draw the plot with --plot FILE.png to have it in the report)"
+        )
     return {"name": p.name, "uri": f"data:{mime};base64," + base64.b64encode(data).decode("ascii")}
 
 
@@ -99,8 +102,11 @@ def exploitability_figure(runs: dict[str, dict], floor: float = 1e-16) -> str:
     ax = fig.subplots()
     for i, (algo, r) in enumerate(runs.items()):
         h = r["history"]
-        for key, ls, what in (("last", "-", "last iterate"), ("avg", "--", "average iterate"),
-                              ("regularized_gap", ":", "regularized gap")):
+        for key, ls, what in (
+            ("last", "-", "last iterate"),
+            ("avg", "--", "average iterate"),
+            ("regularized_gap", ":", "regularized gap"),
+        ):
             if key in h:
                 y = np.maximum(np.asarray(h[key], dtype=float), floor)
                 ax.plot(np.arange(len(y)), y, ls=ls, color=f"C{i}", lw=1.2, label=f"{algo}: {what}")
@@ -121,11 +127,23 @@ def policy_figure(nash: np.ndarray, runs: dict[str, dict]) -> str:
     x = np.arange(n)
     ax.bar(x, nash, width=width, color="black", alpha=0.75, label="Nash equilibrium (LP)")
     for i, (algo, r) in enumerate(runs.items(), start=1):
-        ax.bar(x + i * width, np.asarray(r["policy"], dtype=float), width=width, color=f"C{i - 1}",
-               label=f"{algo}: last iterate")
+        ax.bar(
+            x + i * width,
+            np.asarray(r["policy"], dtype=float),
+            width=width,
+            color=f"C{i - 1}",
+            label=f"{algo}: last iterate",
+        )
         if "avg_policy" in r:
-            ax.plot(x + i * width, np.asarray(r["avg_policy"], dtype=float), "_", color="black", ms=10,
-                    mew=2, label="average iterate" if i == 1 else None)
+            ax.plot(
+                x + i * width,
+                np.asarray(r["avg_policy"], dtype=float),
+                "_",
+                color="black",
+                ms=10,
+                mew=2,
+                label="average iterate" if i == 1 else None,
+            )
     ax.set_xticks(x + 0.4 - width / 2)
     ax.set_xticklabels([f"y{j}" for j in range(n)], fontsize=7 if n > 12 else 8)
     ax.set_ylabel("probability", fontsize=8)
@@ -148,8 +166,9 @@ def matrix_figure(P: np.ndarray) -> str:
     return plots.to_uri(fig)
 
 
-def game_report(results: str | PathLike | Mapping, images: Sequence[str | PathLike] = (),
-                out: str | PathLike | None = None) -> Path:
+def game_report(
+    results: str | PathLike | Mapping, images: Sequence[str | PathLike] = (), out: str | PathLike | None = None
+) -> Path:
     from sparring.report.run import render
     from sparring.rundir import write_text
 
@@ -164,23 +183,40 @@ def game_report(results: str | PathLike | Mapping, images: Sequence[str | PathLi
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
     algos = []
     for algo, r in runs.items():
-        algos.append({"algo": algo, "values": [
-            {"key": k, "value": _num(r.get(k))} for k in ("exploitability", "avg_exploitability", "regularized_gap")],
-            "iters": len(r["history"]["last"]) - 1})
+        algos.append(
+            {
+                "algo": algo,
+                "values": [
+                    {"key": k, "value": _num(r.get(k))}
+                    for k in ("exploitability", "avg_exploitability", "regularized_gap")
+                ],
+                "iters": len(r["history"]["last"]) - 1,
+            }
+        )
     n = P.shape[0]
     table = None
     if n <= MAX_TABLE:
-        table = [{"i": i, "nash": float(nash[i]),
-                  "policies": [float(r["policy"][i]) for r in runs.values()],
-                  "avg": [float(r["avg_policy"][i]) if "avg_policy" in r else None for r in runs.values()]}
-                 for i in range(n)]
+        table = [
+            {
+                "i": i,
+                "nash": float(nash[i]),
+                "policies": [float(r["policy"][i]) for r in runs.values()],
+                "avg": [float(r["avg_policy"][i]) if "avg_policy" in r else None for r in runs.values()],
+            }
+            for i in range(n)
+        ]
     name = str(settings.get("matrix", "game"))
     page = {
         "title": f"sparring game — {name}: {', '.join(runs)}",
-        "name": name, "where": where, "n": n, "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "name": name,
+        "where": where,
+        "n": n,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "settings": [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in settings.items()],
         "nash_exploitability": _num(data.get("nash_exploitability")),
-        "algos": algos, "algo_names": list(runs), "table": table,
+        "algos": algos,
+        "algo_names": list(runs),
+        "table": table,
         "exploitability_figure": exploitability_figure(runs),
         "policy_figure": policy_figure(nash, runs),
         "matrix_figure": matrix_figure(P) if n <= MAX_HEATMAP else None,

@@ -16,10 +16,14 @@ import numpy as np
 DPI = 90
 STAGE_COLORS = {"generate": "#4c72b0", "judge": "#dd8452", "rows": "#937860", "train": "#c44e52", "eval": "#55a868"}
 METRIC_TITLES = {
-    "prompt_strict": "IFEval prompt-level strict", "instruction_strict": "IFEval instruction-level strict",
-    "prompt_loose": "IFEval prompt-level loose", "instruction_loose": "IFEval instruction-level loose",
-    "win_rate_vs_base": "win rate vs base", "length_controlled_win_rate": "length-controlled win rate",
-    "win_rate_vs_reference": "win rate vs reference", "mean_response_tokens": "mean response tokens",
+    "prompt_strict": "IFEval prompt-level strict",
+    "instruction_strict": "IFEval instruction-level strict",
+    "prompt_loose": "IFEval prompt-level loose",
+    "instruction_loose": "IFEval instruction-level loose",
+    "win_rate_vs_base": "win rate vs base",
+    "length_controlled_win_rate": "length-controlled win rate",
+    "win_rate_vs_reference": "win rate vs reference",
+    "mean_response_tokens": "mean response tokens",
 }
 
 
@@ -63,8 +67,7 @@ def eval_figure(ev) -> str | None:
             ci = iv.get("ci95")
             err = [[v - ci[0]], [ci[1] - v]] if ci else None
             filled = bool(iv.get("significant"))
-            ax.errorbar([t], [v], yerr=err, fmt="o", color="C0", capsize=4, ms=6,
-                        mfc="C0" if filled else "white")
+            ax.errorbar([t], [v], yerr=err, fmt="o", color="C0", capsize=4, ms=6, mfc="C0" if filled else "white")
         ax.plot(ts, [v for _, v, _ in pts], color="C0", lw=0.8, alpha=0.5)
         if ev.base is not None and ev.base.values.get(m) is not None:
             ax.axhline(ev.base.values[m], color="grey", ls="--", lw=0.8)
@@ -74,7 +77,7 @@ def eval_figure(ev) -> str | None:
         _policy_ticks(ax, ts)
         ax.grid(True, axis="y", alpha=0.3)
         ax.tick_params(labelsize=8)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     return to_uri(fig)
 
@@ -84,9 +87,16 @@ def _boxes(ax, data: dict[int, np.ndarray], color: str) -> None:
     if not ts:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         return
-    ax.boxplot([data[t] for t in ts], positions=ts, widths=0.5, showfliers=True, patch_artist=True,
-               boxprops={"facecolor": color, "alpha": 0.35}, medianprops={"color": "black"},
-               flierprops={"markersize": 3})
+    ax.boxplot(
+        [data[t] for t in ts],
+        positions=ts,
+        widths=0.5,
+        showfliers=True,
+        patch_artist=True,
+        boxprops={"facecolor": color, "alpha": 0.35},
+        medianprops={"color": "black"},
+        flierprops={"markersize": 3},
+    )
     ax.plot(ts, [float(np.mean(data[t])) for t in ts], "D", color=color, ms=5, label="mean")
     _policy_ticks(ax, ts)
     ax.grid(True, axis="y", alpha=0.3)
@@ -102,11 +112,18 @@ def length_figure(ev, samples: dict[int, np.ndarray], unit: str) -> str | None:
         x = p.n_tokens() if unit == "tokens" else p.chars()
         if x is not None and len(x):
             heldout[p.t] = x
-    wins = [(p.t, p.values["win_rate_vs_base"], p.intervals.get("win_rate_vs_base", {}).get("ci95"))
-            for p in ev.policies if p.values.get("win_rate_vs_base") is not None]
+    wins = [
+        (p.t, p.values["win_rate_vs_base"], p.intervals.get("win_rate_vs_base", {}).get("ci95"))
+        for p in ev.policies
+        if p.values.get("win_rate_vs_base") is not None
+    ]
     final, base = ev.final, ev.base
-    scatter = (final is not None and base is not None and final.win_vs_base is not None
-               and len(final.win_vs_base) == len(final.responses) == len(base.responses))
+    scatter = (
+        final is not None
+        and base is not None
+        and final.win_vs_base is not None
+        and len(final.win_vs_base) == len(final.responses) == len(base.responses)
+    )
     panels = ["heldout", "samples"] + (["win"] if wins else []) + (["scatter"] if scatter else [])
     if not heldout and not samples:
         return None
@@ -167,8 +184,15 @@ def training_figure(segments) -> str | None:
     if len(g) and g.max() / g.min() > 100:
         axes[1].set_yscale("log")
     for b0, b1, t in bounds:
-        axes[0].text((b0 + b1 - 1) / 2, 1.02, f"iter {t}", transform=axes[0].get_xaxis_transform(),
-                     ha="center", va="bottom", fontsize=8)
+        axes[0].text(
+            (b0 + b1 - 1) / 2,
+            1.02,
+            f"iter {t}",
+            transform=axes[0].get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axes[2].set_xlabel("global optimizer step", fontsize=8)
     return to_uri(fig)
 
@@ -181,9 +205,15 @@ def judge_figure(judged) -> str | None:
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[2, 1])
     data = {it.t: np.concatenate(it.p_hat) if it.p_hat else np.array([]) for it in judged}
     ts = sorted(data)
-    ax1.boxplot([data[t][np.isfinite(data[t])] for t in ts], positions=ts, widths=0.5, patch_artist=True,
-                boxprops={"facecolor": "C0", "alpha": 0.35}, medianprops={"color": "black"},
-                flierprops={"markersize": 3})
+    ax1.boxplot(
+        [data[t][np.isfinite(data[t])] for t in ts],
+        positions=ts,
+        widths=0.5,
+        patch_artist=True,
+        boxprops={"facecolor": "C0", "alpha": 0.35},
+        medianprops={"color": "black"},
+        flierprops={"markersize": 3},
+    )
     ax1.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax1.set_xticks(ts)
     ax1.set_xticklabels([f"iter {t}" for t in ts])

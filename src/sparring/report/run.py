@@ -79,10 +79,18 @@ def _utc(ts: float | None) -> str:
 
 def _status(run: Run) -> dict:
     stages = list(run.stages.values())
-    missing = [{"key": s.key, "status": s.status, "since": _utc(s.started_at) if s.status == "running" else ""}
-               for s in stages if s.status != "done"]
-    return {"total": len(stages), "done": len(stages) - len(missing), "missing": missing,
-            "complete": not missing and run.manifest_ok, "manifest_ok": run.manifest_ok}
+    missing = [
+        {"key": s.key, "status": s.status, "since": _utc(s.started_at) if s.status == "running" else ""}
+        for s in stages
+        if s.status != "done"
+    ]
+    return {
+        "total": len(stages),
+        "done": len(stages) - len(missing),
+        "missing": missing,
+        "complete": not missing and run.manifest_ok,
+        "manifest_ok": run.manifest_ok,
+    }
 
 
 def section_evaluation(run: Run, ev: an.Evaluation) -> dict:
@@ -92,20 +100,43 @@ def section_evaluation(run: Run, ev: an.Evaluation) -> dict:
         for m in ev.metrics:
             v = p.values.get(m)
             iv = p.intervals.get(m, {}) if v is not None else {}
-            cells.append({"metric": m, "value": v, "text": fmt_value(m, v), "ci": iv.get("ci95"),
-                          "ci_text": fmt_interval(iv.get("ci95")) if m in RATE_METRICS else "",
-                          "delta": iv.get("delta"), "delta_ci": iv.get("delta_ci95"), "delta_text": fmt_delta(iv),
-                          "significant": iv.get("significant"), "source": p.interval_from.get(m, "")})
-        rows.append({"t": p.t, "label": p.label, "stage": p.key, "cells": cells,
-                     "source": "summary.json" if p.from_summary else "manifest.json"})
+            cells.append(
+                {
+                    "metric": m,
+                    "value": v,
+                    "text": fmt_value(m, v),
+                    "ci": iv.get("ci95"),
+                    "ci_text": fmt_interval(iv.get("ci95")) if m in RATE_METRICS else "",
+                    "delta": iv.get("delta"),
+                    "delta_ci": iv.get("delta_ci95"),
+                    "delta_text": fmt_delta(iv),
+                    "significant": iv.get("significant"),
+                    "source": p.interval_from.get(m, ""),
+                }
+            )
+        rows.append(
+            {
+                "t": p.t,
+                "label": p.label,
+                "stage": p.key,
+                "cells": cells,
+                "source": "summary.json" if p.from_summary else "manifest.json",
+            }
+        )
     notes = list(ev.notes)
     if not ev.policies:
         notes.append("no policy has been evaluated yet (base/eval and every iter_t/eval are missing)")
     elif ev.base is None:
-        notes.append("the base policy was not evaluated (eval.base: false or base/eval missing): no differences "
-                     "from the base")
-    return {"figure": plots.eval_figure(ev), "metrics": [(m, plots.METRIC_TITLES.get(m, m)) for m in ev.metrics],
-            "rows": rows, "notes": notes, "any_report": any("report" in p.interval_from.values() for p in ev.policies)}
+        notes.append(
+            "the base policy was not evaluated (eval.base: false or base/eval missing): no differences from the base"
+        )
+    return {
+        "figure": plots.eval_figure(ev),
+        "metrics": [(m, plots.METRIC_TITLES.get(m, m)) for m in ev.metrics],
+        "rows": rows,
+        "notes": notes,
+        "any_report": any("report" in p.interval_from.values() for p in ev.policies),
+    }
 
 
 def section_lengths(run: Run, ev: an.Evaluation) -> dict:
@@ -114,20 +145,40 @@ def section_lengths(run: Run, ev: an.Evaluation) -> dict:
     unit = "tokens" if has_tokens else "characters"
     notes = []
     if ev.policies and not has_tokens:
-        notes.append("this run's evaluations kept no per-response token counts (no scores.parquet): held-out "
-                     "lengths are in characters")
+        notes.append(
+            "this run's evaluations kept no per-response token counts (no scores.parquet): held-out "
+            "lengths are in characters"
+        )
     table = []
     for p in ev.policies:
         x = p.n_tokens() if has_tokens else p.chars()
-        table.append({"label": p.label, "t": p.t, "mean_tokens": p.values.get("mean_response_tokens"),
-                      "mean": float(np.mean(x)) if x is not None and len(x) else None,
-                      "median": float(np.median(x)) if x is not None and len(x) else None,
-                      "finished": p.finished})
-    sample_rows = [{"t": t, "label": f"π{t}" if t else "base", "n": len(x),
-                    "mean": float(np.mean(x)) if len(x) else None, "median": float(np.median(x)) if len(x) else None}
-                   for t, x in sorted(samples.items())]
-    return {"figure": plots.length_figure(ev, samples, unit), "unit": unit, "heldout": table,
-            "samples": sample_rows, "notes": notes}
+        table.append(
+            {
+                "label": p.label,
+                "t": p.t,
+                "mean_tokens": p.values.get("mean_response_tokens"),
+                "mean": float(np.mean(x)) if x is not None and len(x) else None,
+                "median": float(np.median(x)) if x is not None and len(x) else None,
+                "finished": p.finished,
+            }
+        )
+    sample_rows = [
+        {
+            "t": t,
+            "label": f"π{t}" if t else "base",
+            "n": len(x),
+            "mean": float(np.mean(x)) if len(x) else None,
+            "median": float(np.median(x)) if len(x) else None,
+        }
+        for t, x in sorted(samples.items())
+    ]
+    return {
+        "figure": plots.length_figure(ev, samples, unit),
+        "unit": unit,
+        "heldout": table,
+        "samples": sample_rows,
+        "notes": notes,
+    }
 
 
 def section_training(run: Run) -> dict:
@@ -143,42 +194,72 @@ def section_training(run: Run) -> dict:
     for t in trained:
         if t not in logged:
             steps = run.stages[f"iter_{t}/train"].metrics.get("steps")
-            notes.append(f"iter_{t}/train logged no steps" + (" (no training rows: every prompt's samples tied)"
-                                                               if steps == 0 else ""))
+            notes.append(
+                f"iter_{t}/train logged no steps"
+                + (" (no training rows: every prompt's samples tied)" if steps == 0 else "")
+            )
     rows = []
     for s in segs:
         m = run.stages.get(f"iter_{s.t}/train")
         met = m.metrics if m else {}
-        rows.append({"t": s.t, "steps": len(s.steps), "loss_first": s.loss[0], "loss_last": s.loss[-1],
-                     "loss_mean": met.get("loss_mean"), "rows": met.get("rows"),
-                     "status": m.status if m else "?"})
+        rows.append(
+            {
+                "t": s.t,
+                "steps": len(s.steps),
+                "loss_first": s.loss[0],
+                "loss_last": s.loss[-1],
+                "loss_mean": met.get("loss_mean"),
+                "rows": met.get("rows"),
+                "status": m.status if m else "?",
+            }
+        )
     return {"figure": plots.training_figure(segs), "rows": rows, "notes": notes}
 
 
 def section_judge(run: Run, ev: an.Evaluation, judged: list[an.JudgedIteration]) -> dict:
     notes = []
-    keys = ("pairs", "judge_calls", "cache_hits", "tie_rate", "length_spearman", "position_consistency",
-            "abstention_rate")
+    keys = (
+        "pairs",
+        "judge_calls",
+        "cache_hits",
+        "tie_rate",
+        "length_spearman",
+        "position_consistency",
+        "abstention_rate",
+    )
     rows = []
     for it in judged:
         m = it.metrics
-        row = {"t": it.t, "values": [], "tie_computed": it.tie_rate, "all_tied": it.all_tied,
-               "p_hat_mean": float(np.nanmean(np.concatenate(it.p_hat))) if it.p_hat else None}
+        row = {
+            "t": it.t,
+            "values": [],
+            "tie_computed": it.tie_rate,
+            "all_tied": it.all_tied,
+            "p_hat_mean": float(np.nanmean(np.concatenate(it.p_hat))) if it.p_hat else None,
+        }
         for k in keys:
             v = m.get(k)
             row["values"].append({"key": k, "value": v, "text": fmt_num(v)})
         rows.append(row)
     if judged and not any(it.metrics.get("tie_rate") is not None for it in judged):
-        notes.append("this run recorded no judge diagnostics (made before they existed): the tie rate shown in the "
-                     "figure is computed here from preferences.parquet")
+        notes.append(
+            "this run recorded no judge diagnostics (made before they existed): the tie rate shown in the "
+            "figure is computed here from preferences.parquet"
+        )
     if not judged:
         notes.append("no iteration has been judged yet")
     kinds = an.instruction_kinds(ev) if ev.has_ifeval else None
     if ev.has_ifeval and kinds is None:
         notes.append("no per-instruction IFEval results (see the notes of the evaluation section)")
-    return {"figure": plots.judge_figure(judged), "diag_keys": keys, "rows": rows, "notes": notes,
-            "kinds": kinds, "kinds_figure": plots.kinds_figure(kinds) if kinds else None,
-            "judge": an._eval_judge(run).get("name") or run.cfg("judge", "name") or "?"}
+    return {
+        "figure": plots.judge_figure(judged),
+        "diag_keys": keys,
+        "rows": rows,
+        "notes": notes,
+        "kinds": kinds,
+        "kinds_figure": plots.kinds_figure(kinds) if kinds else None,
+        "judge": an._eval_judge(run).get("name") or run.cfg("judge", "name") or "?",
+    }
 
 
 def section_samples(run: Run, ev: an.Evaluation, judged: list[an.JudgedIteration]) -> dict:
@@ -197,8 +278,13 @@ def section_samples(run: Run, ev: an.Evaluation, judged: list[an.JudgedIteration
         notes.append("no held-out responses to show yet")
     elif ev.final is None:
         notes.append("no trained policy has been evaluated yet: the base's responses only")
-    return {"heldout": held, "train": train, "notes": notes,
-            "final": ev.final.label if ev.final else None, "base": ev.base.label if ev.base else None}
+    return {
+        "heldout": held,
+        "train": train,
+        "notes": notes,
+        "final": ev.final.label if ev.final else None,
+        "base": ev.base.label if ev.base else None,
+    }
 
 
 def section_timings(run: Run) -> dict:
@@ -208,19 +294,34 @@ def section_timings(run: Run) -> dict:
         rows.append({"label": "base", "cells": [None] * 4 + [_cell(st)], "seconds": {"eval": st.seconds}})
     for t in range(run.iterations):
         sts = [run.stages[f"iter_{t}/{s}"] for s in STAGES]
-        rows.append({"label": f"iter {t}", "cells": [_cell(s) for s in sts],
-                     "seconds": {s: st.seconds for s, st in zip(STAGES, sts) if st.status == "done"}})
+        rows.append(
+            {
+                "label": f"iter {t}",
+                "cells": [_cell(s) for s in sts],
+                "seconds": {s: st.seconds for s, st in zip(STAGES, sts) if st.status == "done"},
+            }
+        )
     for r in rows:
         r["total"] = sum(v for v in r["seconds"].values() if v)
         r["total_text"] = fmt_seconds(r["total"]) if r["total"] else ""
     total = sum(r["total"] for r in rows)
-    return {"figure": plots.timing_figure(rows), "stages": STAGES, "rows": rows, "total_text": fmt_seconds(total),
-            "config": run.config_text, "notes": []}
+    return {
+        "figure": plots.timing_figure(rows),
+        "stages": STAGES,
+        "rows": rows,
+        "total_text": fmt_seconds(total),
+        "config": run.config_text,
+        "notes": [],
+    }
 
 
 def _cell(st) -> dict:
-    return {"key": st.key, "status": st.status, "seconds": st.seconds,
-            "text": fmt_seconds(st.seconds) if st.status == "done" else st.status}
+    return {
+        "key": st.key,
+        "status": st.status,
+        "seconds": st.seconds,
+        "text": fmt_seconds(st.seconds) if st.status == "done" else st.status,
+    }
 
 
 def _guarded(name: str, fn: Callable[[], dict]) -> dict:
@@ -287,8 +388,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def render(template: str, page: dict) -> str:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
-                             autoescape=True,  # every text from a run is data: responses may hold any markup
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+        autoescape=True,  # every text from a run is data: responses may hold any markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(num=fmt_num, pct=lambda v: fmt_value("win_rate_vs_base", v))
     return env.get_template(template).render(**page)

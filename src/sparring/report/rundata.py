@@ -207,17 +207,28 @@ def _build_stages(run: Run, manifest: dict | None) -> None:
     for key in expected:
         e = entries.get(key)
         if isinstance(e, dict):
-            st = Stage(key, str(e.get("status", "?")), _num(e.get("seconds")), _num(e.get("started_at")),
-                       e.get("metrics") if isinstance(e.get("metrics"), dict) else {})
+            st = Stage(
+                key,
+                str(e.get("status", "?")),
+                _num(e.get("seconds")),
+                _num(e.get("started_at")),
+                e.get("metrics") if isinstance(e.get("metrics"), dict) else {},
+            )
             if st.status == "done":
                 st.lost_outputs = [rel for rel in (e.get("outputs") or {}) if not (run.root / rel).exists()]
                 if st.lost_outputs:
-                    run.problems.append(f"stage {key} is recorded as done, but its output(s) "
-                                        f"{', '.join(st.lost_outputs)} are missing")
+                    run.problems.append(
+                        f"stage {key} is recorded as done, but its output(s) {', '.join(st.lost_outputs)} are missing"
+                    )
         elif key in logged:
             rec = logged[key]
-            st = Stage(key, "done", _num(rec.get("seconds")), None,
-                       {k: v for k, v in rec.items() if k not in ("time", "stage", "seconds")})
+            st = Stage(
+                key,
+                "done",
+                _num(rec.get("seconds")),
+                None,
+                {k: v for k, v in rec.items() if k not in ("time", "stage", "seconds")},
+            )
         else:
             st = Stage(key, "missing")
         run.stages[key] = st
