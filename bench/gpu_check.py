@@ -1234,9 +1234,10 @@ def _trl_train_timed(model_dir, pairs_ordered, ns, precision, precompute, device
     import io
     import tempfile
 
+    import train_vs_trl as tvt
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from sparring.models import load_model, load_tokenizer
 
@@ -1256,34 +1257,7 @@ def _trl_train_timed(model_dir, pairs_ordered, ns, precision, precompute, device
                 Timed.ref_seconds += time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as out_dir:
-        cfg = DPOConfig(
-            output_dir=out_dir,
-            per_device_train_batch_size=ns.micro_batch_size,
-            gradient_accumulation_steps=ns.batch_size // ns.micro_batch_size,
-            learning_rate=ns.lr,
-            num_train_epochs=1,
-            beta=ns.beta,
-            loss_type=["sigmoid"],
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            optim="adamw_torch",
-            bf16=precision == "bf16",
-            fp16=False,
-            gradient_checkpointing=False,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            precompute_ref_log_probs=precompute,
-            max_length=None,
-            seed=ns.seed,
-            dataloader_num_workers=0,
-            use_cpu=device.type == "cpu",
-            dataset_num_proc=None,
-            precompute_ref_batch_size=ns.micro_batch_size,
-        )
+        cfg = tvt.dpo_config(out_dir, ns, precision, precompute, use_cpu=device.type == "cpu")
         ds = Dataset.from_list(pairs_ordered)
         # a fresh fingerprint per run: the precompute pass must not hit an earlier run's datasets cache
         ds = ds.add_column("run_nonce", [time.perf_counter_ns()] * len(ds))

@@ -158,35 +158,16 @@ def reference_logps(args, rows_tok, precision: str) -> tuple[list[tuple[float, f
 # ---------------------------------------------------------------- TRL
 
 
-def make_trl_trainer(args, pairs_ordered, precision: str, precompute: bool, out_dir: str):
-    from datasets import Dataset
-    from torch.utils.data import SequentialSampler
-    from trl import DPOConfig, DPOTrainer
+def dpo_config(out_dir: str, args, precision: str, precompute: bool, use_cpu: bool = True):
+    """TRL's DPOConfig for the comparison (also bench/gpu_check.py's): sigmoid DPO with args.beta and
+    args.lr, AdamW, linear decay without warmup, clip 1.0, one epoch, args.batch_size pairs per step in
+    micro-batches of args.micro_batch_size, no gradient checkpointing (its default True is slower)."""
+    from trl import DPOConfig
 
-    class Timed(DPOTrainer):
-        """DPOTrainer whose sampler follows the dataset order (the order sparring's seed drew) and
-        which accounts the time of its reference-log-prob precompute pass."""
-
-        ref_seconds = 0.0
-
-        def _get_train_sampler(self, train_dataset=None):
-            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-        def compute_ref_log_probs(self, model, inputs):
-            start = time.perf_counter()
-            try:
-                return super().compute_ref_log_probs(model, inputs)
-            finally:
-                Timed.ref_seconds += time.perf_counter() - start
-
-    Timed.ref_seconds = 0.0
-    model = load_model(args.model, "float32")
-    tok = load_tokenizer(args.model)
-    ga = args.batch_size // args.micro_batch_size
-    cfg = DPOConfig(
+    return DPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=ga,
+        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
         learning_rate=args.lr,
         num_train_epochs=1,
         beta=args.beta,
@@ -207,12 +188,39 @@ def make_trl_trainer(args, pairs_ordered, precision: str, precompute: bool, out_
         max_length=None,
         seed=args.seed,
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=use_cpu,
         dataset_num_proc=None,
-        # a fresh fingerprint per run: the precompute pass must not hit the datasets cache of an earlier run
         precompute_ref_batch_size=args.micro_batch_size,
     )
+
+
+def make_trl_trainer(args, pairs_ordered, precision: str, precompute: bool, out_dir: str):
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from trl import DPOTrainer
+
+    class Timed(DPOTrainer):
+        """DPOTrainer whose sampler follows the dataset order (the order sparring's seed drew) and
+        which accounts the time of its reference-log-prob precompute pass."""
+
+        ref_seconds = 0.0
+
+        def _get_train_sampler(self, train_dataset=None):
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        def compute_ref_log_probs(self, model, inputs):
+            start = time.perf_counter()
+            try:
+                return super().compute_ref_log_probs(model, inputs)
+            finally:
+                Timed.ref_seconds += time.perf_counter() - start
+
+    Timed.ref_seconds = 0.0
+    model = load_model(args.model, "float32")
+    tok = load_tokenizer(args.model)
+    cfg = dpo_config(out_dir, args, precision, precompute)
     ds = Dataset.from_list(pairs_ordered)
+    # a fresh fingerprint per run: the precompute pass must not hit the datasets cache of an earlier run
     ds = ds.add_column("run_nonce", [time.perf_counter_ns()] * len(ds))
     ref_model = None if precompute else load_model(args.model, "float32")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
