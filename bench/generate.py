@@ -14,11 +14,16 @@ Configurations, sampled (T = 0.7, top-p 0.9), each adding one lever to the one b
                   prefill per row, a new batch only once all rows are done
   +packed         oneDNN linear on weights reordered once (CPU)
   +fused          one matmul for q,k,v and one for gate,up
-  +shared_prefill one prefill per prompt for its K rows
-  +refill         freed rows take the next prompt = the default
+  +shared_prefill one prefill per prompt for its K rows (HF's forward, batch 1)
+  +refill         freed rows take the next prompt
+  +batch_prefill  the prompts admitted at a step prefilled together on the prepacked linears = the default
   wide_candidates the default with sampling's candidates from topk(256) (the earlier width) instead of 32
+  rows_16         the default with the linears in blocks of 16 rows (`engine.ROWS`) instead of 32
+Workload: `--prompts` prompts with K samples each (16 × 4 = 64 sequences by default).
 Greedy: generate_greedy (do_sample=False) against sparring_greedy (the default), on prompts × K
-prompts with one response each (the same number of sequences).
+prompts with one response each (the same number of sequences, 64). (Until 2026-12-06 the script
+sampled K responses of prompts × K prompts, 256 sequences, and timed greedy on `--prompts` prompts, 16:
+its lines in bench/README.md before that date measured that workload.)
 
 `--eval`: greedy evaluation instead (its own JSON line): the held-out prompts (shipped:heldout),
 128 new tokens, at `--eval-batch-sizes` (40,120), with the padded loop (the decode loop evaluation
@@ -37,31 +42,46 @@ import time
 
 import torch
 
+from sparring.generation import engine as engine_module
 from sparring.generation.engine import Levers
 from sparring.generation.hf import iter_samples
 from sparring.models import load_model, load_tokenizer
 from sparring.prompts import load_prompts
 
-BASE = {"refill": False, "shared_prefill": False, "fused": False, "packed": False}
+BASE = {"refill": False, "shared_prefill": False, "batch_prefill": False, "fused": False, "packed": False}
 CONFIGS = {  # name: (engine, levers, greedy)
     "generate": ("generate", None, False),
     "padded": ("padded", Levers(), False),
     "slots": ("sparring", Levers(**BASE), False),
     "+packed": ("sparring", Levers(**{**BASE, "packed": True}), False),
     "+fused": ("sparring", Levers(**{**BASE, "packed": True, "fused": True}), False),
-    "+shared_prefill": ("sparring", Levers(refill=False), False),
-    "+refill": ("sparring", Levers(), False),
+    "+shared_prefill": ("sparring", Levers(refill=False, batch_prefill=False), False),
+    "+refill": ("sparring", Levers(batch_prefill=False), False),
+    "+batch_prefill": ("sparring", Levers(), False),
     "wide_candidates": ("sparring", Levers(widths=(256,)), False),
+    "rows_16": ("sparring", Levers(), False),
     "generate_greedy": ("generate", None, True),
     "sparring_greedy": ("sparring", Levers(), True),
 }
 
 
+ROWS = {"rows_16": 16}  # configurations that change `engine.ROWS` while they run
+
+
 def timed(model, tok, prompts, name, args) -> tuple[float, int]:
     engine, levers, greedy = CONFIGS[name]
-    # greedy: the same number of sequences, one per prompt (K greedy samples would be K copies)
+    rows, engine_module.ROWS = engine_module.ROWS, ROWS.get(name, engine_module.ROWS)
+    try:
+        return _timed(model, tok, prompts, engine, levers, greedy, args)
+    finally:
+        engine_module.ROWS = rows
+
+
+def _timed(model, tok, prompts, engine, levers, greedy, args) -> tuple[float, int]:
+    # sampled: `--prompts` prompts, K samples each; greedy: the same number of sequences, prompts × K
+    # prompts with one response each (K greedy samples of one prompt would be K copies)
     k = 1 if greedy else args.k
-    prompts = prompts[: args.prompts * k]
+    prompts = prompts[: args.prompts * args.k // k]
     start = time.perf_counter()
     n_tokens = 0
     for batch in iter_samples(
@@ -106,7 +126,7 @@ def main() -> None:
     model = load_model(args.model, args.dtype).eval()
     prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts * args.k]]
     warm = argparse.Namespace(**{**vars(args), "max_new_tokens": 4})
-    for name in ("padded", "+refill", "generate"):
+    for name in ("padded", "+batch_prefill", "generate"):
         timed(model, tok, prompts[: 2 * args.k], name, warm)
     best: dict[str, tuple[float, int, list[float]]] = {}
     for _ in range(args.repeats):

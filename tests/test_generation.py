@@ -169,6 +169,32 @@ def test_a_rows_bits_do_not_depend_on_how_many_rows_share_the_linear(dtype):
             assert torch.equal(lin(x[80 - m :]), whole[80 - m :]), (out_features, in_features, m)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_prompts_prefill_is_the_same_alone_or_stacked_with_others(tmp_path, dtype):
+    """`LlamaStepper.prefill` runs the prompts admitted at one step together: a prompt's keys, values and
+    first logits must not depend on which prompts share its pass (batch invariance), and must be those
+    of HF's forward (`hf_prefill`, the previous way) up to float rounding."""
+    from sparring.generation.engine import LlamaStepper
+
+    path = make_tiny_model(tmp_path / "m", seed=1)
+    model, tok = load_model(str(path), dtype).eval(), load_tokenizer(str(path))
+    with torch.no_grad():
+        ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
+        stacked, alone, hf = (LlamaStepper(model, 6) for _ in range(3))
+        rows = [torch.tensor([2 * i, 2 * i + 1]) for i in range(len(ids))]
+        first = stacked.prefill(ids, rows)
+        singles = torch.cat([alone.prefill([p], [r]) for p, r in zip(ids, rows)])
+        assert torch.equal(first, singles)
+        assert torch.equal(stacked.k, alone.k) and torch.equal(stacked.v, alone.v)
+        ref = hf.hf_prefill(ids, rows)
+        tol = dict(atol=2e-2, rtol=2e-2) if dtype == "bfloat16" else dict(atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(first, ref, **tol)
+        for i, p in enumerate(ids):  # the cache holds the prompt's keys in both of its rows, nothing past it
+            n = len(p)
+            torch.testing.assert_close(stacked.k[:, rows[i], :, :n], hf.k[:, rows[i], :, :n], **tol)
+            assert not stacked.k[:, rows[i], :, n:].any()
+
+
 def test_padded_loop_matches_generate_and_the_slot_loop(tiny):
     """Models the slot loop does not run take the padded loop (engine="padded" forces it): greedy, it
     gives generate's tokens too."""

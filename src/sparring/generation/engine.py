@@ -1,10 +1,11 @@
 """sparring's decode loop over a fixed set of rows ("slots"), for Llama-family models.
 
 Why it is shaped this way (measurements in bench/README.md, "Generation"):
-- One prefill per prompt, run alone (batch 1, no padding), its keys/values copied into the K rows of
-  its samples: the K samples of a prompt share its prompt, so the earlier loop's prefill of K
-  copies of every prompt did K× the prompt's arithmetic (a third of all of it at K = 4, 62-token
-  prompts and ~80-token responses).
+- One prefill per prompt, its keys/values copied into the K rows of its samples: the K samples of a
+  prompt share its prompt, so the earlier loop's prefill of K copies of every prompt did K× the
+  prompt's arithmetic (a third of all of it at K = 4, 62-token prompts and ~80-token responses).
+  The prompts admitted at one step are prefilled together (`LlamaStepper.prefill`): their tokens
+  stacked into one matrix for the linears, the attention per prompt.
 - A KV cache [layers, slots, kv heads, capacity, head dim], each row's tokens at positions 0..n-1
   (left-aligned, no padding), written in place; the capacity grows in blocks of 64 positions and a
   step attends over all of it, positions past a row's length masked (`LlamaStepper.ensure`).
@@ -12,17 +13,16 @@ Why it is shaped this way (measurements in bench/README.md, "Generation"):
   matmuls keep running on a full batch instead of a shrinking one; once no prompt is left, the
   live rows are moved to the front when half the rows are idle, so the step runs on fewer rows.
 - The decode step is written here, not HF's forward: one matmul for q, k, v and one for gate and
-  up (fused weights), the rotary embedding from the model's own module, the attention of
-  `fast.decode_attention` on the static cache, and none of HF's per-call mask and cache set-up.
-  The prefill still runs HF's forward (any length, SDPA).
+  up (fused weights), the rotary embedding from the model's own module, the attention as two
+  grouped matmuls on the static cache, and none of HF's per-call mask and cache set-up.
 
-Batch invariance. A row's arithmetic does not depend on the other rows: its prefill runs alone, its
-keys sit at the same cache positions whatever the batch, the masked positions add exact zeros to
-the attention's sums, and every linear layer runs on whole blocks of `ROWS` rows (`Linear`): oneDNN
-picks its blocking by the number of rows, so without that a row's bits depended on how many rows
-shared the step. So greedy decoding gives the same tokens at any batch size, and sampling (one
-uniform stream per sample, see `sampling.py`) the same samples, which tests/test_generation.py
-checks on the CPU.
+Batch invariance. A row's arithmetic does not depend on the other rows: its prompt's attention
+runs over that prompt alone, its keys sit at the same cache positions whatever the batch, the
+masked positions add exact zeros to the attention's sums, and every linear layer (prefill and step)
+runs on whole blocks of `ROWS` rows (`Linear`): oneDNN picks its blocking by the number of rows, so
+without that a row's bits depended on how many rows shared the step. So greedy decoding gives the
+same tokens at any batch size, and sampling (one uniform stream per sample, see `sampling.py`) the
+same samples, which tests/test_generation.py checks on the CPU.
 
 Models: LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM without sliding windows (`supported`);
 other models decode with the padded loop in hf.py.
@@ -49,6 +49,9 @@ class Levers:
     The defaults are what measured fastest (bench/README.md)."""
 
     shared_prefill: bool = True  # one prefill per prompt for its K rows (off: one per row)
+    # the prompts admitted at a step prefilled together on the prepacked linears (`prefill`); off:
+    # HF's forward, one prompt at a time (`hf_prefill`)
+    batch_prefill: bool = True
     refill: bool = True  # freed rows take the next prompt (off: a new batch starts when all rows are done)
     # move live rows to the front when half the rows are idle (once no prompt waits, with refill)
     compact: bool = True
@@ -217,23 +220,81 @@ class LlamaStepper:
             self.k, self.v = self.k[..., :cap, :].contiguous(), self.v[..., :cap, :].contiguous()
             self.cap = cap
 
+    def _qkv(self, lyr: dict, hid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q [n, h, d] and k [n, kvh, d] rotated, v [n, kvh, d], of `hid` [n, hidden]."""
+        n, h, kvh, d = hid.shape[0], self.h, self.kvh, self.d
+        if self.fused:  # q and k side by side in one output: one rotation for both
+            qk, v = lyr["qkv"](hid).split([(h + kvh) * d, kvh * d], dim=-1)
+            q, k = _rotate(qk.view(n, h + kvh, d), cos, sin).split([h, kvh], dim=1)
+        else:
+            q, k, v = lyr["q"](hid), lyr["k"](hid), lyr["v"](hid)
+            q, k = _rotate(q.view(n, h, d), cos, sin), _rotate(k.view(n, kvh, d), cos, sin)
+        return q, k, v.view(n, kvh, d)
+
+    def _mlp(self, lyr: dict, x: torch.Tensor) -> torch.Tensor:
+        hid = _rms(x, *lyr["ln2"])
+        if self.fused:
+            g, u = lyr["gu"](hid).chunk(2, dim=-1)
+        else:
+            g, u = lyr["g"](hid), lyr["u"](hid)
+        return x + lyr["down"](F.silu(g) * u)
+
     @torch.no_grad()
-    def prefill(self, prompt: list[int], rows: torch.Tensor) -> torch.Tensor:
-        """Run `prompt` alone through the model, copy its keys/values into `rows`; the logits
-        ([vocab], fp32) of its next token."""
+    def hf_prefill(self, prompts: Sequence[list[int]], rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`prefill` through HF's forward, one prompt at a time (batch 1, SDPA): the earlier way, kept
+        as a lever for bench/generate.py."""
         from transformers import DynamicCache
 
         from sparring.generation.hf import cache_kwarg
 
-        cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([prompt], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(self.model): cache})
-        n = len(prompt)
-        self.ensure(n + 1)
-        for i, layer in enumerate(cache.layers):
-            self.k[i, rows, :, :n] = layer.keys[0]
-            self.v[i, rows, :, :n] = layer.values[0]
-        return out.logits[0, -1].float()
+        first = []
+        for prompt, r in zip(prompts, rows):
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.tensor([prompt], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kwarg(self.model): cache})
+            n = len(prompt)
+            self.ensure(n + 1)
+            for i, layer in enumerate(cache.layers):
+                self.k[i, r, :, :n] = layer.keys[0]
+                self.v[i, r, :, :n] = layer.values[0]
+            first.append(out.logits[0, -1].float())
+        return torch.stack(first)
+
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[list[int]], rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run `prompts` through the model, each attending only to itself, and copy prompt j's keys and
+        values into the cache rows `rows[j]`; the fp32 logits [len(prompts), vocab] of each prompt's
+        next token.
+
+        The prompts' tokens are stacked into one matrix, so every linear runs on all of them at once
+        in blocks of ROWS rows (a row's bits do not depend on its block-mates, `Linear`); only the
+        attention is per prompt (causal SDPA over the prompt's own tokens). So a prompt's keys,
+        values and logits are the same whether it is prefilled alone or with others, and the linears
+        run on prepacked weights in full blocks (HF's forward, batch 1, took 97 ms for a ~60-token
+        prompt of SmolLM2-135M; bench/README.md)."""
+        lens = [len(p) for p in prompts]
+        ends = torch.tensor(lens, device=self.device).cumsum(0)
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
+        pos = torch.cat([torch.arange(n, device=self.device) for n in lens])
+        self.ensure(max(lens) + 1)
+        h, d = self.h, self.d
+        x = self.embed(ids)
+        cos, sin = self.rotary(x, pos[:, None])
+        spans = list(zip([0, *ends[:-1].tolist()], ends.tolist()))
+        for i, lyr in enumerate(self.layers):
+            q, k, v = self._qkv(lyr, _rms(x, *lyr["ln1"]), cos, sin)
+            att = []
+            for j, (a, b) in enumerate(spans):
+                kj, vj = k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)  # [kvh, L, d]
+                self.k[i, rows[j], :, : b - a] = kj
+                self.v[i, rows[j], :, : b - a] = vj
+                o = F.scaled_dot_product_attention(
+                    q[a:b].transpose(0, 1)[None], kj[None], vj[None], is_causal=True, scale=self.scale, enable_gqa=True
+                )
+                att.append(o[0].transpose(0, 1).reshape(b - a, h * d))
+            x = x + lyr["o"](att[0] if len(att) == 1 else torch.cat(att))
+            x = self._mlp(lyr, x)
+        return self.head(_rms(x[ends - 1], *self.norm)).float()
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -247,27 +308,15 @@ class LlamaStepper:
         positions = torch.arange(length, device=tok.device)
         mask = torch.zeros((n, length), dtype=torch.float32, device=tok.device)
         mask = mask.masked_fill_(positions[None, :] > pos[:, None], float("-inf"))[:, None, None, :]
-        qd, kd = h * d, kvh * d
         for i, lyr in enumerate(self.layers):
-            hid = _rms(x, *lyr["ln1"])
-            if self.fused:  # q and k side by side in one output: one rotation for both
-                qk, v = lyr["qkv"](hid).split([qd + kd, kd], dim=-1)
-                q, k = _rotate(qk.view(n, h + kvh, d), cos, sin).split([h, kvh], dim=1)
-            else:
-                q, k, v = lyr["q"](hid), lyr["k"](hid), lyr["v"](hid)
-                q, k = _rotate(q.view(n, h, d), cos, sin), _rotate(k.view(n, kvh, d), cos, sin)
+            q, k, v = self._qkv(lyr, _rms(x, *lyr["ln1"]), cos, sin)
             self.k[i, rows, :, pos] = k
-            self.v[i, rows, :, pos] = v.view(n, kvh, d)
+            self.v[i, rows, :, pos] = v
             keys, values = self.k[i, :n], self.v[i, :n]
             scores = torch.matmul(q.reshape(n, kvh, h // kvh, d), keys.transpose(-1, -2)).float() * self.scale + mask
             probs = torch.softmax(scores, dim=-1).to(values.dtype)
-            x = x + lyr["o"](torch.matmul(probs, values).reshape(n, qd))
-            hid = _rms(x, *lyr["ln2"])
-            if self.fused:
-                g, u = lyr["gu"](hid).chunk(2, dim=-1)
-            else:
-                g, u = lyr["g"](hid), lyr["u"](hid)
-            x = x + lyr["down"](F.silu(g) * u)
+            x = x + lyr["o"](torch.matmul(probs, values).reshape(n, h * d))
+            x = self._mlp(lyr, x)
         return self.head(_rms(x, *self.norm))
 
     def reorder(self, order: torch.Tensor, length: int) -> None:
@@ -328,23 +377,29 @@ def decode(
         if not lv.refill and bool(active.any()):
             return
         free = (~active).nonzero().squeeze(1).tolist()
+        admitted: list[tuple[int, list[int]]] = []
         while pending and len(free) >= k:
-            i = pending.popleft()
-            rows, free = free[:k], free[k:]
-            rows_t = torch.tensor(rows, device=device)
+            admitted.append((pending.popleft(), free[:k]))
+            free = free[k:]
+        if admitted:
+            rows_t = [torch.tensor(rows, device=device) for _, rows in admitted]
             for st, lg in zip(steppers, logits):
-                if lv.shared_prefill:
-                    lg[rows_t] = st.prefill(prompts[i], rows_t)
+                prefill = st.prefill if lv.batch_prefill else st.hf_prefill
+                if lv.shared_prefill:  # all admitted prompts in one pass, one prefill each for its K rows
+                    first = prefill([prompts[i] for i, _ in admitted], rows_t)
+                    for r, row_logits in zip(rows_t, first):
+                        lg[r] = row_logits
                 else:  # the lever off: the prompt's prefill once per row, as a padded batch does
-                    for j in range(k):
-                        lg[rows[j]] = st.prefill(prompts[i], rows_t[j : j + 1])
-            pos[rows_t] = len(prompts[i])
-            made[rows_t] = 0
-            active[rows_t] = True
-            sampler.start(rows_t, prompts[i], [seed_of(i, j) for j in range(k)])
-            for j, r in enumerate(rows):
-                owner[r] = (i, j)
-            done_rows[i] = [None] * k
+                    for (i, _), r in zip(admitted, rows_t):
+                        lg[r] = prefill([prompts[i]] * k, [r[j : j + 1] for j in range(k)])
+            for (i, rows), r in zip(admitted, rows_t):
+                pos[r] = len(prompts[i])
+                made[r] = 0
+                active[r] = True
+                sampler.start(r, prompts[i], [seed_of(i, j) for j in range(k)])
+                for j, row in enumerate(rows):
+                    owner[row] = (i, j)
+                done_rows[i] = [None] * k
         live = active.nonzero()
         hi = int(live.max()) + 1 if len(live) else 0
 
