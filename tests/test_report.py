@@ -179,10 +179,12 @@ def check_self_contained(html: str, page: Page) -> None:
 
 
 def test_summary_metrics_are_the_loops():
-    from sparring.loop import SUMMARY_METRICS
-    from sparring.report.analysis import SUMMARY_METRICS as REPORTED
+    """The loop's summary, the report and `share` read one definition of the metrics."""
+    from sparring import loop, metrics
+    from sparring.report import analysis
 
-    assert REPORTED == SUMMARY_METRICS == METRICS
+    assert loop.SUMMARY_METRICS is analysis.SUMMARY_METRICS is metrics.SUMMARY_METRICS
+    assert metrics.SUMMARY_METRICS == METRICS
 
 
 def test_finished_run_report_has_every_section_and_the_summary_numbers(finished_run):

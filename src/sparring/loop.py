@@ -32,6 +32,7 @@ import numpy as np
 from sparring.config import RunConfig, config_from_dict, diff_configs
 from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
+from sparring.metrics import SUMMARY_METRICS
 from sparring.prompts import load_prompts
 from sparring.records import Prompt
 from sparring.rundir import RunDir, atomic_dir, sha256_of, write_json, write_parquet, write_text
@@ -1114,18 +1115,6 @@ STAGE_FUNCS = {
 
 
 # ------------------------------------------------------------------ summary
-
-
-SUMMARY_METRICS = (
-    "prompt_strict",
-    "instruction_strict",
-    "prompt_loose",
-    "instruction_loose",
-    "win_rate_vs_base",
-    "length_controlled_win_rate",
-    "win_rate_vs_reference",
-    "mean_response_tokens",
-)
 
 
 def build_summary(ctx: Context) -> dict:

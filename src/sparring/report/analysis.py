@@ -14,20 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sparring.metrics import SUMMARY_METRICS
 from sparring.report.rundata import Run, read_json
 
-# sparring.loop.SUMMARY_METRICS (a test checks they agree); not imported, as the loop module pulls in
-# the training stack, which a report does not need
-SUMMARY_METRICS = (
-    "prompt_strict",
-    "instruction_strict",
-    "prompt_loose",
-    "instruction_loose",
-    "win_rate_vs_base",
-    "length_controlled_win_rate",
-    "win_rate_vs_reference",
-    "mean_response_tokens",
-)
 IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 WIN_KEYS = ("win_rate_vs_base", "length_controlled_win_rate", "win_rate_vs_reference")
 INTERVAL_METRICS = IFEVAL_KEYS + WIN_KEYS  # the ones evaluation gives a 95% interval
