@@ -180,11 +180,12 @@ def check_self_contained(html: str, page: Page) -> None:
 
 def test_summary_metrics_are_the_loops():
     """The loop's summary, the report and `share` read one definition of the metrics."""
-    from sparring import loop, metrics
+    from sparring import metrics
     from sparring.report import analysis
 
-    assert loop.SUMMARY_METRICS is analysis.SUMMARY_METRICS is metrics.SUMMARY_METRICS
+    assert analysis.SUMMARY_METRICS is metrics.SUMMARY_METRICS
     assert metrics.SUMMARY_METRICS == METRICS
+    assert list(metrics.summary_row({})) == [*METRICS, "intervals"]  # the loop's and share's rows
 
 
 def test_finished_run_report_has_every_section_and_the_summary_numbers(finished_run):

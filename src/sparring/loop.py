@@ -32,7 +32,7 @@ import numpy as np
 from sparring.config import RunConfig, config_from_dict, diff_configs
 from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
-from sparring.metrics import SUMMARY_METRICS
+from sparring.metrics import summary_row
 from sparring.prompts import load_prompts
 from sparring.records import Prompt
 from sparring.rundir import RunDir, atomic_dir, sha256_of, write_json, write_parquet, write_text
@@ -1153,7 +1153,4 @@ def build_summary(ctx: Context) -> dict:
 
 
 def _eval_row(entry: dict) -> dict:
-    met = entry.get("metrics", {})
-    row = {k: met.get(k) for k in SUMMARY_METRICS}
-    row["intervals"] = {k: v for k, v in (met.get("intervals") or {}).items() if k in SUMMARY_METRICS}
-    return row
+    return summary_row(entry.get("metrics", {}))

@@ -12,3 +12,11 @@ SUMMARY_METRICS = (
     "win_rate_vs_reference",
     "mean_response_tokens",
 )
+
+
+def summary_row(met: dict) -> dict:
+    """An evaluation's metrics.json cut to SUMMARY_METRICS, with the intervals of those metrics: one
+    iteration's row of summary.json."""
+    row = {k: met.get(k) for k in SUMMARY_METRICS}
+    row["intervals"] = {k: v for k, v in (met.get("intervals") or {}).items() if k in SUMMARY_METRICS}
+    return row

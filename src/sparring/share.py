@@ -178,10 +178,9 @@ def _metrics_for(run_dir: Path, iteration: int | None, summary: dict | None) -> 
     eval_dir = Path(run_dir) / ("base" if iteration is None else f"iter_{iteration}") / "eval"
     met = _read_json(eval_dir / "metrics.json")
     if row is None and met is not None:
-        from sparring.metrics import SUMMARY_METRICS
+        from sparring.metrics import summary_row
 
-        row = {k: met.get(k) for k in SUMMARY_METRICS}
-        row["intervals"] = {k: v for k, v in (met.get("intervals") or {}).items() if k in SUMMARY_METRICS}
+        row = summary_row(met)
     extra = {k: met[k] for k in ("n", "bootstrap", "judge") if met and k in met}
     return row, extra
 
