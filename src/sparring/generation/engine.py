@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -273,14 +274,14 @@ class LlamaStepper:
         run on prepacked weights in full blocks (HF's forward, batch 1, took 97 ms for a ~60-token
         prompt of SmolLM2-135M; bench/README.md)."""
         lens = [len(p) for p in prompts]
-        ends = torch.tensor(lens, device=self.device).cumsum(0)
+        ends = list(accumulate(lens))
+        spans = list(zip([0, *ends[:-1]], ends))
         ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
         pos = torch.cat([torch.arange(n, device=self.device) for n in lens])
         self.ensure(max(lens) + 1)
         h, d = self.h, self.d
         x = self.embed(ids)
         cos, sin = self.rotary(x, pos[:, None])
-        spans = list(zip([0, *ends[:-1].tolist()], ends.tolist()))
         for i, lyr in enumerate(self.layers):
             q, k, v = self._qkv(lyr, _rms(x, *lyr["ln1"]), cos, sin)
             att = []
@@ -294,7 +295,8 @@ class LlamaStepper:
                 att.append(o[0].transpose(0, 1).reshape(b - a, h * d))
             x = x + lyr["o"](att[0] if len(att) == 1 else torch.cat(att))
             x = self._mlp(lyr, x)
-        return self.head(_rms(x[ends - 1], *self.norm)).float()
+        last = torch.tensor([b - 1 for b in ends], device=self.device)
+        return self.head(_rms(x[last], *self.norm)).float()
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
