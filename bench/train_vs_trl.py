@@ -325,8 +325,9 @@ def run_step_levers(args, rows_tok) -> dict:
     - forward + backward (DPO loss, no optimizer) over all pairs, one optimizer step's rows at a time:
       `base` (the LM head and log-softmax on all of a micro-batch's response positions at once),
       `chunked_head_<n>` (`sparring.train.HEAD_CHUNK = n`: n positions at a time, no logits kept for
-      the backward pass, which computes them again), `compiled` (`torch.compile` of the decoder,
-      dynamic shapes; its first pass, which compiles, is timed apart as `compile_seconds`);
+      the backward pass, which computes them again), `compiled_whole` / `compiled_regional`
+      (`torch.compile` of the decoder as one graph, or of each layer with one graph shared by all,
+      dynamic shapes; their first pass, which compiles, is timed apart as `first_pass_seconds`);
     - the optimizer step alone (AdamW over every parameter, after a real backward pass):
       `adamw_for_loop` (torch's default on the CPU), `adamw_foreach`, `adamw_fused`; seconds per step,
       median of 5."""
@@ -354,16 +355,22 @@ def run_step_levers(args, rows_tok) -> dict:
 
     model = load_model(args.model, "float32")
     model.train()
-    compiled, compile_seconds = None, None
-    if args.compile:
-        compiled = load_model(args.model, "float32")
-        compiled.train()
-        compiled.get_decoder().compile(dynamic=True)
+    compiled, compile_seconds = {}, {}
+    for how in [c for c in args.compile.split(",") if c]:
+        m = load_model(args.model, "float32")
+        m.train()
+        m.config.use_cache = False  # as train() sets it: no KV cache object reaches the compiled layers
+        if how == "whole":
+            m.get_decoder().compile(dynamic=True)
+        else:  # one graph for the layer's code, shared by the 30 layers (their weights are its inputs)
+            for layer in m.get_decoder().layers:
+                layer.compile(dynamic=True)
         start = time.perf_counter()
-        fwd_bwd(compiled)  # compiles (and recompiles for the shapes it meets) once
-        compile_seconds = time.perf_counter() - start
+        fwd_bwd(m)  # compiles (and recompiles for the shapes it meets) once
+        compile_seconds[how] = time.perf_counter() - start
+        compiled[f"compiled_{how}"] = m
     runs = [("base", model, 0)] + [(f"chunked_head_{c}", model, c) for c in chunks]
-    runs += [("compiled", compiled, 0)] if compiled is not None else []
+    runs += [(key, m, 0) for key, m in compiled.items()]
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for key, m, chunk in runs:
@@ -411,8 +418,9 @@ def run_step_levers(args, rows_tok) -> dict:
         "optimizer_step_seconds": {k: round(v, 3) for k, v in opt_seconds.items()},
         "optimizer_vs_for_loop": {k: round(opt_seconds["adamw_for_loop"] / v, 2) for k, v in opt_seconds.items()},
     }
-    if compile_seconds is not None:
-        out["compile_seconds"] = round(compile_seconds, 1)
+    if compile_seconds:
+        # the first pass over all the pairs, compiling included (its cache: TORCHINDUCTOR_CACHE_DIR)
+        out["first_pass_seconds"] = {k: round(v, 1) for k, v in compile_seconds.items()}
     return out
 
 
@@ -461,9 +469,9 @@ def main() -> None:
     ap.add_argument("--head-chunks", default="256,1024", help="--levers step: the HEAD_CHUNK values to time")
     ap.add_argument(
         "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="--levers step: also time torch.compile of the decoder",
+        default="whole,regional",
+        help="--levers step: also time torch.compile of the decoder, comma-separated: whole (one graph for "
+        "the decoder) and/or regional (each layer, one graph shared by all); '' for neither",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
