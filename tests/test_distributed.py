@@ -41,7 +41,6 @@ import yaml
 HERE = Path(__file__).parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from tiny import make_tiny_model  # noqa: E402
 
 from sparring.config import config_from_dict  # noqa: E402
 from sparring.loop import make_context, open_run, run  # noqa: E402
@@ -164,11 +163,6 @@ def kill_tree(proc: subprocess.Popen) -> None:
             pass
     proc.wait(timeout=60)
     psutil.wait_procs(procs, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

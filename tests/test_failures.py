@@ -19,27 +19,19 @@ import yaml
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from test_resume import assert_same_outputs  # noqa: E402
-from tiny import make_tiny_model  # noqa: E402
+from tiny import tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402
 from sparring.config import config_from_dict  # noqa: E402
 from sparring.loop import STAGES, load_run, make_context, open_run, run  # noqa: E402
 from sparring.rundir import RunDir, sha256_of  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-for-bit comparisons hold between runs with the same thread count
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread, bit-for-bit comparable runs
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +44,15 @@ def judges_module(tmp_path_factory):
 
 def cfg_dict(tiny, runs, judges_module, **over) -> dict:
     """Two iterations judged by response length (every iteration has training rows), 8 prompts in 2 shards."""
-    cfg = {
-        "name": "f",
-        "seed": 3,
-        "iterations": 2,
-        "model": str(tiny),
-        "runs_dir": str(runs),
-        "judge": {"name": "python", "function": judges_module},
-        "prompts": {"per_iteration": 8},
-        "generation": {"k": 3, "max_new_tokens": 8, "batch_size": 6, "dtype": "float32", "shard_size": 4},
-        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4, "bootstrap": 100},
+    base = {
+        "judge.name": "python",
+        "judge.function": judges_module,
+        "prompts.per_iteration": 8,
+        "generation.max_new_tokens": 8,
+        "generation.shard_size": 4,
+        "eval.bootstrap": 100,
     }
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return cfg
+    return tiny_run_config(tiny, runs, "f", **{**base, **over})
 
 
 def run_cfg(d: dict, root: Path | None = None):

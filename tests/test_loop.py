@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
+from tiny import tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402
 from sparring.config import config_from_dict, load_config  # noqa: E402
@@ -19,32 +19,7 @@ from sparring.errors import UserError  # noqa: E402
 from sparring.loop import make_context, open_run, run  # noqa: E402
 from sparring.rundir import RunDir  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-def tiny_config(model: Path, runs_dir: Path, **over) -> dict:
-    cfg = {
-        "name": "t",
-        "seed": 3,
-        "iterations": 2,
-        "model": str(model),
-        "runs_dir": str(runs_dir),
-        "method": {"name": "sppo", "beta": 0.1},
-        "prompts": {"per_iteration": 6},
-        "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 2},
-        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
-    }
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return cfg
+tiny_config = tiny_run_config
 
 
 def run_config(cfg_dict: dict, force: bool = False) -> tuple[RunDir, dict]:

@@ -33,7 +33,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from tiny import make_tiny_model  # noqa: E402
+from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402
 from sparring.config import LoRAConfig, config_from_dict, load_config  # noqa: E402
@@ -45,35 +45,30 @@ from sparring.rundir import RunDir, sha256_of, write_json  # noqa: E402
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread, bit-for-bit comparable runs
 
 
 def lora_config(model: Path, runs_dir: Path, name: str = "l", **extra) -> dict:
     """Two SPPO iterations on the tiny model, rows in both (the length judge), several optimizer steps."""
-    cfg = {
-        "name": name,
-        "seed": 3,
-        "iterations": 2,
-        "model": str(model),
-        "runs_dir": str(runs_dir),
-        "method": {"name": "sppo", "beta": 0.1},
-        "judge": {"name": "python", "function": "lengthjudge:by_length"},
-        "prompts": {"per_iteration": 8},
-        "generation": {"k": 4, "max_new_tokens": 8, "batch_size": 8, "dtype": "float32", "shard_size": 4},
-        "train": {"lr": 1e-2, "batch_size": 2, "micro_batch_size": 1, "epochs": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
-        "lora": {"r": 4, "alpha": 8},
-    }
+    cfg = tiny_run_config(
+        model,
+        runs_dir,
+        name,
+        **{
+            "judge.name": "python",
+            "judge.function": "lengthjudge:by_length",
+            "prompts.per_iteration": 8,
+            "generation.k": 4,
+            "generation.max_new_tokens": 8,
+            "generation.batch_size": 8,
+            "generation.shard_size": 4,
+            "train.lr": 1e-2,
+            "train.micro_batch_size": 1,
+            "train.epochs": 2,
+            "lora.r": 4,
+            "lora.alpha": 8,
+        },
+    )
     for key, value in extra.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
     return cfg

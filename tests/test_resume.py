@@ -29,7 +29,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from tiny import make_tiny_model  # noqa: E402
+from tiny import tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402
 from sparring.config import config_from_dict  # noqa: E402
@@ -45,26 +45,23 @@ def resume_config(model: Path, runs_dir: Path, name: str = "r", lora: bool = Fal
     iterations, and batch size 1 with 2 epochs gives several optimizer steps to kill between. The
     training state is checkpointed after every step, so a kill inside a training stage resumes from
     its last checkpoint. `lora`: the same run training a LoRA adapter (with dropout) per iteration."""
-    cfg = {
-        "name": name,
-        "seed": 3,
-        "iterations": 2,
-        "model": str(model),
-        "runs_dir": str(runs_dir),
-        "method": {"name": "sppo", "beta": 0.1},
-        "judge": {"name": "python", "function": "lengthjudge:by_length"},  # rows in every iteration
-        "prompts": {"per_iteration": N_PROMPTS},
-        "generation": {"k": K, "max_new_tokens": 10, "batch_size": 8, "dtype": "float32", "shard_size": SHARD},
-        "train": {
-            "lr": 1e-3,
-            "batch_size": 1,
-            "micro_batch_size": 1,
-            "epochs": 2,
-            "precision": "fp32",
-            "checkpoint_every": 1,
+    cfg = tiny_run_config(
+        model,
+        runs_dir,
+        name,
+        **{
+            "judge.name": "python",
+            "judge.function": "lengthjudge:by_length",  # rows in every iteration
+            "prompts.per_iteration": N_PROMPTS,
+            "generation.k": K,
+            "generation.batch_size": 8,
+            "generation.shard_size": SHARD,
+            "train.batch_size": 1,
+            "train.micro_batch_size": 1,
+            "train.epochs": 2,
+            "train.checkpoint_every": 1,
         },
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
-    }
+    )
     if lora:
         cfg["train"]["lr"] = 1e-2
         cfg["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1}
@@ -133,23 +130,7 @@ def assert_clean(rd: RunDir) -> None:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every run of this module uses one intra-op thread. Bit-for-bit equality holds only between
-    runs with the same thread count (a float32 reduction split over 2 threads sums in another order:
-    log-probs differ in the last bits), and one thread is also ten times faster for a tiny model on
-    a busy 2-core machine, where OpenMP's spinning threads wait for each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread, bit-for-bit comparable runs
 
 
 class Worker:

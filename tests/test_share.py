@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
+from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
 from sparring import cli, share  # noqa: E402
 from sparring.config import config_from_dict, load_config  # noqa: E402
@@ -38,26 +38,13 @@ def judge_scores(messages, responses):
 
 
 def _config(model: Path, runs_dir: Path, name: str, **over) -> dict:
-    cfg = {
-        "name": name,
-        "seed": 3,
-        "iterations": 2,
-        "model": str(model),
-        "runs_dir": str(runs_dir),
-        "method": {"name": "sppo", "beta": 0.1},
-        "prompts": {"per_iteration": 6},
-        "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 6},
-        "judge": {"name": "python", "function": "test_share:judge_scores"},
-        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
-        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
-    }
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return cfg
+    return tiny_run_config(
+        model,
+        runs_dir,
+        name,
+        **{"judge.name": "python", "judge.function": "test_share:judge_scores", "generation.shard_size": 6},
+        **over,
+    )
 
 
 def _run(cfg_dict: dict) -> Path:

@@ -84,3 +84,32 @@ def make_tiny_reward_model(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def set_dotted(cfg: dict, over: dict) -> dict:
+    """`cfg` with each dotted key of `over` ("train.lr") set, missing sections made on the way."""
+    for key, value in over.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return cfg
+
+
+def tiny_run_config(model: Path, runs_dir: Path, name: str = "t", /, **over) -> dict:
+    """A two-iteration SPPO run on a tiny model, small enough for a test: 6 prompts × K 3 per iteration,
+    fp32 everywhere, evaluation on 4 held-out prompts; `over`: dotted keys ("train.lr") that change it."""
+    cfg = {
+        "name": name,
+        "seed": 3,
+        "iterations": 2,
+        "model": str(model),
+        "runs_dir": str(runs_dir),
+        "method": {"name": "sppo", "beta": 0.1},
+        "prompts": {"per_iteration": 6},
+        "generation": {"k": 3, "max_new_tokens": 10, "batch_size": 6, "dtype": "float32", "shard_size": 2},
+        "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
+    }
+    return set_dotted(cfg, over)
