@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sparring.generation.engine import LlamaStepper, _rms
+from sparring.generation.engine import LlamaStepper, _rms, _rotate
 from sparring.models import load_model
 
 
@@ -46,10 +46,7 @@ def make_layer(st: LlamaStepper, hidden: int, inter: int):
     def layer(x, cos, sin, mask, rows, pos, kc, vc, ln1, eps1: float, qkv, o, ln2, eps2: float, gu, down):
         n = x.shape[0]
         qk, v = packed_linear(_rms(x, ln1, eps1), qkv, (h + 2 * kvh) * d).split([(h + kvh) * d, kvh * d], dim=-1)
-        qk = qk.view(n, h + kvh, d)
-        half = d // 2
-        qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-        q, k = qk.split([h, kvh], dim=1)
+        q, k = _rotate(qk.view(n, h + kvh, d), cos, sin).split([h, kvh], dim=1)
         kc[rows, :, pos] = k
         vc[rows, :, pos] = v.view(n, kvh, d)
         keys, values = kc[:n], vc[:n]

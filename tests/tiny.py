@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparring.config import with_values
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -86,17 +88,6 @@ def make_tiny_reward_model(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     return path
 
 
-def set_dotted(cfg: dict, over: dict) -> dict:
-    """`cfg` with each dotted key of `over` ("train.lr") set, missing sections made on the way."""
-    for key, value in over.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return cfg
-
-
 def tiny_run_config(model: Path, runs_dir: Path, name: str = "t", /, **over) -> dict:
     """A two-iteration SPPO run on a tiny model, small enough for a test: 6 prompts × K 3 per iteration,
     fp32 everywhere, evaluation on 4 held-out prompts; `over`: dotted keys ("train.lr") that change it."""
@@ -112,4 +103,4 @@ def tiny_run_config(model: Path, runs_dir: Path, name: str = "t", /, **over) -> 
         "train": {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
         "eval": {"max_new_tokens": 6, "limit": 4, "batch_size": 4},
     }
-    return set_dotted(cfg, over)
+    return with_values(cfg, over)

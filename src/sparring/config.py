@@ -398,15 +398,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    data = dict(data)
-    for text in overrides:
+    """`data` with each `key=value` override (dotted key, YAML value) set; `data` itself is not changed."""
+    for text in overrides:  # one at a time, in order: a later override wins, as on the command line
         path, value = parse_override(text)
+        data = with_values(data, {".".join(path): value})
+    return data
+
+
+def with_values(data: dict, values: dict[str, Any]) -> dict:
+    """`data` with each dotted key of `values` ("train.lr") set to its value, the sections on its path
+    copied (or made, where missing or not a mapping); `data` itself is not changed."""
+    data = dict(data)
+    for key, value in values.items():
+        *path, last = key.split(".")
         node = data
-        for part in path[:-1]:
+        for part in path:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
-        node[path[-1]] = value
+        node[last] = value
     return data
 
 
