@@ -1,5 +1,7 @@
-"""sparring.share: model cards, push (up to the upload call), the TRL export, the config reference,
-key suggestions and recipes by name, on tiny runs built here."""
+"""Sharing a run and finding one's way around sparring (the `sparring share` commands): model cards
+(sparring.report.cards), push up to the upload call (.hub), the TRL export (.export), the config
+reference (.configdoc), key suggestions (sparring.keyhints) and recipes by name (sparring.recipebook),
+on tiny runs built here."""
 
 from __future__ import annotations
 
@@ -18,14 +20,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
-from sparring import cli, share  # noqa: E402
+from sparring import cli, config, keyhints, recipebook  # noqa: E402
 from sparring.config import config_from_dict, load_config  # noqa: E402
 from sparring.errors import UserError  # noqa: E402
 from sparring.loop import make_context, open_run, run  # noqa: E402
 from sparring.prompts import load_prompts  # noqa: E402
+from sparring.report import cards, configdoc, export, hub  # noqa: E402
 from sparring.winrates import win_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+KEYS = [k for k, *_ in config.config_keys()]  # every valid dotted key, as config.py hands them to keyhints
 
 
 def judge_scores(messages, responses):
@@ -96,7 +100,7 @@ def test_export_sppo_holds_each_iterations_training_pairs(runs, tmp_path):
     from datasets import load_from_disk
 
     out = tmp_path / "export"
-    report = share.export_trl(runs["sppo"], out)
+    report = export.export_trl(runs["sppo"], out)
     dd = load_from_disk(str(out))
     shipped = {p.id: p for p in load_prompts("shipped:train")}
     for t in range(2):
@@ -129,7 +133,7 @@ def test_export_of_a_method_without_pairs_takes_best_and_worst_by_win_rate(runs,
     from datasets import load_from_disk
 
     out = tmp_path / "export"
-    report = share.export_trl(runs["sppo-all"], out)
+    report = export.export_trl(runs["sppo-all"], out)
     rows = load_from_disk(str(out))["iter_0"].to_list()
     samples, p_hat = _samples(runs["sppo-all"], 0), _win_rates(runs["sppo-all"], 0)
     assert rows and report["selection"] == "best and worst sample by win rate"
@@ -148,13 +152,13 @@ def test_best_worst_selection_agrees_with_the_sppo_rows(runs):
     """The export's own best/worst (for methods without pairs) picks the pairs SPPO trained on."""
     cfg = yaml.safe_load((runs["sppo"] / "config.yaml").read_text())
     for t in range(2):
-        from_rows, _ = share._export_iteration(runs["sppo"], t, cfg, {}, uses_pairs=True)
-        own, _ = share._export_iteration(runs["sppo"], t, cfg, {}, uses_pairs=False)
+        from_rows, _ = export._export_iteration(runs["sppo"], t, cfg, {}, uses_pairs=True)
+        own, _ = export._export_iteration(runs["sppo"], t, cfg, {}, uses_pairs=False)
         assert own == from_rows
 
 
 def test_export_spin_prefers_the_ground_truth(runs, tmp_path):
-    report = share.export_trl(runs["spin"], tmp_path / "export")
+    report = export.export_trl(runs["spin"], tmp_path / "export")
     rows = _jsonl(tmp_path / "export" / "iter_0.jsonl")
     shipped = {p.id: p for p in load_prompts("shipped:train")}
     samples = _samples(runs["spin"], 0)
@@ -179,8 +183,8 @@ def test_export_reads_a_run_of_an_earlier_version(runs, tmp_path):
         path = old / f"iter_{t}" / "samples.parquet"
         table = pq.read_table(path)
         pq.write_table(table.drop_columns(["opponent", "mu_logp"]), path)
-    report = share.export_trl(old, tmp_path / "export")
-    new = share.export_trl(runs["sppo"], tmp_path / "new")
+    report = export.export_trl(old, tmp_path / "export")
+    new = export.export_trl(runs["sppo"], tmp_path / "new")
     assert report["splits"] == new["splits"]
     rows = _jsonl(tmp_path / "export" / "iter_0.jsonl")
     samples = _samples(runs["sppo"], 0)
@@ -191,25 +195,25 @@ def test_export_reads_a_run_of_an_earlier_version(runs, tmp_path):
 
 def test_export_refuses_what_it_should_not_touch(runs, tmp_path):
     with pytest.raises(UserError, match="not a sparring run directory"):
-        share.export_trl(tmp_path, tmp_path / "out")
+        export.export_trl(tmp_path, tmp_path / "out")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an earlier sparring export"):
-        share.export_trl(runs["sppo"], mine)
+        export.export_trl(runs["sppo"], mine)
     assert (mine / "notes.txt").read_text() == "keep me"
     with pytest.raises(UserError, match="format 'csv' is not supported"):
-        share.export_trl(runs["sppo"], tmp_path / "out", format="csv")
+        export.export_trl(runs["sppo"], tmp_path / "out", format="csv")
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "config.yaml").write_text("name: fresh\n")
     (fresh / "iter_0").mkdir()
     with pytest.raises(UserError, match="no iteration has samples and preferences yet"):
-        share.export_trl(fresh, tmp_path / "out")
+        export.export_trl(fresh, tmp_path / "out")
     # an earlier export is replaced as a whole
-    share.export_trl(runs["sppo-all"], tmp_path / "again")
+    export.export_trl(runs["sppo-all"], tmp_path / "again")
     (tmp_path / "again" / "stale.txt").write_text("x")
-    share.export_trl(runs["sppo-all"], tmp_path / "again")
+    export.export_trl(runs["sppo-all"], tmp_path / "again")
     assert not (tmp_path / "again" / "stale.txt").exists() and (tmp_path / "again" / "export.json").is_file()
 
 
@@ -219,7 +223,7 @@ def test_an_iteration_without_pairs_keeps_its_empty_jsonl(runs, tmp_path):
     shutil.copytree(runs["sppo"], run_dir)
     path = run_dir / "iter_1" / "train.parquet"
     pq.write_table(pq.read_table(path).slice(0, 0), path)
-    report = share.export_trl(run_dir, tmp_path / "export")
+    report = export.export_trl(run_dir, tmp_path / "export")
     from datasets import load_from_disk
 
     assert list(load_from_disk(str(tmp_path / "export"))) == ["iter_0"]
@@ -234,7 +238,7 @@ def test_the_export_trains_in_trls_dpo_trainer(runs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    share.export_trl(runs["sppo"], tmp_path / "export")
+    export.export_trl(runs["sppo"], tmp_path / "export")
     train = load_from_disk(str(tmp_path / "export"))["iter_0"].select_columns(["prompt", "chosen", "rejected"])
     policy = str(runs["sppo"] / "iter_0" / "policy")
     args = DPOConfig(
@@ -274,7 +278,7 @@ def test_card_before_the_evaluation_says_not_evaluated_yet(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sppo"], run_dir, ignore=shutil.ignore_patterns("eval", "summary.json"))
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    path = share.write_model_card(run_dir / "iter_1" / "policy", run_dir=run_dir, iteration=1, cfg=cfg, summary=None)
+    path = cards.write_model_card(run_dir / "iter_1" / "policy", run_dir=run_dir, iteration=1, cfg=cfg, summary=None)
     text = path.read_text()
     front = _front_matter(text)
     assert front["library_name"] == "transformers" and front["tags"][:2] == ["sparring", "sppo"]
@@ -288,7 +292,7 @@ def test_card_before_the_evaluation_says_not_evaluated_yet(runs, tmp_path):
 def test_refreshed_card_shows_the_metrics_with_intervals(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sppo"], run_dir)
-    written = share.refresh_model_cards(run_dir)
+    written = cards.refresh_model_cards(run_dir)
     assert written == [run_dir / "iter_0" / "policy" / "README.md", run_dir / "iter_1" / "policy" / "README.md"]
     summary = json.loads((run_dir / "summary.json").read_text())
     text = written[1].read_text()
@@ -309,14 +313,14 @@ def test_refreshed_card_shows_the_metrics_with_intervals(runs, tmp_path):
     assert f"- **This iteration**: {n_rows} training rows from 6 prompts, {steps} optimizer steps" in text
     # a card that already says this is not rewritten (a finished run may sit on a read-only disk)
     inode = written[1].stat().st_ino
-    share.refresh_model_cards(run_dir)
+    cards.refresh_model_cards(run_dir)
     assert written[1].stat().st_ino == inode
     # before summary.json is rewritten, an evaluated policy's card reads its eval/metrics.json
     (run_dir / "summary.json").unlink()
-    assert share.refresh_model_cards(run_dir)[1].read_text() == text
+    assert cards.refresh_model_cards(run_dir)[1].read_text() == text
     # a card edited by hand (its mark line removed) is left alone
     written[0].write_text("# my own card\n")
-    assert share.refresh_model_cards(run_dir) == [written[1]]
+    assert cards.refresh_model_cards(run_dir) == [written[1]]
     assert written[0].read_text() == "# my own card\n"
 
 
@@ -331,8 +335,8 @@ def test_refreshing_a_card_keeps_the_run_verifiable(runs, tmp_path):
     rd = RunDir(run_dir)
     old = rd.stage("iter_1/train")["outputs"]["iter_1/policy"]
     card = run_dir / "iter_1" / "policy" / "README.md"
-    card.write_text("# stale card\n" + share.CARD_MARK + "\n")
-    share.refresh_model_cards(run_dir)
+    card.write_text("# stale card\n" + cards.CARD_MARK + "\n")
+    cards.refresh_model_cards(run_dir)
     assert "| metric |" in card.read_text()
     assert rd.stage("iter_1/train")["outputs"]["iter_1/policy"] == old == sha256_of(run_dir / "iter_1" / "policy")
     assert rd.verify("iter_0/train") == [] and rd.verify("iter_1/train") == []
@@ -352,7 +356,7 @@ def test_a_damaged_policy_keeps_its_card_and_its_record(runs, tmp_path):
     card0 = readme.read_text() if readme.exists() else None
     recorded = RunDir(run_dir).stage("iter_0/train")["outputs"]["iter_0/policy"]
     with pytest.raises(UserError, match=r"iter_0/policy no longer matches the sha256 that iter_0/train recorded"):
-        share.refresh_model_cards(run_dir)
+        cards.refresh_model_cards(run_dir)
     assert (readme.read_text() if readme.exists() else None) == card0
     assert RunDir(run_dir).stage("iter_0/train")["outputs"]["iter_0/policy"] == recorded
     assert "| metric |" in (run_dir / "iter_1" / "policy" / "README.md").read_text()  # the others still refresh
@@ -372,7 +376,7 @@ def test_a_card_is_not_rewritten_under_a_live_run(runs, tmp_path):
         fh.write("pid 4242 on elsewhere (sparring run)")
         fh.flush()
         with pytest.raises(UserError, match="in use by pid 4242 on elsewhere") as info:
-            share.refresh_model_cards(run_dir)
+            cards.refresh_model_cards(run_dir)
     assert str(info.value).count("in use by") == 1
     assert (readme.read_text() if readme.exists() else None) == before
 
@@ -389,7 +393,7 @@ def test_card_names_the_hub_base_model_and_never_a_secret(runs, monkeypatch):
         "cache": True,
     }
     cfg["hub_token"] = "hf_abcdef"  # a key of some later version that holds a credential
-    text = share.render_model_card(run_dir=runs["sppo"], iteration=0, cfg=cfg, summary=None)
+    text = cards.render_model_card(run_dir=runs["sppo"], iteration=0, cfg=cfg, summary=None)
     assert _front_matter(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "MY_JUDGE_KEY" in text  # the variable's name is a setting; its value is never read
     for secret in ("sk-very-secret", "hunter2", "hf_abcdef"):
@@ -401,7 +405,7 @@ def test_the_cards_snippet_loads_the_policy(runs, tmp_path):
     """The "How to use" code runs as written against the saved policy."""
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sppo"], run_dir)
-    (card,) = [p for p in share.refresh_model_cards(run_dir) if "iter_0" in str(p)]
+    (card,) = [p for p in cards.refresh_model_cards(run_dir) if "iter_0" in str(p)]
     code = (
         re.search(r"```python\n(.*?)```", card.read_text(), re.S)
         .group(1)
@@ -455,7 +459,7 @@ def test_push_creates_the_repo_and_uploads_the_policy_with_a_fresh_card(runs, tm
     before = {p.name: p.read_bytes() for p in policy.iterdir()}
     manifest = (run_dir / "manifest.json").read_text()
     api = FakeApi()
-    url = share.push(policy, "alice/tiny-sppo", private=True, token="hf_tok", api=api)
+    url = hub.push(policy, "alice/tiny-sppo", private=True, token="hf_tok", api=api)
     assert url == "https://hub.example/alice/tiny-sppo"
     (c_name, create), (u_name, upload), (f_name, card) = api.calls
     assert c_name == "create_repo" and create == {
@@ -480,7 +484,7 @@ def test_push_creates_the_repo_and_uploads_the_policy_with_a_fresh_card(runs, tm
 def test_push_uploads_a_hand_written_card_as_it_is(policy):
     (policy / "README.md").write_text("# my card\n")
     api = FakeApi()
-    share.push(policy, "alice/tiny", api=api)
+    hub.push(policy, "alice/tiny", api=api)
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     assert "README.md" not in api.calls[1][1]["ignore_patterns"]
 
@@ -492,17 +496,17 @@ def test_push_uploads_a_hand_written_card_as_it_is(policy):
 def test_push_rejects_a_bad_repo_id_before_any_call(runs, repo_id):
     api = FakeApi()
     with pytest.raises(UserError, match="repo id"):
-        share.push(runs["sppo"] / "iter_0" / "policy", repo_id, api=api)
+        hub.push(runs["sppo"] / "iter_0" / "policy", repo_id, api=api)
     assert api.calls == []
 
 
 def test_push_rejects_a_directory_that_is_no_saved_model(tmp_path):
     api = FakeApi()
     with pytest.raises(UserError, match="no such directory"):
-        share.push(tmp_path / "nope", "alice/x", api=api)
+        hub.push(tmp_path / "nope", "alice/x", api=api)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="has no weights"):
-        share.push(tmp_path, "alice/x", api=api)
+        hub.push(tmp_path, "alice/x", api=api)
     assert api.calls == []
 
 
@@ -520,7 +524,7 @@ def _http_error(status: int):
 )
 def test_push_turns_hub_errors_into_user_errors_without_the_token(policy, status, expected):
     with pytest.raises(UserError, match=expected) as info:
-        share.push(policy, "alice/tiny", token="hf_tok", api=FakeApi(_http_error(status)))
+        hub.push(policy, "alice/tiny", token="hf_tok", api=FakeApi(_http_error(status)))
     assert "alice/tiny" in str(info.value) and "hf_tok" not in str(info.value)
 
 
@@ -529,11 +533,11 @@ def test_push_network_and_login_failures(policy):
     from huggingface_hub.errors import LocalTokenNotFoundError
 
     with pytest.raises(UserError, match="could not reach the Hugging Face Hub"):
-        share.push(policy, "alice/tiny", api=FakeApi(httpx2.ConnectError("connection refused")))
+        hub.push(policy, "alice/tiny", api=FakeApi(httpx2.ConnectError("connection refused")))
     with pytest.raises(UserError, match="could not reach the Hugging Face Hub"):
-        share.push(policy, "alice/tiny", api=FakeApi(ConnectionError("no route to host")))
+        hub.push(policy, "alice/tiny", api=FakeApi(ConnectionError("no route to host")))
     with pytest.raises(UserError, match="no Hugging Face token found.*hf auth login"):
-        share.push(policy, "alice/tiny", api=FakeApi(LocalTokenNotFoundError("no token")))
+        hub.push(policy, "alice/tiny", api=FakeApi(LocalTokenNotFoundError("no token")))
 
 
 def test_push_with_the_real_client_offline(policy, monkeypatch):
@@ -541,7 +545,7 @@ def test_push_with_the_real_client_offline(policy, monkeypatch):
     a hub): its error becomes a UserError too."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set") as info:
-        share.push(policy, "alice/tiny", token="hf_secret_value")
+        hub.push(policy, "alice/tiny", token="hf_secret_value")
     assert "hf_secret_value" not in str(info.value)
 
 
@@ -549,16 +553,16 @@ def test_push_with_the_real_client_offline(policy, monkeypatch):
 
 
 def test_docs_config_md_is_up_to_date():
-    text = share.config_reference()
+    text = configdoc.config_reference()
     assert (ROOT / "docs" / "config.md").read_text() == text, (
         "docs/config.md is stale: regenerate it with `python -m sparring.share config-reference --out docs/config.md`"
     )
 
 
 def test_config_reference_lists_every_key_with_its_meaning():
-    text = share.config_reference().split("## Coming from TRL")[0]  # the key tables, not TRL's names
+    text = configdoc.config_reference().split("## Coming from TRL")[0]  # the key tables, not TRL's names
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w.]+)` \|.*\|$", text, re.M)}
-    keys = [k for k, *_ in share.config_keys() if not k.startswith("eval.judge.")]
+    keys = [k for k, *_ in config.config_keys() if not k.startswith("eval.judge.")]
     assert set(keys) <= set(rows)
     for key in keys:
         meaning = rows[key].rstrip("|").rsplit("|", 1)[1].strip()
@@ -570,9 +574,9 @@ def test_config_reference_lists_every_key_with_its_meaning():
 
 
 def test_fallback_meanings_are_only_for_fields_without_a_comment():
-    docs, comments = share._field_comments()
-    by_key = {k: (cls.__name__, f.name) for k, cls, f, _ in share.config_keys()}
-    for key in share._MEANINGS:
+    docs, comments = configdoc._field_comments()
+    by_key = {k: (cls.__name__, f.name) for k, cls, f, _ in config.config_keys()}
+    for key in configdoc._MEANINGS:
         assert key in by_key, f"_MEANINGS names {key!r}, which is no config key"
         cls, name = by_key[key]
         assert name not in comments.get(cls, {}), f"{key} has a comment in config.py now; drop it from _MEANINGS"
@@ -612,46 +616,46 @@ def test_fallback_meanings_are_only_for_fields_without_a_comment():
     ],
 )
 def test_suggest_key(key, expected):
-    assert share.suggest_key(key) == expected
+    assert keyhints.suggest_key(key, KEYS) == expected
 
 
 def test_suggest_key_has_nothing_for_far_or_valid_keys():
-    assert share.suggest_key("xyzzy") is None
-    assert share.suggest_key("train.lr") is None
+    assert keyhints.suggest_key("xyzzy", KEYS) is None
+    assert keyhints.suggest_key("train.lr", KEYS) is None
 
 
 def test_key_hint_reads_as_the_tail_of_the_unknown_key_error():
-    assert share.key_hint("train.lrr") == "; did you mean train.lr?"  # the message config.py gives today
-    assert share.key_hint("beta") == "; did you mean method.beta?"
-    assert share.key_hint("learning_rate") == "; did you mean train.lr? (TRL's learning_rate)"
-    hint = share.key_hint("gradient_accumulation_steps")
+    assert keyhints.key_hint("train.lrr", KEYS) == "; did you mean train.lr?"  # the message config.py gives today
+    assert keyhints.key_hint("beta", KEYS) == "; did you mean method.beta?"
+    assert keyhints.key_hint("learning_rate", KEYS) == "; did you mean train.lr? (TRL's learning_rate)"
+    hint = keyhints.key_hint("gradient_accumulation_steps", KEYS)
     assert hint.startswith("; did you mean train.batch_size? (TRL's gradient_accumulation_steps: ")
     assert "rows of one optimizer step" in hint
-    assert share.key_hint("batch_size") == (
+    assert keyhints.key_hint("batch_size", KEYS) == (
         "; did you mean generation.batch_size, judge.batch_size, train.batch_size or eval.batch_size?"
     )
-    assert share.key_hint("xyzzy") == ""
+    assert keyhints.key_hint("xyzzy", KEYS) == ""
 
 
 def test_every_trl_name_maps_to_a_valid_key():
-    valid = {k for k, *_ in share.config_keys()}
-    assert {key for key, _ in share.TRL_KEYS.values()} <= valid
+    valid = {k for k, *_ in config.config_keys()}
+    assert {key for key, _ in keyhints.TRL_KEYS.values()} <= valid
 
 
 def test_find_recipe(tmp_path, monkeypatch):
-    shipped = share.find_recipe("sppo")
+    shipped = recipebook.find_recipe("sppo")
     assert shipped == ROOT / "src" / "sparring" / "recipes" / "sppo.yaml"
     assert load_config(shipped).method.name == "sppo"
     monkeypatch.chdir(tmp_path)  # outside the repository, as after `pip install sparring`
-    assert share.find_recipe("recipes/dpo.yaml") == shipped.parent / "dpo.yaml"
-    assert share.find_recipe("sppo-all").name == "sppo-all.yaml"
+    assert recipebook.find_recipe("recipes/dpo.yaml") == shipped.parent / "dpo.yaml"
+    assert recipebook.find_recipe("sppo-all").name == "sppo-all.yaml"
     mine = tmp_path / "sppo"
     mine.write_text("name: mine\n")
-    assert share.find_recipe("sppo") is None  # a file of that name here wins
-    assert share.find_recipe("elsewhere/sppo.yaml") is None
-    assert share.find_recipe("train.lr=1e-5") is None
+    assert recipebook.find_recipe("sppo") is None  # a file of that name here wins
+    assert recipebook.find_recipe("elsewhere/sppo.yaml") is None
+    assert recipebook.find_recipe("train.lr=1e-5") is None
     with pytest.raises(UserError, match=r"'spo' is neither a recipe file nor a shipped recipe; did you mean 'sppo'\?"):
-        share.find_recipe("spo")
+        recipebook.find_recipe("spo")
 
 
 # ------------------------------------------------------------------ commands
@@ -684,4 +688,4 @@ def test_card_recipes_and_reference_commands(main, runs, tmp_path, capsys):
     assert main(["recipes"]) == 0
     assert re.search(r"^sppo +SPPO \(Wu et al\. 2024\)", capsys.readouterr().out, re.M)
     assert main(["config-reference", "--out", str(tmp_path / "config.md")]) == 0
-    assert (tmp_path / "config.md").read_text() == share.config_reference()
+    assert (tmp_path / "config.md").read_text() == configdoc.config_reference()

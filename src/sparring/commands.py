@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
     else:
         config, overrides = _split_config_arg(args.config, args.overrides)
         if config is not None:
-            from sparring.share import find_recipe
+            from sparring.recipebook import find_recipe
 
             config = find_recipe(config) or config  # `sparring run sppo`: the shipped recipes/sppo.yaml
         cfg = load_config(config, overrides)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from sparring.errors import UserError
+from sparring.keyhints import key_hint
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
@@ -268,6 +269,23 @@ def _optional_dataclass(typ):
     return None
 
 
+def config_keys() -> list[tuple[str, type, dataclasses.Field, Any]]:
+    """Every config key in declaration order: (dotted name, the dataclass that declares it, its field, its type)."""
+    out = []
+
+    def walk(cls, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out.append((prefix + f.name, cls, f, hints[f.name]))
+            typ = hints[f.name]
+            nested = typ if dataclasses.is_dataclass(typ) else _optional_dataclass(typ)
+            if nested is not None:
+                walk(nested, f"{prefix}{f.name}.")
+
+    walk(RunConfig, "")
+    return out
+
+
 def build_section(cls, data: dict, prefix: str, where: str):
     """One config section (a dataclass) from a mapping, validated like a whole config."""
     return _build(cls, data, prefix, where)
@@ -282,9 +300,8 @@ def _build(cls, data: dict, prefix: str, where: str):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in fields:
-            from sparring.share import key_hint  # every section and TRL's names (share imports this module)
-
-            hint = key_hint(full) or f"; valid keys: {', '.join(prefix + k for k in fields)}"
+            everywhere = [k for k, *_ in config_keys()]  # the nearest key of any section, or TRL's name
+            hint = key_hint(full, everywhere) or f"; valid keys: {', '.join(prefix + k for k in fields)}"
             raise UserError(f"{where}: unknown key {full!r}{hint}")
         if not prefix and key == "model" and isinstance(value, dict):
             raise UserError(_model_is_a_name(value, where))

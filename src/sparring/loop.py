@@ -492,7 +492,7 @@ def run(ctx: Context) -> dict:
     path = ctx.rd.root / "summary.json"
     if ctx.dist.is_main and not _holds_json(path, summary):
         write_json(path, summary)  # a finished run's files are not rewritten (it may sit on a read-only disk)
-        from sparring.share import refresh_model_cards
+        from sparring.report.cards import refresh_model_cards
 
         try:  # the policies' model cards with their held-out metrics and intervals
             refresh_model_cards(ctx.rd.root)
@@ -972,7 +972,7 @@ def train_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         tok.save_pretrained(tmp)
         # what the next sampler must hold: checked when generate / eval load this policy
         write_json(tmp / FINGERPRINT_FILE, fingerprint_record(model, changed))
-        from sparring.share import write_model_card
+        from sparring.report.cards import write_model_card
 
         # the card says what this policy is; its held-out metrics are added once they exist (run())
         write_model_card(tmp, run_dir=ctx.rd.root, iteration=t, cfg=cfg.to_dict(), summary=None)

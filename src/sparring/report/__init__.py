@@ -8,6 +8,10 @@ results of `sparring game`.
 
 This module is imported when the CLI is built, so it imports nothing heavy; the work is in
 sparring.report.run (runs) and sparring.report.game (the game laboratory).
+
+Sharing a run, one job per module (docs/share.md; `sparring.share` holds their commands): cards.py (the
+model card of each policy), hub.py (push to the Hugging Face Hub), export.py (the pairs in TRL's
+format), configdoc.py (docs/config.md), and runconfig.py (a run's config read leniently, for all of them).
 """
 
 from __future__ import annotations
