@@ -30,6 +30,7 @@ other models decode with the padded loop in hf.py.
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ from sparring.generation.base import SamplingParams
 from sparring.generation.sampling import RowSampler
 
 _ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+
+def cache_kwarg(model) -> str:
+    """The name under which this model's forward takes a KV cache: `cache` from transformers 5.24 on
+    (where `past_key_values` still works but warns at every call), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -245,8 +252,6 @@ class LlamaStepper:
         """`prefill` through HF's forward, one prompt at a time (batch 1, SDPA): the earlier way, kept
         as a lever for bench/generate.py."""
         from transformers import DynamicCache
-
-        from sparring.generation.hf import cache_kwarg
 
         first = []
         for prompt, r in zip(prompts, rows):

@@ -10,14 +10,13 @@ SPPO's loss (reference = π_t), so training keeps no second model.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sparring.generation.base import SamplingParams, cut_at_stop, resolve, stop_end
-from sparring.generation.engine import mixture_logits  # noqa: F401  (part of this module's interface)
+from sparring.generation.engine import cache_kwarg, mixture_logits  # noqa: F401  (part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -262,12 +261,6 @@ def _decode_padded(
         lp = out_lp[:, r, : len(ids)].sum(-1).tolist()
         results[r // k].append((ids, lp[0], bool(finished[r]), lp[1] if len(models) > 1 else None))
     return results
-
-
-def cache_kwarg(model) -> str:
-    """The name under which this model's forward takes a KV cache: `cache` from transformers 5.24 on
-    (where `past_key_values` still works but warns at every call), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
