@@ -36,10 +36,12 @@ test: setup lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 # One formatter and linter across the tree (ruff, pinned in the test extra so every machine formats alike).
-# `$(VENV)/bin/ruff format src tests bench` fixes the formatting.
+# `$(VENV)/bin/ruff format src tests bench` fixes the formatting. lint-imports checks that imports point
+# down sparring's layers and make no cycles (the contracts in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
 
 # Debian's Chromium and ChromeDriver, for the test that opens `sparring report`'s page in a real browser
 # (tests/test_report.py; skipped, saying why, where they are missing). CI runs this before `make test`.
