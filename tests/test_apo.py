@@ -98,12 +98,7 @@ def test_apo_with_lora_extrapolates_the_merged_weights(tmp_path):
     """With LoRA on, APO is defined on the merged weights: θ_{t+1} = π_t + the adapter (policy_trained),
     θ̂_{t+1} = θ_{t+1} + α(θ_{t+1} − θ_t) (policy). Weights no adapter touches have new − old = 0, so they
     stay the base model's, to the bit, in every iteration."""
-    import sys
-    from pathlib import Path
-
     from safetensors.torch import load_file
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny import make_tiny_model
 
     from sparring.config import config_from_dict

@@ -7,20 +7,15 @@ the launches sparring does not support stop before joining a process group.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.dist import Dist  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.generation.hf import chat_prompt_ids, sample_batch, sample_batch_generate  # noqa: E402
-from sparring.models import load_model, load_tokenizer  # noqa: E402
-from sparring.train import packed_logps, sequence_logps  # noqa: E402
+from sparring.dist import Dist
+from sparring.errors import UserError
+from sparring.generation.hf import chat_prompt_ids, sample_batch, sample_batch_generate
+from sparring.models import load_model, load_tokenizer
+from sparring.train import packed_logps, sequence_logps
 
 
 @pytest.fixture(scope="module")

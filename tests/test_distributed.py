@@ -40,7 +40,6 @@ import yaml
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
 from sparring.config import config_from_dict  # noqa: E402
 from sparring.loop import make_context, open_run, run  # noqa: E402

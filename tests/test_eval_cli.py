@@ -4,18 +4,14 @@ metrics with their intervals, and the errors they give before any model is loade
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import make_tiny_model, make_tiny_reward_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model, make_tiny_reward_model  # noqa: E402
-
-from sparring.cli import main  # noqa: E402
-from sparring.evaluate import length_controlled_win_rate, resamples  # noqa: E402
-from sparring.prompts import load_prompts  # noqa: E402
+from sparring.cli import main
+from sparring.evaluate import length_controlled_win_rate, resamples
+from sparring.prompts import load_prompts
 
 
 @pytest.fixture(scope="module")

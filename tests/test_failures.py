@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 from test_resume import assert_same_outputs  # noqa: E402
 from tiny import tiny_run_config  # noqa: E402
 

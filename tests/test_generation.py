@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.generation.base import SamplingParams  # noqa: E402
-from sparring.generation.hf import chat_prompt_ids, iter_samples, sample_batch, sample_batch_generate  # noqa: E402
-from sparring.generation.sampling import draw  # noqa: E402
-from sparring.models import load_model, load_tokenizer  # noqa: E402
-from sparring.train import sequence_logps  # noqa: E402
+from sparring.generation.base import SamplingParams
+from sparring.generation.hf import chat_prompt_ids, iter_samples, sample_batch, sample_batch_generate
+from sparring.generation.sampling import draw
+from sparring.models import load_model, load_tokenizer
+from sparring.train import sequence_logps
 
 PROMPTS = ["Write a poem.", "Say hi to the reader, please.", "x"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tiny import make_tiny_model, make_tiny_reward_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model, make_tiny_reward_model  # noqa: E402
-
-from sparring.cli import main  # noqa: E402
-from sparring.config import config_from_dict  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.judges import build_judge  # noqa: E402
-from sparring.judges.base import PairwiseJudge, both_orders, bradley_terry, checked_matrix  # noqa: E402
-from sparring.judges.cache import CachedJudge, JudgeCache  # noqa: E402
-from sparring.judges.diagnostics import length_spearman, position_consistency, tie_rate  # noqa: E402
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.records import user_prompt  # noqa: E402
+from sparring.cli import main
+from sparring.config import config_from_dict
+from sparring.errors import UserError
+from sparring.judges import build_judge
+from sparring.judges.base import PairwiseJudge, both_orders, bradley_terry, checked_matrix
+from sparring.judges.cache import CachedJudge, JudgeCache
+from sparring.judges.diagnostics import length_spearman, position_consistency, tie_rate
+from sparring.loop import make_context, open_run, run
+from sparring.records import user_prompt
 
 PROMPT = user_prompt("p1", "Tell me about cats.")
 CHAT = [

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tiny import tiny_run_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import tiny_run_config  # noqa: E402
-
-from sparring.cli import main  # noqa: E402
-from sparring.config import config_from_dict, load_config  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.rundir import RunDir  # noqa: E402
+from sparring.cli import main
+from sparring.config import config_from_dict, load_config
+from sparring.errors import UserError
+from sparring.loop import make_context, open_run, run
+from sparring.rundir import RunDir
 
 tiny_config = tiny_run_config
 

@@ -32,7 +32,6 @@ import torch
 import yaml
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import io
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_model
 
 from sparring.errors import UserError
 from sparring.mars import MARS, make_mars
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model
 
 # Hyper-parameters of the hand-computed test: lr_1d = 2·lr so the 1-D learning rate is visibly its own.
 LR, WD, BETAS, GAMMA, EPS = 0.01, 0.1, (0.95, 0.99), 0.025, 1e-8

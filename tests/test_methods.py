@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.config import config_from_dict  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.methods import METHODS, PromptGroup  # noqa: E402
+from sparring.config import config_from_dict
+from sparring.errors import UserError
+from sparring.loop import make_context, open_run, run
+from sparring.methods import METHODS, PromptGroup
 
 RECIPES = sorted((Path(__file__).parents[1] / "src" / "sparring" / "recipes").glob("*.yaml"))
 

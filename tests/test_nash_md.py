@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.config import config_from_dict  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.generation.hf import (  # noqa: E402
+from sparring.config import config_from_dict
+from sparring.errors import UserError
+from sparring.generation.hf import (
     chat_prompt_ids,
     mixture_logits,
     sample_batch,
     sample_batch_with_reference,
 )
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.methods import PromptGroup, get_method  # noqa: E402
-from sparring.models import load_model, load_tokenizer  # noqa: E402
-from sparring.train import sequence_logps  # noqa: E402
+from sparring.loop import make_context, open_run, run
+from sparring.methods import PromptGroup, get_method
+from sparring.models import load_model, load_tokenizer
+from sparring.train import sequence_logps
 
 PROMPTS = ["Write a poem.", "Say hi to the reader, please.", "x"]
 RECIPE = Path(__file__).parents[1] / "src" / "sparring" / "recipes" / "nash-md.yaml"

@@ -20,19 +20,16 @@ Tolerances, and why they are what they are (measured values on this repo's CPU i
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring import losses  # noqa: E402
-from sparring.generation.hf import chat_prompt_ids, sample_batch  # noqa: E402
-from sparring.models import load_model, load_tokenizer  # noqa: E402
-from sparring.train import packed_logps, sequence_logps  # noqa: E402
+from sparring import losses
+from sparring.generation.hf import chat_prompt_ids, sample_batch
+from sparring.models import load_model, load_tokenizer
+from sparring.train import packed_logps, sequence_logps
 
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
 

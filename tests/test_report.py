@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,14 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_loop import run_config, tiny_config
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_loop import run_config, tiny_config  # noqa: E402
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.errors import UserError  # noqa: E402
-from sparring.report import build_report, game_report  # noqa: E402
-from sparring.report.run import fmt_value  # noqa: E402
+from sparring.errors import UserError
+from sparring.report import build_report, game_report
+from sparring.report.run import fmt_value
 
 SECTIONS = ("status", "evaluation", "lengths", "training", "judge", "samples", "timings")
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 from tiny import tiny_run_config  # noqa: E402
 
 from sparring.cli import main  # noqa: E402

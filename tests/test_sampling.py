@@ -4,11 +4,9 @@ the typed SamplingParams / config validation."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from tiny import make_tiny_model
 from transformers import (
     LogitsProcessorList,
     MinPLogitsWarper,
@@ -18,16 +16,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.config import config_from_dict  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.generation.base import SamplingParams, cut_at_stop  # noqa: E402
-from sparring.generation.hf import chat_prompt_ids, iter_samples, sample_batch, sample_batch_generate  # noqa: E402
-from sparring.generation.sampling import argmax, draw, kept_tokens, penalize, top_m  # noqa: E402
-from sparring.models import load_model, load_tokenizer  # noqa: E402
-from sparring.train import sequence_logps  # noqa: E402
+from sparring.config import config_from_dict
+from sparring.errors import UserError
+from sparring.generation.base import SamplingParams, cut_at_stop
+from sparring.generation.hf import chat_prompt_ids, iter_samples, sample_batch, sample_batch_generate
+from sparring.generation.sampling import argmax, draw, kept_tokens, penalize, top_m
+from sparring.models import load_model, load_tokenizer
+from sparring.train import sequence_logps
 
 PROMPTS = ["Write a poem.", "Say hi to the reader, please.", "x"]
 

@@ -9,24 +9,21 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tiny import make_tiny_model, tiny_run_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model, tiny_run_config  # noqa: E402
-
-from sparring import cli, config, keyhints, recipebook  # noqa: E402
-from sparring.config import config_from_dict, load_config  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.prompts import load_prompts  # noqa: E402
-from sparring.report import cards, configdoc, export, hub  # noqa: E402
-from sparring.winrates import win_rates  # noqa: E402
+from sparring import cli, config, keyhints, recipebook
+from sparring.config import config_from_dict, load_config
+from sparring.errors import UserError
+from sparring.loop import make_context, open_run, run
+from sparring.prompts import load_prompts
+from sparring.report import cards, configdoc, export, hub
+from sparring.winrates import win_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = [k for k, *_ in config.config_keys()]  # every valid dotted key, as config.py hands them to keyhints

@@ -5,20 +5,17 @@ prompts whichever format they came in."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tiny import make_tiny_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import make_tiny_model  # noqa: E402
-
-from sparring.cli import main  # noqa: E402
-from sparring.config import config_from_dict  # noqa: E402
-from sparring.errors import UserError  # noqa: E402
-from sparring.loop import make_context, open_run, run  # noqa: E402
-from sparring.prompts import load_prompts  # noqa: E402
+from sparring.cli import main
+from sparring.config import config_from_dict
+from sparring.errors import UserError
+from sparring.loop import make_context, open_run, run
+from sparring.prompts import load_prompts
 
 TEXTS = [
     "Name a red fruit.",

@@ -21,8 +21,6 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'sparring
 pytestmark = pytest.mark.vllm
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_tiny_model  # noqa: E402
 
 from sparring.generation import load_sampler  # noqa: E402

@@ -7,15 +7,12 @@ Skipped where vLLM is not installed (the default test venv); `make test-vllm` ru
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'sparring[vllm]'; make test-vllm)")
 pytestmark = pytest.mark.vllm
 
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny import make_tiny_model  # noqa: E402
 from vllm_server import vllm_server  # noqa: E402
 
