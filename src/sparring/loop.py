@@ -32,6 +32,7 @@ import numpy as np
 from sparring.config import RunConfig, config_from_dict, diff_configs
 from sparring.dist import Dist, current, merge_round_robin
 from sparring.errors import UserError
+from sparring.generation.base import SamplingParams
 from sparring.metrics import summary_row
 from sparring.prompts import load_prompts
 from sparring.records import Prompt
@@ -592,7 +593,7 @@ def generate_stage(ctx: Context, t: int) -> tuple[list[Path], dict]:
         for s in todo:
             part = prompts[s * g.shard_size : (s + 1) * g.shard_size]
             rows = []
-            sampling = {"params": g, "batch_size": g.batch_size}  # iter_samples: SamplingParams.from_generation(g)
+            sampling = {"params": SamplingParams.from_generation(g), "batch_size": g.batch_size}
             if nash:  # K/2 own samples (with log μ), then K/2 opponents from the mixture
                 draws = [
                     (

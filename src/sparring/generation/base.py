@@ -1,4 +1,10 @@
-"""What both sampling backends take: one typed `SamplingParams`, and how a response is cut at a stop string.
+"""The seam between the loop and its sampling backends (hf.py: sparring's decode loop; vllm.py).
+
+Both backends take one typed `SamplingParams`, return `Sample`s, and share here everything that must
+be the same bits on either side: the chat-prompt encoding (`chat_prompt_ids`), the seeds derived from
+(run seed, prompt, sample) (`batch_seed`, `sample_seed`), and the stop-string cut of a response's text
+and ids (`stop_end`, `cut_at_stop`, `cut_ids`, `response_text`). `Sampler` is the shape of their
+`iter_samples`, the one function the loop's stages call (through `sparring.generation.load_sampler`).
 
 The options follow transformers' logits processors (and vLLM's `SamplingParams` of the same names):
 - `repetition_penalty` (RepetitionPenaltyLogitsProcessor): every token already in the prompt or the
@@ -17,9 +23,11 @@ None of them changes the recorded log-probability: `Sample.logp` is always log �
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sparring.errors import UserError
 
@@ -86,9 +94,14 @@ class SamplingParams:
 
     @classmethod
     def for_eval(cls, g, e) -> "SamplingParams":
-        """Evaluation's settings: `eval.max_new_tokens` and `eval.greedy`, with the generation options
-        (temperature, top-k/p and min-p only matter when eval.greedy is false; repetition penalty and stop
-        strings shape greedy responses too)."""
+        """Evaluation's settings: `e.max_new_tokens` and `e.greedy` (an `EvalConfig`) with every option
+        of `g` (the run's `GenerationConfig`), so held-out responses are shaped as the training samples are.
+
+        Greedy (the default) keeps all of them, and only two act on it: `stop` cuts the response and
+        `repetition_penalty` changes the logits the argmax is taken on. Temperature, top-k, top-p and
+        min-p cannot change a greedy token (a positive temperature keeps the order of the logits, and
+        each cut keeps the most likely token), so every backend skips them when greedy; they apply when
+        `eval.greedy` is false."""
         return cls.from_generation(g, greedy=e.greedy, max_new_tokens=e.max_new_tokens)
 
     @property
@@ -98,15 +111,84 @@ class SamplingParams:
 
 
 def resolve(params, *, max_new_tokens=None, temperature=0.7, top_p=0.9, greedy=False) -> SamplingParams:
-    """`params` (a SamplingParams, or a `GenerationConfig` to build one from), or one built from the
-    older keyword arguments the samplers still take."""
-    if isinstance(params, SamplingParams):
-        return params
+    """`params`, or (when None) one built from the older keyword arguments the samplers still accept
+    for bench/ scripts (max_new_tokens, temperature, top_p, greedy)."""
     if params is not None:
-        return SamplingParams.from_generation(params)
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, not {type(params).__name__}")
+        return params
     if max_new_tokens is None:
         raise TypeError("give params= or max_new_tokens=")
     return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_index: int  # position in the list of prompts given to the sampler
+    sample_index: int  # 0..K-1
+    prompt_ids: list[int]
+    response_ids: list[int]  # generated tokens, the stop token included when it was produced
+    response: str  # decoded, special tokens skipped, cut after a stop string, stripped (`response_text`)
+    logp: float  # sum over response_ids of log π(token | prefix), untempered
+    finished: bool  # the model stopped by itself or at a stop string (False: cut at max_new_tokens)
+    ref_logp: float | None = None  # log μ(response) under a reference decoded alongside (Nash-MD)
+
+
+class Sampler(Protocol):
+    """A backend's `iter_samples` (hf.py, vllm.py): K samples of each prompt, yielded in consecutive
+    batches of batch_size // k prompts from prompt `start` on. The draws are seeded from (seed, keys[i]
+    or i), not from the batch a prompt is in, so a stage can resume or split its prompts."""
+
+    def __call__(
+        self,
+        model,
+        tokenizer,
+        prompts: Sequence,
+        *,
+        k: int,
+        params: SamplingParams,
+        batch_size: int = 32,
+        seed: int = 0,
+        start: int = 0,
+        keys: Sequence[int] | None = None,
+    ) -> Iterator[list[Sample]]: ...
+
+
+def as_messages(prompt) -> list[dict]:
+    """The chat messages of a prompt given as a `Prompt`, a list of {"role", "content"}, or a plain
+    string (one user turn)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = getattr(prompt, "messages", prompt)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def chat_prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a conversation (the policy's chat template over every turn) followed by the
+    assistant header. Without a chat template, a one-turn prompt is its text as the tokenizer encodes it."""
+    messages = as_messages(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(messages) != 1 or messages[0]["role"] != "user":
+        raise UserError(
+            "the policy's tokenizer has no chat template, so it can only take one-turn prompts; this "
+            f"prompt has the turns {[m['role'] for m in messages]} (give the tokenizer a chat_template)"
+        )
+    return tokenizer(messages[0]["content"])["input_ids"]
+
+
+def batch_seed(seed: int, *parts: object) -> int:
+    """A seed derived from the run seed and the batch's identity (not from the order batches run
+    in), so a resumed run draws exactly the samples an uninterrupted one would have drawn."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def sample_seed(seed: int, prompt: int, sample: int) -> int:
+    """The seed of sample `sample` of prompt `prompt` (its index in the prompts given to the sampler):
+    each sample draws from its own uniform stream (sampling.py), so it does not depend on batching."""
+    return batch_seed(seed, "sample", prompt, sample)
 
 
 def stop_end(text: str, stop: Sequence[str]) -> int | None:
@@ -119,3 +201,22 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to and including the first occurrence of a stop string (unchanged if none occurs)."""
     end = stop_end(text, stop) if stop else None
     return text if end is None else text[:end]
+
+
+def cut_ids(tokenizer, ids: list[int], stop) -> list[int]:
+    """The shortest prefix of `ids` whose text holds a stop string (all of `ids` when none is there)."""
+
+    def holds(part):
+        return stop_end(tokenizer.decode(part, skip_special_tokens=True), stop) is not None
+
+    if not holds(ids):
+        return ids
+    n = len(ids)
+    while n > 1 and holds(ids[: n - 1]):
+        n -= 1
+    return ids[:n]
+
+
+def response_text(tokenizer, ids: list[int], stop: Sequence[str]) -> str:
+    """A `Sample`'s text: `ids` decoded (special tokens skipped), cut after the first stop string, stripped."""
+    return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop).strip()

@@ -5,63 +5,29 @@ here (`_decode_padded`, for other models) and plain `model.generate` (`engine="g
 comparison). The summed log-probability of a response under π_t is recorded while sampling, from
 the raw logits (before any sampling option). It is the reference log-probability ref_logp of
 SPPO's loss (reference = π_t), so training keeps no second model.
+
+`iter_samples` is this backend's `Sampler` (base.py, which also holds what it shares with the vLLM
+backend: `Sample`, the seeds, the chat-prompt encoding and the stop-string cut).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from sparring.generation.base import SamplingParams, cut_at_stop, resolve, stop_end
+from sparring.generation.base import (
+    Sample,
+    SamplingParams,
+    batch_seed,
+    chat_prompt_ids,
+    cut_ids,
+    resolve,
+    response_text,
+    sample_seed,
+    stop_end,
+)
 from sparring.generation.engine import cache_kwarg, mixture_logits  # noqa: F401  (part of this module's interface)
-
-
-@dataclass(frozen=True)
-class Sample:
-    prompt_index: int  # position in the list of prompts given to `sample`
-    sample_index: int  # 0..K-1
-    prompt_ids: list[int]
-    response_ids: list[int]  # generated tokens, the stop token included when it was produced
-    response: str  # decoded, special tokens skipped
-    logp: float  # sum over response_ids of log π(token | prefix), untempered
-    finished: bool  # the model stopped by itself (False: cut at max_new_tokens)
-    ref_logp: float | None = None  # log μ(response) under a reference decoded alongside (Nash-MD)
-
-
-def as_messages(prompt) -> list[dict]:
-    """The chat messages of a prompt given as a `Prompt`, a list of {"role", "content"}, or a plain
-    string (one user turn)."""
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    messages = getattr(prompt, "messages", prompt)
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def chat_prompt_ids(tokenizer, prompt) -> list[int]:
-    """Token ids of a conversation (the policy's chat template over every turn) followed by the
-    assistant header. Without a chat template, a one-turn prompt is its text as the tokenizer encodes it."""
-    messages = as_messages(prompt)
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(messages) != 1 or messages[0]["role"] != "user":
-        from sparring.errors import UserError
-
-        raise UserError(
-            "the policy's tokenizer has no chat template, so it can only take one-turn prompts; this "
-            f"prompt has the turns {[m['role'] for m in messages]} (give the tokenizer a chat_template)"
-        )
-    return tokenizer(messages[0]["content"])["input_ids"]
-
-
-def batch_seed(seed: int, *parts: object) -> int:
-    """A seed derived from the run seed and the batch's identity (not from the order batches run
-    in), so a resumed run draws exactly the samples an uninterrupted one would have drawn."""
-    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
@@ -82,12 +48,6 @@ def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention[row, width - len(ids) :] = 1
     return input_ids, attention
-
-
-def sample_seed(seed: int, prompt: int, sample: int) -> int:
-    """The seed of sample `sample` of prompt `prompt` (its index in the prompts given to the sampler):
-    each sample draws from its own uniform stream (sampling.py), so it does not depend on batching."""
-    return batch_seed(seed, "sample", prompt, sample)
 
 
 def sample_batch(
@@ -279,8 +239,6 @@ def sample_batch_generate(
 ) -> list[list[tuple[list[int], float, bool]]]:
     """The same as `sample_batch` through plain `model.generate` and transformers' own logits
     processors and stop-string criterion (for comparison, tests and benchmarks)."""
-    from sparring.generation.sampling import cut_ids
-
     p = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
@@ -381,8 +339,7 @@ def iter_samples(
         batch = []
         for i, per_prompt in zip(idx, outs):
             for j, (resp, logp, finished, *ref) in enumerate(per_prompt):
-                text = tokenizer.decode(resp, skip_special_tokens=True)
-                text = cut_at_stop(text, params.stop).strip()
+                text = response_text(tokenizer, resp, params.stop)
                 batch.append(Sample(i, j, ids[i], resp, text, logp, finished, ref[0] if ref else None))
         return batch
 

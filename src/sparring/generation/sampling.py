@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from sparring.generation.base import SamplingParams, stop_end
+from sparring.generation.base import SamplingParams, cut_ids, stop_end
 
 
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -224,20 +224,6 @@ class StopStrings:
 
     def cut(self, ids: list[int]) -> list[int]:
         return cut_ids(self.tokenizer, ids, self.stop)
-
-
-def cut_ids(tokenizer, ids: list[int], stop) -> list[int]:
-    """The shortest prefix of `ids` whose text holds a stop string (all of `ids` when none is there)."""
-
-    def holds(part):
-        return stop_end(tokenizer.decode(part, skip_special_tokens=True), stop) is not None
-
-    if not holds(ids):
-        return ids
-    n = len(ids)
-    while n > 1 and holds(ids[: n - 1]):
-        n -= 1
-    return ids[:n]
 
 
 class RowSampler:

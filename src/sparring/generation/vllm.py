@@ -27,9 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sparring.errors import UserError
-from sparring.generation.base import cut_at_stop, resolve
-from sparring.generation.hf import Sample, batch_seed, chat_prompt_ids
-from sparring.generation.sampling import cut_ids
+from sparring.generation.base import Sample, batch_seed, chat_prompt_ids, cut_ids, resolve, response_text
 
 # config.json keys that fix the shapes of the weights: a policy with the same values can be
 # reloaded into a running engine; another one needs a new engine.
@@ -288,6 +286,6 @@ def iter_samples(
             for j, (resp, logps, finished) in enumerate(per_prompt):
                 if params.stop:  # the token that completed the stop string ends the response (vLLM's last)
                     resp = cut_ids(tokenizer, resp, params.stop)
-                text = cut_at_stop(tokenizer.decode(resp, skip_special_tokens=True), params.stop).strip()
+                text = response_text(tokenizer, resp, params.stop)
                 batch.append(Sample(i, j, ids[i], resp, text, sum(logps[: len(resp)]), finished))
         yield batch
