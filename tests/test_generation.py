@@ -123,9 +123,9 @@ def test_evaluation_is_the_same_whatever_the_batch_size(tmp_path):
     path = make_tiny_model(tmp_path / "m", seed=6)
     _lively(path, "bfloat16").save_pretrained(tmp_path / "m")
     prompts = [Prompt(id=str(i), messages=({"role": "user", "content": p},)) for i, p in enumerate(PROMPTS_12)]
+    greedy = SamplingParams(max_new_tokens=12, greedy=True)
     runs = [
-        generate(str(path), prompts, max_new_tokens=12, batch_size=bs, dtype="bfloat16", progress=False)
-        for bs in (2, 12)
+        generate(str(path), prompts, params=greedy, batch_size=bs, dtype="bfloat16", progress=False) for bs in (2, 12)
     ]
     assert [s.response_ids for s in runs[0]] == [s.response_ids for s in runs[1]]
     assert [s.response for s in runs[0]] == [s.response for s in runs[1]]

@@ -410,7 +410,9 @@ def cmd_eval(args) -> int:
     _positive(args.bootstrap, "--bootstrap")
     import numpy as np
 
+    from sparring.config import EvalConfig, GenerationConfig
     from sparring.evaluate import METRICS, generate, score, write_eval
+    from sparring.generation.base import SamplingParams
     from sparring.judges import build_judge
     from sparring.judges.cache import CachedJudge
     from sparring.models import resolve_model
@@ -442,7 +444,8 @@ def cmd_eval(args) -> int:
     samples = generate(
         args.model,
         prompts,
-        max_new_tokens=args.max_new_tokens,
+        # a model outside a run: a run's defaults (no stop strings, no penalty), greedy, --max-new-tokens
+        params=SamplingParams.for_eval(GenerationConfig(), EvalConfig(max_new_tokens=args.max_new_tokens)),
         batch_size=args.batch_size,
         dtype=args.dtype,
         progress=not args.no_progress,

@@ -1,8 +1,9 @@
 """Evaluating a policy on held-out prompts: its responses, every metric, and a 95% interval for each.
 
-Responses are greedy by default (the base policy's too) and written as IFEval's input_response_data
-(`responses.jsonl`) and as AlpacaEval's model-outputs file (`alpaca_eval.json`, a list of
-{"instruction", "output", "generator"}), so they can be scored elsewhere. Per-prompt results go to
+Responses are greedy by default (the base policy's too), shaped by the run's stop strings and
+repetition penalty as its training samples are (`SamplingParams.for_eval`), and written as IFEval's
+input_response_data (`responses.jsonl`) and as AlpacaEval's model-outputs file (`alpaca_eval.json`, a
+list of {"instruction", "output", "generator"}), so they can be scored elsewhere. Per-prompt results go to
 `scores.parquet` (what the intervals, the report and later comparisons are computed from) and the
 aggregates to `metrics.json`.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparring.generation.base import SamplingParams
 from sparring.records import Prompt
 
 METRICS = ("ifeval", "win_rate", "win_rate_vs_reference", "length_controlled")
@@ -40,22 +42,18 @@ def generate(
     policy: str,
     prompts: Sequence[Prompt],
     *,
-    max_new_tokens: int,
+    params: SamplingParams,
     batch_size: int,
     dtype: str = "bfloat16",
     backend: str = "hf",
-    greedy: bool = True,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
     seed: int = 0,
     progress: bool = True,
     dist=None,
-    sampling=None,
 ):
-    """One response per prompt from `policy` (greedy unless `greedy=False`): the `Sample`s in prompt
-    order on rank 0, None on the other ranks. `sampling`: a `SamplingParams` with every option
-    (e.g. `SamplingParams.for_eval(cfg.generation, cfg.eval)`); without it one is built from
-    max_new_tokens, greedy, temperature and top_p.
+    """One response per prompt from `policy`, decoded with `params` (a `SamplingParams`; a run's
+    evaluation passes `SamplingParams.for_eval(cfg.generation, cfg.eval)`, so `generation.stop` and
+    `generation.repetition_penalty` shape the held-out responses as they shape the training samples):
+    the `Sample`s in prompt order on rank 0, None on the other ranks.
 
     A response depends only on its prompt (and, sampled, on the seed and the prompt's index): the HF
     decode loop is batch-invariant (docs/generation.md), so `batch_size` changes the speed, not
@@ -66,12 +64,8 @@ def generate(
 
     from sparring.dist import current, merge_round_robin
     from sparring.generation import load_sampler
-    from sparring.generation.base import SamplingParams
-    from sparring.generation.hf import batch_seed
+    from sparring.generation.base import batch_seed
 
-    params = sampling or SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy
-    )
     dist = dist or current()
     tok, model, iter_samples = load_sampler(policy, backend, dtype, device=dist.device)
     mine = dist.mine(list(range(0, len(prompts), batch_size)))

@@ -1060,17 +1060,16 @@ def eval_stage(ctx: Context, policy: str, out: Path, generator: str) -> tuple[li
     against the base policy's results (sparring.evaluate)."""
     from sparring.evaluate import generate, read_scores, score, write_eval
 
-    e = ctx.cfg.eval
+    e, g = ctx.cfg.eval, ctx.cfg.generation
     samples = generate(
         policy,
         ctx.heldout,
-        max_new_tokens=e.max_new_tokens,
+        # the generation stage's stop strings and repetition penalty too: held-out responses are cut
+        # and penalised as the samples the policy was trained on
+        params=SamplingParams.for_eval(g, e),
         batch_size=e.batch_size,
-        dtype=ctx.cfg.generation.dtype,
-        backend=ctx.cfg.generation.backend,
-        greedy=e.greedy,
-        temperature=ctx.cfg.generation.temperature,
-        top_p=ctx.cfg.generation.top_p,
+        dtype=g.dtype,
+        backend=g.backend,
         seed=ctx.cfg.seed,
         progress=ctx.progress,
         dist=ctx.dist,
