@@ -343,3 +343,93 @@ def test_trackers_plot_evaluations_against_iteration_and_training_against_the_gl
     # a record of an optimizer step of iteration 1 after 3 steps of iteration 0
     values, step = tracker_values({"stage": "iter_1/train", "step": 2, "loss": 0.5, "lr": 1e-5}, train_offset=3)
     assert step == 5 and values == {"train/loss": 0.5, "train/lr": 1e-5, "train/iteration": 1, "train/global_step": 5}
+
+
+# ------------------------------------------------------------------ evaluation decodes as generation does
+
+
+@pytest.fixture(scope="module")
+def lively_model(tmp_path_factory):
+    from tiny import make_lively_model
+
+    return make_lively_model(tmp_path_factory.mktemp("lively") / "model")
+
+
+EVAL_RUN = {"iterations": 1, "eval.max_new_tokens": 16}
+
+
+def eval_responses(rd: RunDir, which: str = "base/eval") -> list[str]:
+    return pq.read_table(rd.root / which / "scores.parquet").column("response").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def free_run(lively_model, tmp_path_factory):
+    """A run of the lively model without stop strings or penalty: its base policy's held-out responses."""
+    rd, _ = run_config(tiny_config(lively_model, tmp_path_factory.mktemp("free"), "free", **EVAL_RUN))
+    return rd
+
+
+def test_eval_responses_are_cut_at_generation_stop_as_the_samples_are(lively_model, free_run, tmp_path):
+    """`generation.stop` reaches held-out decoding (SamplingParams.for_eval): with a stop string taken
+    from inside an uncut greedy response, every evaluation's responses end at its first occurrence, as
+    the generated (training) samples do, and the base policy's responses are its uncut ones, cut."""
+    from sparring.generation.base import cut_at_stop
+
+    free = eval_responses(free_run)
+
+    def usable(piece: str) -> bool:  # whole printable characters, no whitespace (responses are stripped)
+        return piece.isprintable() and "\ufffd" not in piece and not any(c.isspace() for c in piece)
+
+    # the first two-character piece (its first occurrence) with text after it in some response
+    n, at = next(
+        (n, i)
+        for n, text in enumerate(free)
+        for i in range(1, len(text) - 3)
+        if usable(text[i : i + 2]) and text.find(text[i : i + 2]) == i
+    )
+    stop = free[n][at : at + 2]
+    rd, _ = run_config(tiny_config(lively_model, tmp_path, "stop", **EVAL_RUN, **{"generation.stop": [stop]}))
+
+    base = eval_responses(rd)
+    assert base[n] == free[n][: at + 2] and len(base[n]) < len(free[n])
+    assert base == [cut_at_stop(text, [stop]) for text in free]
+    samples = pq.read_table(rd.root / "iter_0" / "samples.parquet").to_pylist()
+    for which, rows in [
+        ("base/eval", pq.read_table(rd.root / "base/eval/scores.parquet").to_pylist()),
+        ("iter_0/eval", pq.read_table(rd.root / "iter_0/eval/scores.parquet").to_pylist()),
+        ("iter_0 samples", samples),
+    ]:
+        for row in rows:
+            text = row["response"]
+            if stop in text:  # nothing after the first occurrence, and the response counts as finished
+                assert text.index(stop) + len(stop) == len(text) and row["finished"], (which, text)
+    lines = [json.loads(line) for line in (rd.root / "base/eval/responses.jsonl").read_text().splitlines()]
+    assert [line["response"] for line in lines] == base
+
+
+def test_eval_responses_follow_generation_repetition_penalty(lively_model, free_run, tmp_path):
+    """`generation.repetition_penalty` reaches greedy held-out decoding: the base policy's responses
+    change, and are transformers' own greedy decoding with its RepetitionPenaltyLogitsProcessor."""
+    from sparring.generation.base import SamplingParams, chat_prompt_ids, response_text
+    from sparring.generation.hf import sample_batch_generate
+    from sparring.loop import load_inputs
+    from sparring.models import load_model, load_tokenizer
+
+    over = {**EVAL_RUN, "generation.repetition_penalty": 2.0}
+    cfg = config_from_dict(tiny_config(lively_model, tmp_path, "penalty", **over))
+    rd, _ = run_config(tiny_config(lively_model, tmp_path, "penalty", **over))
+
+    penalised = eval_responses(rd)
+    free = eval_responses(free_run)
+    assert len(penalised) == len(free) == 4
+    assert sum(a != b for a, b in zip(penalised, free)) >= 2  # the penalty changed the responses
+
+    tok = load_tokenizer(str(lively_model))
+    model = load_model(str(lively_model), "float32").eval()
+    ids = [chat_prompt_ids(tok, p) for p in load_inputs(cfg).heldout]
+    p = SamplingParams(max_new_tokens=16, greedy=True, repetition_penalty=2.0)
+    ref = sample_batch_generate(model, tok, ids, k=1, seed=0, params=p)
+    assert penalised == [response_text(tok, per[0][0], ()) for per in ref]
+    # and without the penalty, the unpenalised greedy responses: the two runs differ by the penalty only
+    ref = sample_batch_generate(model, tok, ids, k=1, seed=0, params=SamplingParams(max_new_tokens=16, greedy=True))
+    assert free == [response_text(tok, per[0][0], ()) for per in ref]

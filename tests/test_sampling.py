@@ -253,3 +253,57 @@ def test_generation_config_options_default_off_and_validate():
     ]:
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             config_from_dict({"generation": bad})
+
+
+def test_for_eval_takes_evals_length_and_greedy_and_every_generation_option():
+    """Evaluation decodes with the run's generation options (stop strings and repetition penalty shape
+    greedy responses too); only the length and greedy come from eval.*."""
+    generation = {"max_new_tokens": 64, "temperature": 0.5, "top_p": 0.8, "top_k": 7, "min_p": 0.1}
+    generation.update(repetition_penalty=1.3, stop=["###", "\n\n"])
+    cfg = config_from_dict({"generation": generation, "eval": {"max_new_tokens": 9}})
+    options = {"temperature": 0.5, "top_p": 0.8, "top_k": 7, "min_p": 0.1, "repetition_penalty": 1.3}
+    assert SamplingParams.for_eval(cfg.generation, cfg.eval) == SamplingParams(
+        max_new_tokens=9, stop=("###", "\n\n"), greedy=True, **options
+    )
+    cfg.eval.greedy = False
+    assert SamplingParams.for_eval(cfg.generation, cfg.eval) == SamplingParams(
+        max_new_tokens=9, stop=("###", "\n\n"), greedy=False, **options
+    )
+
+
+def test_greedy_tokens_ignore_temperature_and_the_cuts(lively):
+    """Why for_eval may keep temperature, top-k, top-p and min-p when greedy: none of them moves an
+    argmax, and both HF paths (the decode loop and model.generate) ignore them, penalty included."""
+    model, tok = lively
+    ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
+    plain = SamplingParams(max_new_tokens=16, greedy=True, repetition_penalty=1.5)
+    cuts = SamplingParams(
+        max_new_tokens=16, greedy=True, repetition_penalty=1.5, temperature=0.3, top_k=2, top_p=0.5, min_p=0.3
+    )
+    for fn in (sample_batch, sample_batch_generate):
+        assert fn(model, tok, ids, k=1, seed=0, params=cuts) == fn(model, tok, ids, k=1, seed=0, params=plain)
+
+
+def test_both_backends_take_one_sampler_signature():
+    """hf.iter_samples and vllm.iter_samples both take the `Sampler` protocol's arguments (the loop
+    calls whichever `load_sampler` returns with them), and a typed SamplingParams only."""
+    import inspect
+
+    from sparring.generation import hf, vllm
+    from sparring.generation.base import Sampler
+
+    wanted = {
+        n: (p.kind, p.default)
+        for n, p in inspect.signature(Sampler.__call__).parameters.items()
+        if n != "self" and p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert set(wanted) == {"k", "params", "batch_size", "seed", "start", "keys"}
+    for fn in (hf.iter_samples, vllm.iter_samples):
+        got = inspect.signature(fn).parameters
+        assert list(got)[1:3] == ["tokenizer", "prompts"]  # after the model (hf) or the engine (vllm)
+        for name, (kind, default) in wanted.items():
+            assert got[name].kind is kind, (fn.__module__, name)
+            if default is not inspect.Parameter.empty:
+                assert got[name].default == default, (fn.__module__, name)
+    with pytest.raises(TypeError, match="SamplingParams"):
+        next(hf.iter_samples(None, None, ["x"], k=1, params=config_from_dict({}).generation))

@@ -21,7 +21,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'sparring
 pytestmark = pytest.mark.vllm
 
 import torch  # noqa: E402
-from tiny import make_tiny_model  # noqa: E402
+from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
 from sparring.generation import load_sampler  # noqa: E402
 from sparring.models import load_model, load_tokenizer  # noqa: E402
@@ -200,6 +200,73 @@ def test_sampling_options_reach_vllm(engine, models, lively):
         torch.tensor([s.logp for s in stopped], dtype=torch.float64), fresh_logps(lively, stopped), atol=ATOL, rtol=0
     )
     eng.reload(str(models[0]))
+
+
+def test_eval_applies_generation_stop_and_repetition_penalty_on_vllm(engine, models, lively, tmp_path):
+    """A run's evaluation on the vLLM backend decodes with `SamplingParams.for_eval`: `generation.stop`
+    ends every held-out response at its first occurrence, and `generation.repetition_penalty` changes
+    the greedy responses (each token the argmax of transformers' penalised logits)."""
+    import pyarrow.parquet as pq
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from sparring.config import config_from_dict
+    from sparring.evaluate import generate
+    from sparring.generation.base import SamplingParams
+    from sparring.loop import eval_stage, make_context, open_run
+
+    def run_eval(name, **over):
+        """The base policy's evaluation stage of a vLLM run of `lively`: (its responses, its config, ctx)."""
+        over = {"generation.backend": "vllm", "eval.max_new_tokens": 16, **over}
+        cfg = config_from_dict(tiny_run_config(lively, tmp_path, name, **over))
+        rd = open_run(cfg, tmp_path / name)
+        ctx = make_context(cfg, rd, progress=False, log=lambda *_: None)
+        eval_stage(ctx, cfg.model, rd.root / "base" / "eval", generator=name)
+        rows = pq.read_table(rd.root / "base" / "eval" / "scores.parquet").to_pylist()
+        return rows, cfg, ctx
+
+    rows, _, _ = run_eval("free")
+    free = [r["response"] for r in rows]
+
+    def usable(piece: str) -> bool:  # whole printable characters, no whitespace (responses are stripped)
+        return piece.isprintable() and "\ufffd" not in piece and not any(c.isspace() for c in piece)
+
+    n, at = next(
+        (n, i)
+        for n, text in enumerate(free)
+        for i in range(1, len(text) - 3)
+        if usable(text[i : i + 2]) and text.find(text[i : i + 2]) == i
+    )
+    stop = free[n][at : at + 2]
+    rows, _, _ = run_eval("stop", **{"generation.stop": [stop]})
+    assert rows[n]["response"] == free[n][: at + 2] and rows[n]["finished"]
+    for row, uncut in zip(rows, free):
+        text = row["response"]
+        assert uncut.startswith(text)
+        if stop in text:
+            assert text.index(stop) + len(stop) == len(text)
+
+    rows, cfg, ctx = run_eval("penalty", **{"generation.repetition_penalty": 1.8})
+    assert [r["response"] for r in rows] != free
+    samples = generate(
+        str(lively),
+        ctx.heldout,
+        params=SamplingParams.for_eval(cfg.generation, cfg.eval),
+        batch_size=cfg.eval.batch_size,
+        dtype="float32",
+        backend="vllm",
+        progress=False,
+    )
+    assert [s.response for s in samples] == [r["response"] for r in rows]  # what the stage decoded
+    model = load_model(str(lively), "float32").eval()
+    penalise = RepetitionPenaltyLogitsProcessor(1.8)
+    with torch.no_grad():
+        for s in samples:
+            ids = torch.tensor([s.prompt_ids + s.response_ids])
+            logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1 : -1]
+            for i, t in enumerate(s.response_ids):
+                scores = penalise(ids[:, : len(s.prompt_ids) + i], logits[i : i + 1].clone())
+                assert scores[0, t] >= scores[0].max() - 1e-4  # the argmax, up to kernel rounding
+    engine[1].reload(str(models[0]))
 
 
 def test_sparring_run_with_the_vllm_backend(models, tmp_path):

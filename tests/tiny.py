@@ -59,6 +59,25 @@ def make_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 32
     return path
 
 
+def make_lively_model(path: Path, seed: int = 4) -> Path:
+    """`make_tiny_model` with its matrices redrawn at std 1, saved to `path`: its greedy responses vary
+    from prompt to prompt (the initialised tiny model answers every prompt with newlines), so stop
+    strings and penalties have work to do."""
+    import torch
+
+    from sparring.models import load_model
+
+    path = make_tiny_model(path, seed=seed)
+    model = load_model(str(path), "float32")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g))
+    model.save_pretrained(path)
+    return path
+
+
 def make_tiny_reward_model(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     """A tiny sequence-classification reward model (one label) with its own tokenizer and chat template."""
     import torch
