@@ -66,7 +66,8 @@ class GenerationConfig:
     temperature: float = field(default=0.7, metadata=_range(0, None, lo_open=True))
     top_p: float = field(default=0.9, metadata=_range(0, 1, lo_open=True))
     batch_size: int = field(default=32, metadata=_range(1, None))  # sequences decoded at once
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    # auto: bfloat16 where the device runs bf16 matmuls natively, float32 elsewhere (sparring.hardware)
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     shard_size: int = field(default=16, metadata=_range(1, None))  # prompts per samples shard
     # transformers' processors' semantics, both backends (docs/generation.md); the recorded log-probs
     # stay those of the raw model. Defaults: off.
@@ -86,7 +87,8 @@ class JudgeConfig:
     cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
     model: str | None = None  # reward_model / pairrm / llm: directory, hub id or alias; openai: the served name
     revision: str | None = None  # a hub model's revision (branch, tag or commit)
-    dtype: Literal["bfloat16", "float32"] | None = None  # a local judge model's dtype
+    # a local judge model's dtype; auto: bfloat16 where the device runs bf16 natively, float32 elsewhere
+    dtype: Literal["auto", "bfloat16", "float32"] | None = None
     batch_size: int | None = field(default=None, metadata=_range(1, None))  # texts per forward pass
     max_length: int | None = field(default=None, metadata=_range(8, None))  # tokens kept per judged text
     mode: Literal["sppo", "direct"] | None = None  # pairrm: how its logits become P
@@ -124,7 +126,9 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
     weight_decay: float = field(default=0.0, metadata=_range(0, None))
     max_grad_norm: float = field(default=1.0, metadata=_range(0, None))  # 0 disables clipping
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast, fp32 weights and log-softmax
+    # bf16: bf16 autocast, fp32 weights and log-softmax; fp32; auto: bf16 where the device runs it
+    # natively, fp32 elsewhere (sparring.hardware)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     mars: MarsConfig = field(default_factory=MarsConfig)  # used when optimizer is mars
     # recompute each decoder layer's activations in the backward pass instead of keeping them
     # (transformers' activation / gradient checkpointing): less memory, about one more forward pass of time
@@ -157,7 +161,7 @@ class EvalConfig:
     batch_size: int = field(default=32, metadata=_range(1, None))
     limit: int | None = field(default=None, metadata=_range(1, None))  # first N held-out prompts
     base: bool = True  # also evaluate the starting policy (iteration table row 0, win-rate anchor)
-    greedy: bool = True  # greedy responses; false: sampled with generation.temperature / top_p
+    greedy: bool = True  # greedy responses; false: sampled with every generation option (temperature, top_p, ...)
     # which metrics; unset: ifeval (when the held-out prompts carry IFEval instructions), win_rate and
     # length_controlled (against the base), win_rate_vs_reference (when eval.reference is set)
     metrics: list[Literal["ifeval", "win_rate", "win_rate_vs_reference", "length_controlled"]] | None = None
@@ -191,6 +195,9 @@ class RunConfig:
     # keep only the newest N iter_<t>/policy directories (and APO's policy_trained): older ones are deleted
     # once a newer one is recorded and no pending stage reads them; 0: keep all (docs/cli.md)
     keep_policies: int = field(default=0, metadata=_range(0, None))
+    # written by sparring, not a setting: why the `auto` precision settings resolved as they did when the
+    # run started (the plan, the report and the model card print it; a resumed run keeps it)
+    precision_reason: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

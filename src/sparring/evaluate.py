@@ -44,7 +44,7 @@ def generate(
     *,
     params: SamplingParams,
     batch_size: int,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     backend: str = "hf",
     seed: int = 0,
     progress: bool = True,

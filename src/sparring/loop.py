@@ -57,6 +57,7 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
     from sparring.rundir import check_name, command_line
 
     check_name(root.name, "name")
+    cfg = resolve_precision(cfg, root)[0]  # config.yaml records concrete dtypes, never `auto`
     rd = RunDir(root)
     saved = root / "config.yaml"
     dist = current()
@@ -96,6 +97,19 @@ def open_run(cfg: RunConfig, root: Path, force: bool = False) -> RunDir:
             write_json(rd.manifest_path, rd.manifest())
     dist.barrier()
     return rd
+
+
+def resolve_precision(cfg: RunConfig, root: Path):
+    """(cfg with every `auto` precision setting made concrete, the `Resolution` saying how). A run
+    directory that already holds a config gives its recorded values (a resumed run keeps its numerics,
+    also on another machine); a new run gets this machine's choice (sparring.hardware), and the reason
+    is recorded with it (`precision_reason`)."""
+    from sparring.hardware import resolve_run
+
+    saved = Path(root) / "config.yaml"
+    recorded = _saved_config(saved).to_dict() if saved.exists() else None
+    data, res = resolve_run(cfg.to_dict(), recorded, device=str(current().device))
+    return (config_from_dict(data, "config") if res.values else cfg), res
 
 
 def _saved_config(saved: Path) -> RunConfig:
@@ -311,6 +325,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def make_context(cfg: RunConfig, rd: RunDir, progress: bool = True, log=print, inputs: Inputs | None = None) -> Context:
+    cfg = resolve_precision(cfg, rd.root)[0]  # the commands resolve it first; a direct caller may not
     inputs = inputs or load_inputs(cfg)
     dist = current()
     # progress bars and log lines from rank 0 only: N copies of each would say nothing more

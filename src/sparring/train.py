@@ -313,9 +313,13 @@ def train(
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, fused=not dist.fsdp)
     steps = train_cfg.epochs * math.ceil(len(rows) / train_cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(steps, train_cfg.warmup_ratio))
+    from sparring.hardware import resolve
+
+    # a run's config arrives resolved (commands.run_and_report); `auto` here is a direct caller's
+    precision = resolve(train_cfg.precision, model.device, ("bf16", "fp32"))
     autocast = (
         torch.autocast("cpu" if model.device.type == "cpu" else model.device.type, dtype=torch.bfloat16)
-        if train_cfg.precision == "bf16"
+        if precision == "bf16"
         else contextlib.nullcontext()
     )
     # with π_t's weights, before any checkpoint is restored: the reference is π_t, not a resumed state
@@ -368,7 +372,7 @@ def train(
             raise UserError(
                 f"training stopped at optimizer step {step + 1} of {steps}: the {what} is "
                 f"{step_loss / len(idx) if what == 'loss' else grad_norm} (train.lr = {train_cfg.lr}, "
-                f"train.precision = {train_cfg.precision}); nothing was saved. Lower train.lr (or raise "
+                f"train.precision = {precision}); nothing was saved. Lower train.lr (or raise "
                 "method.beta), then run the same command again: the stage starts over"
             )
         opt.step()

@@ -25,14 +25,17 @@ def require_vllm(where: str = "config") -> None:
         )
 
 
-def load_sampler(policy: str, backend: str = "hf", dtype: str = "bfloat16", seed: int = 0, device="cpu"):
+def load_sampler(policy: str, backend: str = "hf", dtype: str = "auto", seed: int = 0, device="cpu"):
     """(tokenizer, model, iter_samples) for sampling from `policy` with `backend` (the HF model on
-    `device`, the rank's device under `accelerate launch`).
+    `device`, the rank's device under `accelerate launch`). `dtype` auto: bf16 where `device` runs it
+    natively, float32 elsewhere (sparring.hardware).
 
     For `vllm` the model is the process's one engine, moved to `policy` by reloading its weights
     when it already runs another policy of the same architecture (no restart)."""
+    from sparring.hardware import model_dtype
     from sparring.models import load_model, load_tokenizer
 
+    dtype = model_dtype(dtype, device, "generation.dtype")
     tok = load_tokenizer(policy)
     if backend == "hf":
         from sparring.generation.hf import iter_samples

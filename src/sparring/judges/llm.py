@@ -25,7 +25,7 @@ class LLMJudge(PairwiseJudge):
         model: str,
         *,
         revision: str | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 8,
         max_length: int = 2048,
         template: str | None = None,
@@ -34,6 +34,10 @@ class LLMJudge(PairwiseJudge):
         super().__init__()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sparring.hardware import model_dtype
+
+        dtype = model_dtype(dtype, device, "judge.dtype")  # auto: bf16 only where the device runs it natively
 
         from sparring.models import model_fingerprint, quiet_loading, resolve_model
 

@@ -46,14 +46,17 @@ class PairRMJudge(PairwiseJudge):
         self,
         model: str,
         *,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 16,
         mode: str = "sppo",
         revision: str | None = None,
         device="cpu",
     ):
         super().__init__()
+        from sparring.hardware import model_dtype
         from sparring.judges.pairrm_model import load_pairrm
+
+        dtype = model_dtype(dtype, device, "judge.dtype")  # auto: bf16 only where the device runs it natively
         from sparring.models import model_fingerprint
 
         self.rm = load_pairrm(model, device=device, dtype={"bfloat16": "bf16", "float32": "fp32"}.get(dtype, dtype))

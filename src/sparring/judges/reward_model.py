@@ -29,7 +29,7 @@ class RewardModelJudge(PointwiseJudge):
         model: str,
         *,
         revision: str | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 16,
         max_length: int = 2048,
         tau: float = 1.0,
@@ -38,6 +38,10 @@ class RewardModelJudge(PointwiseJudge):
         super().__init__()
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from sparring.hardware import model_dtype
+
+        dtype = model_dtype(dtype, device, "judge.dtype")  # auto: bf16 only where the device runs it natively
 
         from sparring.models import model_fingerprint, quiet_loading, resolve_model
 

@@ -46,7 +46,6 @@ _MEANINGS = {
     "generation.max_new_tokens": "longest response sampled, in tokens",
     "generation.temperature": "sampling temperature",
     "generation.top_p": "nucleus sampling: keep the smallest set of tokens with this much probability",
-    "generation.dtype": "dtype of the sampling model",
     "judge.name": "the judge (docs/judge.md)",
     "train.optimizer": "the optimizer",
     "train.lr": "peak learning rate of each iteration (linear warmup, then linear decay to 0)",
