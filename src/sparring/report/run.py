@@ -315,6 +315,15 @@ def section_timings(run: Run) -> dict:
     }
 
 
+def _precision_text(run) -> str | None:
+    """ "float32 sampling, fp32 training (fp32: why)": the run's precision and, where `auto` chose it, why."""
+    dtype, precision = run.cfg("generation", "dtype"), run.cfg("train", "precision")
+    if dtype is None and precision is None:
+        return None
+    reason = run.cfg("precision_reason")
+    return f"{dtype} sampling, {precision} training" + (f" ({reason})" if reason else "")
+
+
 def _cell(st) -> dict:
     return {
         "key": st.key,
@@ -374,6 +383,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "method": summary.get("method") or run.cfg("method", "name") or "?",
         "model": summary.get("model") or run.cfg("model") or "?",
         "iterations": run.iterations,
+        "precision": _precision_text(run),
         "generated": _utc(time.time()),
         "status": _status(run),
         "problems": run.problems,
