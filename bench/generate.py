@@ -29,7 +29,16 @@ its lines in bench/README.md before that date measured that workload.)
 128 new tokens, at `--eval-batch-sizes` (40,120), with the padded loop (the decode loop evaluation
 used before the slot loop) and the slot loop: seconds at the first batch size, and how many
 responses differ between the two batch sizes.
+
+`--dtype auto` (the default): bfloat16 where the CPU runs bf16 matmuls natively, float32 elsewhere
+(`sparring.hardware.resolve`); the line's `dtype` is what ran. Both lines also carry `env` (where
+it ran: CPU, instruction set, kernel dispatch, threads, torch, what `auto` picks and why), the matmul
+peak in that dtype measured after the timings (`peak_gflops`, `peak_dtype`, `peak_shape`), the
+model's `params`, and for each configuration `fraction_of_peak` = tokens/s × 2 × params / peak (the
+decode's model FLOPs: 2·N a token, attention not counted).
+
     python bench/generate.py [--model smollm2-135m] [--prompts 16] [--k 4] [--max-new-tokens 128] [--repeats 2]
+        [--dtype auto|bfloat16|float32]
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import sys
 import time
 
 import torch
+from train_vs_trl import bench_env, matmul_peak, resolve_dtype, sig
 
 from sparring.generation import engine as engine_module
 from sparring.generation.engine import Levers
@@ -109,13 +119,20 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="auto: bfloat16 where the CPU runs it natively, float32 elsewhere",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--eval", action="store_true", help="time greedy evaluation and its batch invariance instead")
     ap.add_argument("--eval-prompts", type=int, default=120)
     ap.add_argument("--eval-batch-sizes", default="40,120")
     args = ap.parse_args()
+    args.dtype_setting = args.dtype
+    args.dtype = resolve_dtype("--dtype", args.dtype, ("bfloat16", "float32"))
     if args.eval:
         return evaluation(args)
     names = args.configs.split(",")
@@ -141,6 +158,7 @@ def main() -> None:
         "bench": "generate",
         "model": args.model,
         "dtype": args.dtype,
+        "dtype_setting": args.dtype_setting,
         "prompts": args.prompts,
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,
@@ -148,9 +166,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "torch": torch.__version__,
+        **measured_peak(model, args.dtype),
     }
     for name, (sec, n, load) in best.items():
         out[name] = {"seconds": round(sec, 2), "tokens": n, "tokens_per_s": round(n / sec, 1), "load": load}
+        out[name]["fraction_of_peak"] = fraction_of_peak(n / sec, out)
     ratio = {}
     for name in best:
         base = "generate_greedy" if CONFIGS[name][2] else "generate"
@@ -158,6 +178,16 @@ def main() -> None:
             ratio[name] = round(out[name]["tokens_per_s"] / out[base]["tokens_per_s"], 2)
     out["vs_generate_tokens_per_s"] = ratio
     print(json.dumps(out))
+
+
+def measured_peak(model, dtype: str) -> dict:
+    """env, params and the matmul peak in `dtype` (measured now, after the timings), for the line."""
+    return {"env": bench_env(), "params": sum(p.numel() for p in model.parameters()), **matmul_peak(dtype)}
+
+
+def fraction_of_peak(tokens_per_s: float, out: dict) -> float:
+    """The decode's model FLOP/s (2 × params a token) over the measured matmul peak."""
+    return sig(tokens_per_s * 2 * out["params"] / (out["peak_gflops"] * 1e9))
 
 
 def evaluation(args) -> None:
@@ -169,6 +199,7 @@ def evaluation(args) -> None:
         "bench": "generate_eval",
         "model": args.model,
         "dtype": args.dtype,
+        "dtype_setting": args.dtype_setting,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "batch_sizes": sizes,
@@ -177,6 +208,7 @@ def evaluation(args) -> None:
     for engine in ("padded", "sparring"):
         iter_samples(model, tok, prompts[:2], k=1, max_new_tokens=4, greedy=True, engine=engine)  # warm-up
     responses: dict = {}
+    rates: dict[str, float] = {}  # tokens/s, unrounded
     for bs in sizes:  # the first batch size timed for both engines side by side, then the others
         for engine in ("padded", "sparring"):
             before = os.getloadavg()[0]
@@ -198,6 +230,7 @@ def evaluation(args) -> None:
             sec = time.perf_counter() - start
             responses[(engine, bs)] = got
             n = sum(map(len, got))
+            rates[f"{engine}_bs{bs}"] = n / sec
             out[f"{engine}_bs{bs}"] = {
                 "seconds": round(sec, 2),
                 "tokens": n,
@@ -205,6 +238,9 @@ def evaluation(args) -> None:
                 "load": [round(before, 2), round(os.getloadavg()[0], 2)],
             }
             print(f"{engine} bs {bs}: {sec:.1f} s", file=sys.stderr, flush=True)
+    out.update(measured_peak(model, args.dtype))
+    for key, rate in rates.items():
+        out[key]["fraction_of_peak"] = fraction_of_peak(rate, out)
     b0 = sizes[0]
     out["time_vs_padded"] = round(out[f"sparring_bs{b0}"]["seconds"] / out[f"padded_bs{b0}"]["seconds"], 2)
     for engine in ("padded", "sparring"):

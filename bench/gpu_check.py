@@ -4,8 +4,11 @@ Every check runs in a process of its own, under a time limit, so a check that cr
 poisons its process), hangs (a collective that never returns) or fails does not stop the others.
 Each writes one JSON line, to stdout and to --out, as soon as it ends:
     {"check": NAME, "status": "ok" | "failed" | "skipped", "error": null | TEXT, "seconds": S,
-     "numbers": {...}}
+     "numbers": {...}, "env": {...}}
 (a failed check adds "traceback" and/or "log_tail"). The last line is {"check": "summary", ...}.
+"env", the same in every line, is what the environment check found (bench/train_vs_trl.py's
+bench_env: CPU, instruction set, kernel dispatch, threads, torch, the GPU, what `auto` picks and why;
+{"error": ...} where sparring could not say, null where the environment check wrote no record).
 
 Checks, in order:
   environment         versions, the device, what is missing (a requested GPU that is absent stops the run)
@@ -26,9 +29,10 @@ Checks, in order:
                       the run directory with its size, and the stage timings from manifest.json
   train_throughput    sparring's trainer against TRL's DPOTrainer on the same pairs (bench/train_vs_trl.py's
                       pairs and tokenization): tokens/s, the ratio, MFU against a bf16 matmul peak measured
-                      in the same process, and an fp32 loss-agreement run; "skipped" (with sparring's own
-                      numbers) where TRL is not installed
-  generation          sparring's decode loop against model.generate, sampled and greedy: tokens/s and ratio
+                      in the same process (peak_gflops, unrounded GFLOP/s), and an fp32 loss-agreement run;
+                      "skipped" (with sparring's own numbers) where TRL is not installed
+  generation          sparring's decode loop against model.generate, sampled and greedy: tokens/s, ratio,
+                      and fraction_of_peak (tokens/s × 2 × params over the bf16 matmul peak, peak_gflops)
   train_throughput_1b, generation_1b   the same two on the ~1B model (--big)
 
 On the GPU machine (no network; torch, transformers, accelerate and pytest are there, sparring is not
@@ -492,6 +496,7 @@ def main_parent(args) -> int:
     env = child_env(args, work)
     scale = 3 if args.device == "cpu" else 1
     status: dict[str, str] = {}
+    env_found = None  # the environment check's "env", then carried by every line
     print(f"[gpu_check] work directory {work}", file=sys.stderr, flush=True)
     for name, cap, needs_models in selected(args):
         left = args.budget_s - (time.monotonic() - start)
@@ -509,12 +514,16 @@ def main_parent(args) -> int:
             rec = run_pytest(args, work, env, min(cap * scale, left - 5))
         else:
             rec = run_child(name, args, work, env, min(cap * scale, left - 5), budget_bound=left - 5 < cap * scale)
+        if name == "environment":
+            env_found = rec.pop("env", None)
+        rec.pop("env", None)
         record = {
             "check": name,
             "status": rec.pop("status"),
             "error": rec.pop("error", None),
             "seconds": round(time.monotonic() - t0, 2),
             "numbers": rec.pop("numbers", {}),
+            "env": env_found,
             **rec,
         }
         status[name] = record["status"]
@@ -541,6 +550,7 @@ def main_parent(args) -> int:
                 "failed": failed,
                 "skipped": [n for n, s in status.items() if s == "skipped"],
             },
+            "env": env_found,
         }
     )
     return 1 if failed else 0
@@ -664,7 +674,18 @@ def check_environment(args) -> dict:
         import sparring
 
         numbers["sparring_path"] = str(Path(sparring.__file__).parent)
-    return {"status": "failed" if problems else "ok", "error": "; ".join(problems) or None, "numbers": numbers}
+    try:
+        import train_vs_trl as tvt
+
+        env = tvt.bench_env()
+    except Exception as exc:  # not a failure of this check: `missing` names what cannot be imported
+        env = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {
+        "status": "failed" if problems else "ok",
+        "error": "; ".join(problems) or None,
+        "numbers": numbers,
+        "env": env,
+    }
 
 
 def _build_model(files: Path, out: Path, shape: str, device, dtype, seed: int) -> dict:
@@ -1140,30 +1161,9 @@ def check_sppo_iteration(args) -> dict:
     return {"status": "failed" if problems else "ok", "error": "; ".join(problems) or None, "numbers": numbers}
 
 
-def matmul_peak(device, dtype=None) -> dict:
-    """FLOP/s of a large bf16 matmul on `device` (2n³ FLOPs): the MFU's denominator, measured here."""
-    import torch
-
-    dtype = dtype or torch.bfloat16
-    n, warm, reps = (8192, 3, 10) if device.type == "cuda" else (1024, 1, 3)
-    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
-    for _ in range(warm):
-        a @ b
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    flops = 2 * n**3
-    return {
-        "n": n,
-        "dtype": str(dtype),
-        "best_tflops": round(flops / min(times) / 1e12, 2),
-        "mean_tflops": round(flops * len(times) / sum(times) / 1e12, 2),
-        "best": flops / min(times),
-    }
+def _sig(x: float, digits: int = 3) -> float:
+    """`x` to `digits` significant digits: a slow CPU's small rate or MFU is shortened, never rounded to 0."""
+    return float(f"{x:.{digits}g}")
 
 
 def _sparring_train_timed(model_dir, rows_tok, ref, ns, precision, device) -> dict:
@@ -1316,7 +1316,8 @@ def check_train_throughput(args, which: str = "policy") -> dict:
     pairs_ord = [pairs[i] for i in order]
     tokens = tvt.work_tokens(rows)
     n_params = _model_info(args)[which]["params"]  # counted when prepare built it (tied weights once)
-    peak = matmul_peak(device)
+    # the MFU's denominator, measured here: unrounded GFLOP/s of a large bf16 matmul on the device
+    peak = tvt.matmul_peak(torch.bfloat16, device)
     have_trl = importlib.util.find_spec("trl") is not None
     numbers: dict = {
         "device": str(device),
@@ -1327,7 +1328,7 @@ def check_train_throughput(args, which: str = "policy") -> dict:
         "batch_size": ns.batch_size,
         "micro_batch_size": ns.micro_batch_size,
         "precision": "bf16",
-        "matmul_peak": {k: v for k, v in peak.items() if k != "best"},
+        **peak,  # peak_gflops, peak_dtype, peak_shape
     }
     problems: list[str] = []
     if have_trl and size["agree_pairs"]:
@@ -1376,10 +1377,12 @@ def check_train_throughput(args, which: str = "policy") -> dict:
                 best[name] = r
     for name, r in best.items():
         tps = tokens / r["seconds"]
+        mfu = _sig(6 * n_params * tps / (peak["peak_gflops"] * 1e9))
         entry = {
             "seconds": round(r["seconds"], 3),
-            "tokens_per_s": round(tps, 1),
-            "mfu_vs_bf16_peak": round(6 * n_params * tps / peak["best"], 4),
+            "tokens_per_s": _sig(tps, 4),
+            "mfu": mfu,  # against the peak of the precision it trained in, bf16
+            "mfu_vs_bf16_peak": mfu,
             "final_loss": r["losses"][-1] if r["losses"] else None,
             "steps": len(r["losses"]),
         }
@@ -1397,7 +1400,7 @@ def check_train_throughput(args, which: str = "policy") -> dict:
         if name != "sparring" and not r["model_on"].startswith(device.type):
             problems.append(f"{name}: TRL trained on {r['model_on']}, not on {device}")
     for name in configs[1:]:
-        numbers[f"speedup_vs_{name}"] = round(best[name]["seconds"] / best["sparring"]["seconds"], 3)
+        numbers[f"speedup_vs_{name}"] = _sig(best[name]["seconds"] / best["sparring"]["seconds"])
     if device.type == "cuda":
         numbers["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if problems:
@@ -1414,6 +1417,7 @@ def check_train_throughput(args, which: str = "policy") -> dict:
 
 def check_generation(args, which: str = "policy") -> dict:
     import torch
+    import train_vs_trl as tvt
 
     from sparring.generation.hf import iter_samples
     from sparring.models import load_model, load_tokenizer
@@ -1473,19 +1477,25 @@ def check_generation(args, which: str = "policy") -> dict:
         "max_new_tokens": size["new_tokens"],
         "batch_size": size["batch"],
         "repeats": size["repeats"],
+        "params": _model_info(args)[which]["params"],
+        # measured after the timings: unrounded GFLOP/s of a large bf16 matmul on the device
+        **tvt.matmul_peak(torch.bfloat16, device),
     }
     problems = []
+    rate = {name: n / sec for name, (sec, n, _) in best.items()}
     for name, (sec, n, _) in best.items():
-        numbers[name] = {"seconds": round(sec, 3), "tokens": n, "tokens_per_s": round(n / sec, 1)}
+        numbers[name] = {
+            "seconds": round(sec, 3),
+            "tokens": n,
+            "tokens_per_s": _sig(rate[name], 4),
+            # the decode's model FLOP/s (2 × params a token) over the peak
+            "fraction_of_peak": _sig(rate[name] * 2 * numbers["params"] / (numbers["peak_gflops"] * 1e9)),
+        }
         if n == 0:
             problems.append(f"{name} generated no tokens")
     if not problems:
-        numbers["sparring_vs_generate_sampled"] = round(
-            numbers["sparring"]["tokens_per_s"] / numbers["generate"]["tokens_per_s"], 3
-        )
-        numbers["sparring_vs_generate_greedy"] = round(
-            numbers["sparring_greedy"]["tokens_per_s"] / numbers["generate_greedy"]["tokens_per_s"], 3
-        )
+        numbers["sparring_vs_generate_sampled"] = _sig(rate["sparring"] / rate["generate"])
+        numbers["sparring_vs_generate_greedy"] = _sig(rate["sparring_greedy"] / rate["generate_greedy"])
     a, b = best["sparring_greedy"][2], best["generate_greedy"][2]
     # information: with random weights the logits are nearly flat, so bf16 rounding can flip an argmax
     numbers["greedy_identical_fraction"] = round(sum(x == y for x, y in zip(a, b)) / max(1, len(a)), 3)

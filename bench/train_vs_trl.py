@@ -20,12 +20,16 @@ Tokenization and trainer construction are not timed on either side.
 Phases (one JSON line at the end holds both):
 1. agreement: all pairs of `--agree-pairs` in float32 on both sides; per-step training losses
    compared (max |Δ|) and the final step's loss of each side.
-2. speed: `--precision` (bf16 autocast by default, TRL's `bf16=True`), every configuration run
-   `--repeats` times alternating, best time kept. tokens = Σ over pairs of the real (non-pad)
-   tokens of both sequences (prompt + response, twice): the same work on each side, so the
-   tokens-per-second ratio equals the time ratio.
+2. speed: `--precision` (`auto` by default: bf16 autocast, TRL's `bf16=True`, where the CPU runs bf16
+   natively, fp32 elsewhere; `sparring.hardware.resolve`, the line says which it ran), every
+   configuration run `--repeats` times alternating, best time kept. tokens = Σ over pairs of the
+   real (non-pad) tokens of both sequences (prompt + response, twice): the same work on each side,
+   so the tokens-per-second ratio equals the time ratio.
 MFU: model FLOPs/s = 6 × params × tokens/s (forward 2·N·T, backward 4·N·T; attention FLOPs and
-TRL's extra reference forward not counted), against the best measured bf16 / fp32 matmul rate.
+TRL's extra reference forward not counted), against the measured bf16 and fp32 matmul peaks
+(`mfu_vs_bf16_peak`, `mfu_vs_fp32_peak`) and, as `mfu`, against the peak of the precision it ran in
+(`peak_gflops`, `peak_dtype`). Every line also carries `env` (`bench_env`: the CPU, what its kernels
+dispatch to, threads, torch, the GPU, what `auto` picks and why).
 
     python bench/train_vs_trl.py [--pairs 128] [--batch-size 16] [--micro-batch-size 4] [--repeats 2]
 """
@@ -306,16 +310,23 @@ def run_levers(args, rows_tok) -> dict:
             best[key] = min(best.get(key, float("inf")), one(layout, sort, precision))
             print(f"lever {key}: {best[key]:.2f} s", file=sys.stderr, flush=True)
     tokens = work_tokens(rows_tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    peaks = {p: matmul_peak(torch.bfloat16 if p == "bf16" else torch.float32)["peak_gflops"] for p in ("bf16", "fp32")}
     return {
         "bench": "train_levers",
         "pairs": len(rows_tok),
         "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size,
         "threads": torch.get_num_threads(),
+        "env": bench_env(),
         "tokens": tokens,
+        "params": n_params,
         "seconds": {k: round(v, 2) for k, v in best.items()},
         "tokens_per_s": {k: round(tokens / v, 1) for k, v in best.items()},
         "vs_padded_bf16": {k: round(best["padded_bf16"] / v, 2) for k, v in best.items()},
+        # each variant ran in the precision its name ends with; forward + backward = 6·N FLOPs a token
+        "matmul_peak_gflops": peaks,
+        "mfu": {k: sig(6 * n_params * tokens / v / (peaks[k[-4:]] * 1e9)) for k, v in best.items()},
     }
 
 
@@ -406,15 +417,21 @@ def run_step_levers(args, rows_tok) -> dict:
             opt_seconds[name] = min(opt_seconds.get(name, float("inf")), statistics.median(times))
             print(f"lever {name}: {opt_seconds[name]:.3f} s/step", file=sys.stderr, flush=True)
     tokens = work_tokens(rows_tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    peak = matmul_peak(torch.bfloat16)  # the forward and backward passes run under bf16 autocast
     out = {
         "bench": "train_step_levers",
         "pairs": len(rows_tok),
         "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size,
         "threads": torch.get_num_threads(),
+        "env": bench_env(),
         "tokens": tokens,
+        "params": n_params,
         "forward_backward_seconds": {k: round(v, 2) for k, v in best.items()},
         "vs_base": {k: round(best["base"] / v, 3) for k, v in best.items()},
+        **peak,
+        "mfu": {k: sig(6 * n_params * tokens / v / (peak["peak_gflops"] * 1e9)) for k, v in best.items()},
         "optimizer_step_seconds": {k: round(v, 3) for k, v in opt_seconds.items()},
         "optimizer_vs_for_loop": {k: round(opt_seconds["adamw_for_loop"] / v, 2) for k, v in opt_seconds.items()},
     }
@@ -424,19 +441,74 @@ def run_step_levers(args, rows_tok) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- MFU
+# ---------------------------------------------------------------- environment, matmul peak, MFU
+# (also bench/generate.py's and bench/gpu_check.py's: every benchmark line says where it ran, and which
+# fraction of the machine's matmul peak its rate is)
+
+# The peak's product: 2048³ (17 GFLOP: 0.1-0.5 s on a CPU that runs the dtype natively) and 8192³ on a
+# GPU. bf16 where the CPU has no native bf16 (an AVX2-only CPU: oneDNN emulates it at ~1 GFLOP/s) is
+# measured on 128×1024×1024 (0.27 GFLOP), so that the peak takes ≤ ~2 s there too.
+PEAK_SHAPES = {"cpu": (2048, 2048, 2048), "cpu_emulated_bf16": (128, 1024, 1024), "cuda": (8192, 8192, 8192)}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an n×n @ n×n matmul in `dtype` (2n³ FLOPs each)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+def bench_env() -> dict:
+    """`sparring.hardware.env_report(measure=False)`, cut to what explains a benchmark's numbers: the
+    CPU, its instruction set, the kernels ATen and oneDNN dispatch to (and the variables that limit
+    them), cores and torch's threads, torch's version, the GPU if any, and what `auto` picks and why."""
+    from sparring.hardware import env_report
+
+    r = env_report(measure=False)
+    cpu = r["cpu"]
+    return {
+        "cpu": cpu["model"],
+        "isa": cpu["isa"],
+        "aten_capability": cpu["aten_capability"],
+        "onednn_bf16_kernels": cpu["onednn_bf16_kernels"],
+        "dispatch_limits": cpu["dispatch_limits"],
+        "cores": cpu["cores"],
+        "torch_threads": cpu["torch_threads"],
+        "torch": r["versions"].get("torch"),
+        "cuda": r["cuda"]["device"] if r["cuda"] else None,
+        "auto": r["auto"],  # {"device", "choice", "reason"}
+    }
+
+
+def matmul_peak(dtype, device="cpu") -> dict:
+    """The matmul peak in `dtype` (a torch dtype or its name) on `device`, measured in this process with
+    its threads: GFLOP/s of the best of 3 products of PEAK_SHAPES' shape after an untimed one
+    (`sparring.hardware.matmul_gflops`), unrounded, so a slow CPU's peak is never reported as 0.
+    Returns {"peak_gflops", "peak_dtype", "peak_shape"}."""
+    from sparring.hardware import choose, device_key, matmul_gflops
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    where = device_key(device)
+    if where.startswith("cuda"):  # kernels run asynchronously: repeat each timing for 0.1 s
+        shape, min_seconds = PEAK_SHAPES["cuda"], 0.1
+    elif dtype == torch.bfloat16 and not choose(where).bf16:
+        shape, min_seconds = PEAK_SHAPES["cpu_emulated_bf16"], 0.0
+    else:
+        shape, min_seconds = PEAK_SHAPES["cpu"], 0.0
+    gflops = matmul_gflops(dtype, shape, repeats=3, device=where, min_seconds=min_seconds)
+    return {"peak_gflops": gflops, "peak_dtype": str(dtype).removeprefix("torch."), "peak_shape": list(shape)}
+
+
+def sig(x: float, digits: int = 3) -> float:
+    """`x` to `digits` significant digits: a small MFU or rate is shortened, never rounded to 0."""
+    return float(f"{x:.{digits}g}")
+
+
+def resolve_dtype(what: str, setting: str, names: tuple[str, str], device="cpu") -> str:
+    """`setting` (option `what`) with `auto` made concrete for `device`, spelled as `names` (bf16, fp32)
+    spell it; says on stderr which it is and why (with the measured slowdown where an explicit bf16 is
+    not native here)."""
+    from sparring.hardware import bf16_warning, choose, resolve
+
+    value = resolve(setting, str(device), names)
+    why = f"auto: {choose(str(device)).reason}" if setting == "auto" else "set explicitly"
+    print(f"{what} {value} ({why})", file=sys.stderr, flush=True)
+    if setting != "auto" and (warning := bf16_warning(what, value, str(device))):
+        print(warning, file=sys.stderr, flush=True)
+    return value
 
 
 # ---------------------------------------------------------------- main
@@ -454,7 +526,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="the speed phase's precision; auto: bf16 where the CPU runs it natively, fp32 elsewhere",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="trl_ref_model,trl_precompute,sparring")
@@ -486,10 +563,13 @@ def main() -> None:
 
     tok = load_tokenizer(args.model)
     resolve_model(args.model)  # convert the embedded model once, outside any timing
+    precision_setting = args.precision
+    args.precision = resolve_dtype("--precision", args.precision, ("bf16", "fp32"))
     out: dict = {
         "bench": "train_vs_trl",
         "model": args.model,
         "threads": torch.get_num_threads(),
+        "env": bench_env(),
         "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size,
         "lr": args.lr,
@@ -550,6 +630,7 @@ def main() -> None:
         {
             "pairs": args.pairs,
             "precision": args.precision,
+            "precision_setting": precision_setting,
             "tokens": tokens,
             "pad_free_tokens_per_pair": round(tokens / args.pairs, 1),
             "sparring_ref_logps_seconds_not_counted": round(ref_sec, 2),
@@ -566,9 +647,11 @@ def main() -> None:
             if name not in best or r["seconds"] < best[name]["seconds"]:
                 best[name] = r
     n_params = sum(p.numel() for p in load_model(args.model, "float32").parameters())
-    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    measured = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    peaks = {k: m["peak_gflops"] * 1e9 for k, m in measured.items()}  # FLOP/s
     out["params"] = n_params
-    out["matmul_peak_gflops"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
+    out["matmul_peak_gflops"] = {k: m["peak_gflops"] for k, m in measured.items()}
+    out.update(measured[args.precision])  # peak_gflops, peak_dtype, peak_shape: the precision it ran in
     for name, r in best.items():
         tps = tokens / r["seconds"]
         flops = 6 * n_params * tps
@@ -576,8 +659,9 @@ def main() -> None:
             "seconds": round(r["seconds"], 2),
             "tokens_per_s": round(tps, 1),
             "final_loss": round(r["losses"][-1], 4),
-            "mfu_vs_bf16_peak": round(flops / peaks["bf16"], 3),
-            "mfu_vs_fp32_peak": round(flops / peaks["fp32"], 3),
+            "mfu": sig(flops / peaks[args.precision]),
+            "mfu_vs_bf16_peak": sig(flops / peaks["bf16"]),
+            "mfu_vs_fp32_peak": sig(flops / peaks["fp32"]),
         }
         if name != "sparring":
             entry.update(

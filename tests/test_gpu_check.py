@@ -79,6 +79,11 @@ def test_every_check_writes_one_record_of_the_documented_shape(cpu_run):
         assert r["status"] in STATUSES, r
         assert isinstance(r["numbers"], dict) and isinstance(r["seconds"], (int, float)) and r["seconds"] >= 0
         assert (r["error"] is None) == (r["status"] == "ok"), r  # a record that is not ok says why
+    # every line says where it ran: the environment check's `env`, the same in each
+    env = records[0]["env"]
+    assert all(r["env"] == env for r in records), records[0]
+    assert env["auto"]["choice"] in ("bf16", "fp32") and env["auto"]["reason"] and env["isa"], env
+    assert env["torch_threads"] >= 1 and env["cuda"] is None  # --device cpu hides any GPU
     summary = records[-1]["numbers"]
     assert summary["failed"] == [r["check"] for r in records[:-1] if r["status"] == "failed"]
     assert proc.returncode == (1 if summary["failed"] else 0)
@@ -122,8 +127,13 @@ def test_the_generation_check_compares_both_engines_sampled_and_greedy(cpu_run):
     r = by_name(cpu_run[1])["generation"]
     assert r["status"] == "ok", failure(r)
     n = r["numbers"]
+    # the peak is unrounded GFLOP/s, so a slow CPU's is > 0 too; the fractions are kept to 3 significant digits
+    assert n["peak_gflops"] > 0 and n["peak_dtype"] == "bfloat16" and n["params"] > 0
     for name in ("generate", "sparring", "generate_greedy", "sparring_greedy"):
         assert n[name]["tokens"] > 0 and n[name]["tokens_per_s"] > 0
+        assert n[name]["fraction_of_peak"] == pytest.approx(
+            n[name]["tokens_per_s"] * 2 * n["params"] / (n["peak_gflops"] * 1e9), rel=0.01
+        )
     assert n["sparring_vs_generate_sampled"] == pytest.approx(
         n["sparring"]["tokens_per_s"] / n["generate"]["tokens_per_s"], rel=0.01
     )
@@ -152,8 +162,10 @@ def test_training_throughput_reports_or_says_trl_is_missing(cpu_run):
 
     r = by_name(cpu_run[1])["train_throughput"]
     n = r["numbers"]
+    # GFLOP/s unrounded: a CPU without native bf16 (~1 GFLOP/s) once reported a 0.0 TFLOP/s peak here
+    assert n["peak_gflops"] > 0 and n["peak_dtype"] == "bfloat16" and n["precision"] == "bf16"
     assert n["sparring"]["tokens_per_s"] > 0 and n["sparring"]["mfu_vs_bf16_peak"] > 0
-    assert n["matmul_peak"]["best_tflops"] > 0
+    assert n["sparring"]["mfu"] == n["sparring"]["mfu_vs_bf16_peak"]  # it trained in bf16
     if importlib.util.find_spec("trl") is None:
         assert r["status"] == "skipped" and "trl not installed" in r["error"]
     else:
