@@ -222,14 +222,100 @@ class RunLock:
         return None
 
 
+# The names of a run directory's files (DESIGN.md, "Run directory"): every stage, report and command
+# names a path through these, so the layout is written down once.
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+METRICS_LOG = "metrics.jsonl"
+JUDGE_CACHE = "judge_cache.sqlite"
+SAMPLES = "samples.parquet"
+SAMPLE_SHARDS = "samples.shards"  # the generate stage's shards while it runs
+PREFERENCES = "preferences.parquet"
+ROWS = "train.parquet"
+POLICY = "policy"
+POLICY_TRAINED = "policy_trained"  # APO: the trained weights before extrapolation
+ADAPTER = "adapter"  # LoRA: the iteration's adapter
+TRAIN_CHECKPOINTS = "train_checkpoint"
+EVAL = "eval"
+
+
+def rel(t: int | None, name: str = "") -> str:
+    """A path relative to the run directory, as the manifest records it: `iter_<t>/name`, or
+    `base/name` for t = None (the base policy's evaluation)."""
+    top = "base" if t is None else f"iter_{t}"
+    return f"{top}/{name}" if name else top
+
+
+def stage_key(t: int | None, stage: str) -> str:
+    """A stage's key in the manifest: `iter_<t>/<stage>`, or `base/<stage>` for t = None."""
+    return rel(t, stage)
+
+
+def key_iteration(key: str) -> int | None:
+    """t of a stage key or relative path `iter_<t>/...`; None for base/ and anything else."""
+    head = key.split("/", 1)[0]
+    return int(head[5:]) if head.startswith("iter_") and head[5:].isdigit() else None
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.root / MANIFEST
         self.lock = RunLock(self.root)
 
     def iter_dir(self, t: int) -> Path:
-        return self.root / f"iter_{t}"
+        return self.root / rel(t)
+
+    def path(self, t: int | None, name: str) -> Path:
+        """RUN/iter_<t>/name (RUN/base/name for t = None)."""
+        return self.root / rel(t, name)
+
+    # ------------------------------------------------------------ named paths
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / SUMMARY
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / METRICS_LOG
+
+    @property
+    def judge_cache_path(self) -> Path:
+        return self.root / JUDGE_CACHE
+
+    def samples(self, t: int) -> Path:
+        return self.path(t, SAMPLES)
+
+    def sample_shards(self, t: int) -> Path:
+        return self.path(t, SAMPLE_SHARDS)
+
+    def preferences(self, t: int) -> Path:
+        return self.path(t, PREFERENCES)
+
+    def rows(self, t: int) -> Path:
+        return self.path(t, ROWS)
+
+    def policy(self, t: int) -> Path:
+        """π_{t+1}, trained in iteration t."""
+        return self.path(t, POLICY)
+
+    def policy_trained(self, t: int) -> Path:
+        return self.path(t, POLICY_TRAINED)
+
+    def adapter(self, t: int) -> Path:
+        return self.path(t, ADAPTER)
+
+    def train_checkpoints(self, t: int) -> Path:
+        return self.path(t, TRAIN_CHECKPOINTS)
+
+    def eval_dir(self, t: int | None) -> Path:
+        """The evaluation of π_{t+1} (iter_t/eval), or of the base policy for t = None (base/eval)."""
+        return self.path(t, EVAL)
 
     # ------------------------------------------------------------ manifest
     def manifest(self) -> dict:
@@ -286,6 +372,13 @@ class RunDir:
                 return key
         return None
 
+    def pruned_by(self, rel: str) -> tuple[str, dict] | None:
+        """(the stage, its entry) whose output `rel` keep_policies deleted, or None."""
+        for key, entry in self.manifest()["stages"].items():
+            if rel in entry.get("pruned", {}):
+                return key, entry
+        return None
+
     def verify(self, key: str) -> list[str]:
         """The recorded outputs of stage `key` that are missing or whose sha256 is not the recorded one."""
         entry = self.stage(key) or {}
@@ -326,7 +419,7 @@ class RunDir:
         """The directories sparring writes in: the run root, base/, base/eval, iter_<t>/ and their
         subdirectories — never anything above the run root or elsewhere."""
         dirs = [self.root]
-        for top in [self.root / "base", *sorted(self.root.glob("iter_*"))]:
+        for top in [self.root / rel(None), *sorted(self.root.glob("iter_*"))]:
             if top.is_dir() and not top.is_symlink():
                 dirs.append(top)
                 dirs += [d for d in top.iterdir() if d.is_dir() and not d.is_symlink()]
