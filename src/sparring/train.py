@@ -587,10 +587,11 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
         # every named sequence of the micro-batch in one forward pass, each prompt computed once
         out = packed_logps(model, prompts, [[r[f"{s}_ids"] for r in micro] for s in names], pad_id)
     logps = dict(zip(names, out))
+    # the float columns of the method's row schema (the loss's targets and reference log-probs)
     columns = {
         key: torch.tensor([r[key] for r in micro], dtype=torch.float32, device=model.device)
-        for key, value in micro[0].items()
-        if isinstance(value, float) and not isinstance(value, bool)
+        for key in method.float_columns
+        if key in micro[0]
     }
     return method.loss(logps, columns, method_cfg)
 

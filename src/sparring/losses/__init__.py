@@ -4,8 +4,8 @@ Every loss takes one entry per example (sequence log-probs summed over response 
 loss says otherwise), returns the per-example loss as a 1-D tensor (no reduction, differentiable)
 and raises ``ValueError`` naming the offending argument when called wrongly. See docs/losses.md.
 
-The trainer picks a loss by name from config through ``get_loss`` / ``LOSSES`` rather than an
-``if loss_type == ...`` chain.
+A method (``sparring.methods``, chosen by ``method.name`` in config) names its loss by its ``LOSSES``
+key, and the trainer looks it up with ``get_loss`` rather than an ``if loss_type == ...`` chain.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Methods: how one iteration's samples and preferences become training rows, and which loss
-trains on them. The method is chosen by name in config (`method.name`); the trainer never branches
-on it: it computes the log-probabilities of the sequences a method names and hands them to the
-method's `loss`. See docs/methods.md.
+trains on them (by name, from sparring.losses.LOSSES). The method is chosen by name in config
+(`method.name`); neither the runner nor the trainer branches on it: a method declares how it samples,
+what its prompts need, its row schema, its settings and its hooks (methods/base.py), and the trainer
+computes the log-probabilities of the sequences it names and hands them to its loss. See docs/methods.md.
 """
 
 from __future__ import annotations
 
-from sparring.methods.base import Method, PromptGroup, SeqLogp
+from sparring.methods.base import Draw, Method, PromptGroup, SeqLogp
 from sparring.methods.dpo import DNO, DPO, FDPO, IPO, SIMPO
+from sparring.methods.hooks import Hook, hooks_for
 from sparring.methods.nash_md import NASH_MD
 from sparring.methods.spin import SPIN
 from sparring.methods.sppo import SPPO, SPPO_ALL, SPPO_SINGLE
@@ -21,4 +23,4 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "PromptGroup", "SeqLogp", "get_method"]
+__all__ = ["METHODS", "Draw", "Hook", "Method", "PromptGroup", "SeqLogp", "get_method", "hooks_for"]

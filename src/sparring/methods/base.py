@@ -1,12 +1,28 @@
-"""The shape every method has."""
+"""The shape every method has: what it declares, so that the runner and the trainer never branch on it.
+
+A `Method` says
+- how it samples (`sampling`): K samples from π_t ("policy"), or K/2 from π_t and K/2 opponents from
+  the π_t/μ geometric mixture with log μ recorded ("mixture", Nash-MD) — as `draws`;
+- whether its prompts need a ground-truth response (`needs_reference_response`, SPIN);
+- its rows (`rows`) and their schema (`columns`: named columns with their types, in order), so the
+  trainer takes the loss's float columns from the schema instead of guessing from values;
+- its loss, by name (`loss_name`, a key of `sparring.losses.LOSSES`) with the arguments it passes
+  (`loss_args`);
+- the `method.*` settings it reads (`settings`) and the loss as the model card prints it (`loss_text`);
+- its hooks (`hooks`): history (SPIN's previous pairs) and post-training (APO's extrapolation), which
+  apply to any method when their settings are on (sparring.methods.hooks).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+
+IDS = "list<int64>"  # a token id sequence of a training row
 
 
 @dataclass(frozen=True)
@@ -38,16 +54,64 @@ class SeqLogp:
 
 
 @dataclass(frozen=True)
+class Draw:
+    """One draw of the generate stage: `k` samples per prompt with sample indices from `offset`."""
+
+    seed: str  # the label of the draw's seeds ("generate", "opponent"), with the iteration and shard
+    k: int
+    offset: int
+    opponent: bool = False  # recorded in samples.parquet's `opponent`
+    with_mu: bool = False  # μ decoded in lockstep: every sample carries log μ
+    mixture: float | None = None  # opponents from the π_t/μ geometric mixture with this coefficient
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     description: str
     sequences: tuple[str, ...]  # names of the response sequences of a row, e.g. ("w", "l")
-    # rows(groups, method_config) -> list of row dicts: "prompt_id", "prompt_ids", f"{s}_ids" for
-    # each sequence s, and the float columns the loss reads.
+    # rows(groups, method_config) -> list of row dicts with the keys of `columns`, in that order
     rows: Callable[[list[PromptGroup], object], list[dict]]
-    # loss(logps: {seq name: SeqLogp}, batch: {column: tensor}, method_config) -> per-row loss [B]
-    loss: Callable[[dict[str, SeqLogp], dict[str, torch.Tensor], object], torch.Tensor]
+    columns: tuple[tuple[str, str], ...]  # the row schema: (name, type) in order (sparring.tables types)
+    loss_name: str  # the key of sparring.losses.LOSSES this method trains with
+    # loss_args(logps: {seq name: SeqLogp}, batch: {float column: tensor}, method_config) -> the loss's kwargs
+    loss_args: Callable[[dict[str, SeqLogp], dict[str, torch.Tensor], object], dict]
+    loss_text: str  # the loss in docs/methods.md's notation (the model card prints it)
+    settings: tuple[str, ...] = ("beta",)  # the method.* keys it reads
+    sampling: Literal["policy", "mixture"] = "policy"
     needs_reference_response: bool = False  # prompts must carry `reference_response` (SPIN)
-    # Half of each prompt's K samples are drawn from the geometric mixture of π_t and the initial
-    # model μ (coefficient `method.mixture`) as opponents, and every sample carries log μ (Nash-MD)
-    mixture_opponents: bool = False
+
+    def loss(self, logps: dict[str, SeqLogp], batch: dict[str, torch.Tensor], cfg) -> torch.Tensor:
+        """Per-row loss [B]: the registered loss `loss_name` on this method's arguments."""
+        from sparring.losses import get_loss
+
+        return get_loss(self.loss_name)(**self.loss_args(logps, batch, cfg))
+
+    @property
+    def float_columns(self) -> tuple[str, ...]:
+        """The row columns the loss may read as float tensors."""
+        return tuple(name for name, dtype in self.columns if dtype == "float64")
+
+    def draws(self, k: int, cfg) -> tuple[Draw, ...]:
+        """What the generate stage draws per prompt, in sample-index order."""
+        if self.sampling == "mixture":  # K/2 own samples (with log μ), then K/2 opponents from the mixture
+            return (
+                Draw("generate", k // 2, 0, with_mu=True),
+                Draw("opponent", k // 2, k // 2, opponent=True, with_mu=True, mixture=cfg.mixture),
+            )
+        return (Draw("generate", k, 0),)
+
+    @property
+    def mixture_opponents(self) -> bool:
+        return self.sampling == "mixture"
+
+    def hooks(self, cfg) -> tuple:
+        """The history and post-training hooks the settings `cfg` (method.*) turn on."""
+        from sparring.methods.hooks import hooks_for
+
+        return hooks_for(cfg)
+
+    def row_columns(self, cfg, t: int) -> tuple[tuple[str, str], ...]:
+        """The schema of iteration t's train.parquet: the method's columns and its hooks'."""
+        extra = tuple(c for h in self.hooks(cfg) for c in h.columns(t))
+        return self.columns + extra

@@ -11,21 +11,19 @@ becomes a (preferred, dispreferred) pair and the reference is π_t (the iteratio
 
 from __future__ import annotations
 
-from sparring import losses
 from sparring.methods.base import Method
-from sparring.methods.sppo import best_worst_rows
-
-
-def _ref(lp, b):
-    return lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"]
-
+from sparring.methods.sppo import PAIR_COLUMNS, best_worst_rows, pair_args
 
 DPO = Method(
     name="dpo",
     description="best/worst sample per prompt, loss `dpo`, reference π_t (iterative DPO)",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.dpo(*_ref(lp, b), cfg.beta, label_smoothing=cfg.label_smoothing),
+    columns=PAIR_COLUMNS,
+    loss_name="dpo",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
+    loss_text="−(1 − ε) log σ(βΔ) − ε log σ(−βΔ), Δ = ρ_w − ρ_l, on the best/worst pair",
+    settings=("beta", "label_smoothing", "include_self"),
 )
 
 IPO = Method(
@@ -33,7 +31,11 @@ IPO = Method(
     description="best/worst sample per prompt, loss `ipo`, reference π_t (iterative IPO)",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.ipo(*_ref(lp, b), cfg.beta),
+    columns=PAIR_COLUMNS,
+    loss_name="ipo",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta},
+    loss_text="(Δ − 1/(2β))², Δ = ρ_w − ρ_l, on the best/worst pair",
+    settings=("beta", "include_self"),
 )
 
 FDPO = Method(
@@ -41,7 +43,16 @@ FDPO = Method(
     description="best/worst sample per prompt, loss `fdpo` (method.divergence), reference π_t",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.fdpo(*_ref(lp, b), cfg.beta, cfg.divergence, alpha=cfg.alpha),
+    columns=PAIR_COLUMNS,
+    loss_name="fdpo",
+    loss_args=lambda lp, b, cfg: {
+        **pair_args(lp, b),
+        "beta": cfg.beta,
+        "divergence": cfg.divergence,
+        "alpha": cfg.alpha,
+    },
+    loss_text="−log σ(β[g(ρ_w) − g(ρ_l)]), g from method.divergence, on the best/worst pair",
+    settings=("beta", "divergence", "alpha", "include_self"),
 )
 
 SIMPO = Method(
@@ -49,7 +60,16 @@ SIMPO = Method(
     description="best/worst sample per prompt, loss `simpo` on length-averaged log-probs, no reference",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.simpo(lp["w"].avg, lp["l"].avg, cfg.beta, cfg.gamma),
+    columns=PAIR_COLUMNS,
+    loss_name="simpo",
+    loss_args=lambda lp, b, cfg: {
+        "avg_logp_w": lp["w"].avg,
+        "avg_logp_l": lp["l"].avg,
+        "beta": cfg.beta,
+        "gamma": cfg.gamma,
+    },
+    loss_text="−log σ(β(l̄_w − l̄_l) − γ) on length-averaged log-probabilities l̄, no reference",
+    settings=("beta", "gamma", "include_self"),
 )
 
 DNO = Method(
@@ -57,5 +77,9 @@ DNO = Method(
     description="best/worst pair kept only if its win-rate margin > method.margin_threshold, loss `dpo`, reference π_t",
     sequences=("w", "l"),
     rows=lambda groups, cfg: best_worst_rows(groups, cfg, min_margin=cfg.margin_threshold),
-    loss=lambda lp, b, cfg: losses.dpo(*_ref(lp, b), cfg.beta, label_smoothing=cfg.label_smoothing),
+    columns=PAIR_COLUMNS,
+    loss_name="dpo",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
+    loss_text="the DPO loss on best/worst pairs whose win-rate margin P̂_w − P̂_l exceeds method.margin_threshold",
+    settings=("beta", "label_smoothing", "margin_threshold", "include_self"),
 )

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparring import losses
-from sparring.methods.base import Method, PromptGroup
+from sparring.methods.base import IDS, Method, PromptGroup
 
 
 def _rows(groups: list[PromptGroup], cfg) -> list[dict]:
@@ -47,6 +46,22 @@ NASH_MD = Method(
     "regularised towards the initial model μ (Nash-MD)",
     sequences=("y",),
     rows=_rows,
-    loss=lambda lp, b, cfg: losses.nash_md_pg(lp["y"].logp, b["mu_logp_y"], b["p"], cfg.beta),
-    mixture_opponents=True,
+    columns=(
+        ("prompt_id", "string"),
+        ("prompt_ids", IDS),
+        ("y_ids", IDS),
+        ("y_index", "int64"),
+        ("mu_logp_y", "float64"),
+        ("p", "float64"),
+    ),
+    loss_name="nash_md_pg",
+    loss_args=lambda lp, b, cfg: {
+        "logp": lp["y"].logp,
+        "ref_logp": b["mu_logp_y"],
+        "preference": b["p"],
+        "beta": cfg.beta,
+    },
+    loss_text="β·stopgrad(log π_θ − log μ)·log π_θ − (P̂(y ≻ π_t^μ) − ½)·log π_θ, μ the initial model",
+    settings=("beta", "mixture"),
+    sampling="mixture",
 )

@@ -6,8 +6,8 @@ missing here and filled in by one no-grad pass under π_t when training starts.
 
 from __future__ import annotations
 
-from sparring import losses
 from sparring.methods.base import Method, PromptGroup
+from sparring.methods.sppo import PAIR_COLUMNS, pair_args
 
 
 def _rows(groups: list[PromptGroup], cfg) -> list[dict]:
@@ -36,6 +36,10 @@ SPIN = Method(
     description="ground-truth reference_response vs π_t's sample, loss `dpo`, reference π_t (SPIN)",
     sequences=("w", "l"),
     rows=_rows,
-    loss=lambda lp, b, cfg: losses.dpo(lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], cfg.beta),
+    columns=PAIR_COLUMNS[:8],  # no win rates: the ground truth was never judged
+    loss_name="dpo",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta},
+    loss_text="the DPO loss with the prompt's ground-truth response preferred over π_t's sample",
+    settings=("beta", "spin_history"),
     needs_reference_response=True,
 )

@@ -13,8 +13,7 @@ Prompts whose K samples all tie carry no signal (every target is 0) and are drop
 
 from __future__ import annotations
 
-from sparring import losses
-from sparring.methods.base import Method, PromptGroup
+from sparring.methods.base import IDS, Method, PromptGroup
 from sparring.winrates import best_worst, win_rates
 
 
@@ -65,14 +64,50 @@ def _all_rows(groups: list[PromptGroup], cfg) -> list[dict]:
     return rows
 
 
+# the columns of best_worst_rows, in order
+PAIR_COLUMNS = (
+    ("prompt_id", "string"),
+    ("prompt_ids", IDS),
+    ("w_ids", IDS),
+    ("l_ids", IDS),
+    ("w_index", "int64"),
+    ("l_index", "int64"),
+    ("ref_logp_w", "float64"),
+    ("ref_logp_l", "float64"),
+    ("p_w", "float64"),
+    ("p_l", "float64"),
+    ("p", "float64"),
+)
+ALL_COLUMNS = (
+    ("prompt_id", "string"),
+    ("prompt_ids", IDS),
+    ("y_ids", IDS),
+    ("y_index", "int64"),
+    ("ref_logp_y", "float64"),
+    ("p", "float64"),
+)
+
+
+def pair_args(lp, b) -> dict:
+    """The policy and reference log-probs of a (w, l) pair, as every pairwise loss names them."""
+    return {
+        "logp_w": lp["w"].logp,
+        "logp_l": lp["l"].logp,
+        "ref_logp_w": b["ref_logp_w"],
+        "ref_logp_l": b["ref_logp_l"],
+    }
+
+
 SPPO = Method(
     name="sppo",
     description="best/worst sample per prompt, loss `sppo`, reference π_t (the SPPO reference recipe)",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.sppo(
-        lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], b["p_w"], b["p_l"], cfg.beta
-    ),
+    columns=PAIR_COLUMNS,
+    loss_name="sppo",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "p_w": b["p_w"], "p_l": b["p_l"], "beta": cfg.beta},
+    loss_text="½[(ρ_w − (P̂_w − ½)/β)² + (ρ_l − (P̂_l − ½)/β)²] on each prompt's best (w) and worst (l) sample",
+    settings=("beta", "include_self"),
 )
 
 SPPO_SINGLE = Method(
@@ -80,9 +115,11 @@ SPPO_SINGLE = Method(
     description="best/worst sample per prompt with p = P(y_w ≻ y_l) for both, loss `sppo_single`, reference π_t",
     sequences=("w", "l"),
     rows=best_worst_rows,
-    loss=lambda lp, b, cfg: losses.sppo_single(
-        lp["w"].logp, lp["l"].logp, b["ref_logp_w"], b["ref_logp_l"], b["p"], cfg.beta
-    ),
+    columns=PAIR_COLUMNS,
+    loss_name="sppo_single",
+    loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "p": b["p"], "beta": cfg.beta},
+    loss_text="½[(ρ_w − (p − ½)/β)² + (ρ_l + (p − ½)/β)²], p = P(y_w ≻ y_l), on the best/worst pair",
+    settings=("beta", "include_self"),
 )
 
 SPPO_ALL = Method(
@@ -90,5 +127,9 @@ SPPO_ALL = Method(
     description="every sample with its own win rate, loss `sppo_pointwise`, reference π_t",
     sequences=("y",),
     rows=_all_rows,
-    loss=lambda lp, b, cfg: losses.sppo_pointwise(lp["y"].logp, b["ref_logp_y"], b["p"], cfg.beta),
+    columns=ALL_COLUMNS,
+    loss_name="sppo_pointwise",
+    loss_args=lambda lp, b, cfg: {"logp": lp["y"].logp, "ref_logp": b["ref_logp_y"], "p": b["p"], "beta": cfg.beta},
+    loss_text="(ρ_k − (P̂_k − ½)/β)² on every one of the K samples",
+    settings=("beta", "include_self"),
 )

@@ -21,32 +21,6 @@ CARD_MARK = "<!-- written by sparring: `sparring card --run RUN` rewrites it; re
 # The hub ids of the embedded aliases (the embedded model is converted from a quantized GGUF of it)
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
-# What each method trains on and its loss, in the notation of docs/methods.md
-METHOD_LOSSES = {
-    "sppo": "½[(ρ_w − (P̂_w − ½)/β)² + (ρ_l − (P̂_l − ½)/β)²] on each prompt's best (w) and worst (l) sample",
-    "sppo-single": "½[(ρ_w − (p − ½)/β)² + (ρ_l + (p − ½)/β)²], p = P(y_w ≻ y_l), on the best/worst pair",
-    "sppo-all": "(ρ_k − (P̂_k − ½)/β)² on every one of the K samples",
-    "dpo": "−(1 − ε) log σ(βΔ) − ε log σ(−βΔ), Δ = ρ_w − ρ_l, on the best/worst pair",
-    "ipo": "(Δ − 1/(2β))², Δ = ρ_w − ρ_l, on the best/worst pair",
-    "fdpo": "−log σ(β[g(ρ_w) − g(ρ_l)]), g from method.divergence, on the best/worst pair",
-    "simpo": "−log σ(β(l̄_w − l̄_l) − γ) on length-averaged log-probabilities l̄, no reference",
-    "dno": "the DPO loss on best/worst pairs whose win-rate margin P̂_w − P̂_l exceeds method.margin_threshold",
-    "spin": "the DPO loss with the prompt's ground-truth response preferred over π_t's sample",
-    "nash-md": "β·stopgrad(log π_θ − log μ)·log π_θ − (P̂(y ≻ π_t^μ) − ½)·log π_θ, μ the initial model",
-}
-# The method.* keys that matter to each method (the card lists these, not every key)
-METHOD_KEYS = {
-    "sppo": ("beta", "include_self"),
-    "sppo-single": ("beta", "include_self"),
-    "sppo-all": ("beta", "include_self"),
-    "dpo": ("beta", "label_smoothing", "include_self"),
-    "ipo": ("beta", "include_self"),
-    "fdpo": ("beta", "divergence", "alpha", "include_self"),
-    "simpo": ("beta", "gamma", "include_self"),
-    "dno": ("beta", "label_smoothing", "margin_threshold", "include_self"),
-    "spin": ("beta", "spin_history"),
-    "nash-md": ("beta", "mixture"),
-}
 _METRIC_NAMES = {
     "prompt_strict": "IFEval prompt-level strict accuracy",
     "instruction_strict": "IFEval instruction-level strict",
@@ -203,7 +177,7 @@ def render_model_card(
     """The text of the model card of iteration `iteration`'s policy (π_{t+1}, saved in iter_t/policy)."""
     import yaml
 
-    from sparring.methods import METHODS
+    from sparring.methods import METHODS, hooks_for
 
     run_dir = Path(run_dir)
     method = setting(cfg, "method.name")
@@ -231,21 +205,18 @@ def render_model_card(
         + f". This is the policy saved after iteration {iteration} (`iter_{iteration}/policy` of the run).",
         "",
     ]
+    # what the method trains on, its loss and the settings it reads are the method's own (sparring.methods)
     m = METHODS.get(method)
     lines += ["## Training", "", f"- **Method**: `{method}`" + (f" — {m.description}" if m else "")]
-    if method in METHOD_LOSSES:
+    if m:
         lines.append(
-            f"- **Loss**: {METHOD_LOSSES[method]}; ρ = log π_θ(y) − log π_t(y), P̂ = win rate against the "
-            "iteration's K samples"
+            f"- **Loss**: {m.loss_text}; ρ = log π_θ(y) − log π_t(y), P̂ = win rate against the iteration's K samples"
         )
-    keys = METHOD_KEYS.get(method, ("beta",))
+    keys = m.settings if m else ("beta",)
     params = ", ".join(f"`{k}` = {value_text(setting(cfg, 'method.' + k))}" for k in keys)
     lines.append(f"- **Method settings**: {params}")
-    if apo:
-        lines.append(
-            f"- **APO**: the saved weights are extrapolated, θ̂ = θ + α(θ − θ_prev), α = "
-            f"{setting(cfg, 'method.apo_alpha')}"
-        )
+    method_cfg = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
+    lines += [line for hook in hooks_for(method_cfg) if (line := hook.card_line())]  # APO's extrapolation
     lines += [
         f"- **Iteration**: {t1} of {total}",
         f"- **Prompts**: `{train_src}`, {setting(cfg, 'prompts.per_iteration')} fresh prompts per iteration",
