@@ -594,12 +594,3 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
         if key in micro[0]
     }
     return method.loss(logps, columns, method_cfg)
-
-
-def rows_table(rows: list[dict]):
-    """Rows as a pyarrow table (train.parquet)."""
-    import pyarrow as pa
-
-    if not rows:
-        return pa.table({"prompt_id": pa.array([], pa.string())})
-    return pa.Table.from_pylist(rows)
