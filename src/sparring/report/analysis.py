@@ -16,6 +16,8 @@ import numpy as np
 
 from sparring.metrics import SUMMARY_METRICS
 from sparring.report.rundata import Run, read_json
+from sparring.rundir import RunDir
+from sparring.tables import read_preferences
 
 IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 WIN_KEYS = ("win_rate_vs_base", "length_controlled_win_rate", "win_rate_vs_reference")
@@ -389,19 +391,12 @@ class JudgedIteration:
 def judged_iterations(run: Run) -> list[JudgedIteration]:
     out = []
     for t in run.judged_iterations():
-        path = run.root / f"iter_{t}" / "preferences.parquet"
-        tab = _read_table(path, ["prompt_id", "i", "j", "p"], run.problems)
-        if tab is None or not {"prompt_id", "i", "j", "p"} <= set(tab):
+        mats = read_preferences(RunDir(run.root).preferences(t), run.problems)
+        if mats is None:
             continue
-        entries: dict[str, list] = {}
-        for pid, i, j, p in zip(tab["prompt_id"], tab["i"], tab["j"], tab["p"]):
-            entries.setdefault(pid, []).append((i, j, p))
         p_hat, ties, pairs, all_tied = [], 0, 0, 0
-        for pid, es in entries.items():
-            k = max(max(i, j) for i, j, _ in es) + 1
-            m = np.full((k, k), np.nan)
-            for i, j, p in es:
-                m[i, j] = np.nan if p is None else p
+        for m in mats.values():
+            k = m.shape[0]
             p_hat.append(np.nanmean(m, axis=1))
             iu = np.triu_indices(k, 1)
             upper = m[iu][~np.isnan(m[iu])]
@@ -411,10 +406,10 @@ def judged_iterations(run: Run) -> list[JudgedIteration]:
         out.append(
             JudgedIteration(
                 t,
-                list(entries),
+                list(mats),
                 p_hat,
                 ties / pairs if pairs else None,
-                all_tied / len(entries) if entries else 0.0,
+                all_tied / len(mats) if mats else 0.0,
                 run.stages[f"iter_{t}/judge"].metrics,
             )
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sparring.errors import UserError
 from sparring.report.runconfig import iterations_on_disk, read_run_config, setting
+from sparring.rundir import RunDir
 
 
 def _conversation_features():
@@ -45,15 +46,12 @@ def _samples_by_prompt(path: Path) -> tuple[list[str], dict[str, dict[int, dict]
 
 
 def _pref_matrices(path: Path, k_of: dict[str, int]):
-    import numpy as np
-    import pyarrow.parquet as pq
+    """{prompt id: K×K matrix} of a preferences.parquet (sparring.tables.read_preferences), K of each
+    prompt from `k_of` (its number of samples): NaN where a verdict is missing."""
+    from sparring.tables import read_preferences, square
 
-    t = pq.read_table(path, columns=["prompt_id", "i", "j", "p"]).to_pydict()
-    mats = {pid: np.full((k, k), np.nan) for pid, k in k_of.items()}
-    for pid, i, j, p in zip(t["prompt_id"], t["i"], t["j"], t["p"]):
-        if pid in mats and 0 <= i < mats[pid].shape[0] and 0 <= j < mats[pid].shape[0]:
-            mats[pid][i, j] = p
-    return mats
+    prefs = read_preferences(path)
+    return {pid: square(prefs.get(pid), k) for pid, k in k_of.items()}
 
 
 def _load_run_prompts(cfg: dict) -> tuple[dict, str | None]:
@@ -109,9 +107,9 @@ def _export_iteration(run_dir: Path, t: int, cfg: dict, prompts: dict, uses_pair
 
     from sparring.winrates import best_worst, win_rates
 
-    d = run_dir / f"iter_{t}"
-    order, samples = _samples_by_prompt(d / "samples.parquet")
-    mats = _pref_matrices(d / "preferences.parquet", {pid: len(s) for pid, s in samples.items()})
+    rd = RunDir(run_dir)
+    order, samples = _samples_by_prompt(rd.samples(t))
+    mats = _pref_matrices(rd.preferences(t), {pid: len(s) for pid, s in samples.items()})
     include_self = bool(setting(cfg, "method.include_self"))
     stats = {"prompts": len(order), "pairs": 0, "skipped_tied": 0, "skipped_incomplete": 0, "skipped_other": 0}
     p_hat, tied = {}, set()
@@ -123,7 +121,7 @@ def _export_iteration(run_dir: Path, t: int, cfg: dict, prompts: dict, uses_pair
         if float(p_hat[pid].max() - p_hat[pid].min()) == 0.0:
             tied.add(pid)
     if uses_pairs:
-        train = pq.read_table(d / "train.parquet")
+        train = pq.read_table(rd.rows(t))
         names = set(train.column_names)
         cols = [c for c in ("prompt_id", "w_index", "l_index", "from_history") if c in names]
         # spin_history adds iteration t-1's pairs to iteration t's rows: those are t-1's, exported there
@@ -212,11 +210,11 @@ def export_trl(run_dir: str | Path, out_dir: str | Path, format: str = "trl") ->
             "(an export replaces its directory as a whole)"
         )
     iterations, notes = [], []
+    rd = RunDir(run_dir)
     for t in iterations_on_disk(run_dir):
-        d = run_dir / f"iter_{t}"
-        if not ((d / "samples.parquet").is_file() and (d / "preferences.parquet").is_file()):
+        if not (rd.samples(t).is_file() and rd.preferences(t).is_file()):
             notes.append(f"iter_{t}: not judged yet, left out")
-        elif uses_pairs and not (d / "train.parquet").is_file():
+        elif uses_pairs and not rd.rows(t).is_file():
             notes.append(f"iter_{t}: its training pairs (train.parquet) are not built yet, left out")
         else:
             iterations.append(t)
