@@ -46,7 +46,16 @@ SAMPLE_COLUMNS = (
     ("mu_logp", "float64"),  # Nash-MD: log μ(response) under the initial model; null otherwise
 )
 # the columns every version of sparring wrote (opponent and mu_logp came with Nash-MD)
-_SAMPLES_REQUIRED = ("prompt_id", "prompt_index", "sample_index", "prompt", "response", "prompt_ids")
+_SAMPLES_REQUIRED = (
+    "prompt_id",
+    "prompt_index",
+    "sample_index",
+    "prompt",
+    "response",
+    "prompt_ids",
+    "response_ids",
+    "logp",
+)
 
 
 def arrow_type(name: str):
@@ -90,13 +99,14 @@ def write_samples(path: Path, records: list[dict]) -> None:
     write_parquet(path, pa.Table.from_pylist(records, schema=samples_schema()))
 
 
-def _read(path: Path, columns: Sequence[str] | None, what: str, problems: list[str] | None):
-    """pq.read_table of `columns` (those the file has, when lenient); UserError or a problem line."""
+def _read(path: Path, required: Sequence[str], what: str, problems: list[str] | None, columns=None):
+    """pq.read_table of `columns` (None: all; when lenient, those the file has), after checking that the
+    file has the `required` ones; a UserError, or (lenient, with `problems`) None and a problem line."""
     import pyarrow.parquet as pq
 
     try:
         names = pq.read_schema(path).names
-        missing = [c for c in columns or () if c not in names]
+        missing = [c for c in required if c not in names]
         if missing and problems is None:
             raise UserError(
                 f"{path}: not a sparring {what} table (no column {', '.join(map(repr, missing))}); "
@@ -168,7 +178,8 @@ def read_preferences(path: Path, problems: list[str] | None = None) -> dict[str,
     """{prompt_id: K×K matrix P[i, j] = P(y_i ≻ y_j)}, in the file's prompt order; K is each prompt's
     largest sample index + 1, and a pair the file lacks (or holds as null) is NaN. Strict without
     `problems`; lenient with it: a file that cannot be read gives None and a line in `problems`."""
-    table = _read(path, [c for c, _ in PREFERENCE_COLUMNS], "preferences", problems)
+    names = [c for c, _ in PREFERENCE_COLUMNS]
+    table = _read(path, names, "preferences", problems, columns=names)
     if table is None or table.num_columns < len(PREFERENCE_COLUMNS):
         if table is not None:
             problems.append(f"{path}: not a preferences table (columns {', '.join(table.column_names)})")
@@ -213,7 +224,7 @@ def write_rows(path: Path, rows: list[dict], columns: Sequence[tuple[str, str]])
 
 def read_rows(path: Path) -> list[dict]:
     """The training rows of train.parquet, as dicts (strict)."""
-    return _read(path, None, "training rows", None).to_pylist()
+    return _read(path, (), "training rows", None).to_pylist()
 
 
 # ------------------------------------------------------------------ summary
