@@ -5,11 +5,12 @@ Both stand on the command line's own seams, so a notebook and a terminal give th
 builds its config with `load_config` / `apply_overrides` (the recipe file and the `key=value`
 overrides of `sparring run RECIPE key=value ...`) and hands it to `commands.run_and_report` (the same
 validation, `auto` precision, run directory, resume, results table and report); `open_run` reads with
-the report's lenient reader (`report.rundata`) and the export's samples and K×K readers.
+the report's lenient reader (`report.rundata`) and the run-directory tables' readers (`tables`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import operator
@@ -212,7 +213,7 @@ class RunView:
     @property
     def config_dict(self) -> dict:
         """config.yaml as a plain mapping, not validated ({} when it is missing or unreadable)."""
-        return json.loads(json.dumps(self._data.config or {}))
+        return copy.deepcopy(self._data.config or {})
 
     @property
     def manifest(self) -> dict:
@@ -254,13 +255,11 @@ class RunView:
 
     def preferences(self, t: int) -> dict[str, np.ndarray]:
         """Iteration t's verdicts: {prompt_id: K×K array P} in prompt order, P[i, j] = P(y_i ≻ y_j) of
-        sample_index i and j of `samples(t)`. Every judge gives P + Pᵀ = 1 with ½ on the diagonal."""
-        from sparring.report.export import _pref_matrices, _samples_by_prompt
+        sample_index i and j of `samples(t)` (NaN for a pair without a verdict). Every judge gives
+        P + Pᵀ = 1 with ½ on the diagonal. The stages' own reader (sparring.tables) pivots the table."""
+        from sparring.tables import read_preferences
 
-        samples = self._file(t, "samples.parquet", "generate")
-        prefs = self._file(t, "preferences.parquet", "judge")
-        order, by_prompt = _samples_by_prompt(samples)
-        return _pref_matrices(prefs, {pid: len(by_prompt[pid]) for pid in order})
+        return read_preferences(self._file(t, "preferences.parquet", "judge"))
 
     def train_rows(self, t: int) -> pd.DataFrame:
         """iter_<t>/train.parquet: the rows the method's loss trained π_{t+1} on (pairs, or samples with
