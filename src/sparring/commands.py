@@ -1,4 +1,4 @@
-"""Subcommands: demo, run, generate, judge, train, eval, score, compare, status.
+"""Subcommands: demo, run, generate, judge, train, eval, score, compare, status, env.
 
 Heavy imports stay inside the handlers so `sparring --help` is instant.
 """
@@ -402,8 +402,8 @@ def cmd_stage(args) -> int:
 def judge_spec(overrides: list[str], prompts, where: str = "command line"):
     """A JudgeConfig from `judge.key=value` arguments (validated like a recipe's judge: section); without
     judge.name, the IFEval judge for prompts carrying IFEval instructions."""
-    from sparring.config import JudgeConfig, apply_overrides, build_section
-    from sparring.judges.settings import check_judge_config
+    from sparring.config import apply_overrides
+    from sparring.judges.settings import judge_config
 
     bad = [o for o in overrides if not o.startswith("judge.")]
     if bad:
@@ -416,9 +416,7 @@ def judge_spec(overrides: list[str], prompts, where: str = "command line"):
                 "judge.name=reward_model judge.model=DIR (see docs/judge.md)"
             )
         data["name"] = "ifeval"
-    cfg = build_section(JudgeConfig, data, "judge.", where)
-    check_judge_config(cfg, where)
-    return cfg
+    return judge_config(data, where)
 
 
 def _aligned(prompts, path: str) -> list[str]:
@@ -455,7 +453,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from sparring.config import EvalConfig, GenerationConfig
-    from sparring.evaluate import METRICS, generate, score, write_eval
+    from sparring.evaluate import METRICS, generate, plan_metrics, score, write_eval
     from sparring.generation.base import SamplingParams
     from sparring.judges import build_judge
     from sparring.judges.cache import CachedJudge
@@ -464,25 +462,24 @@ def cmd_eval(args) -> int:
 
     prompts = load_prompts(args.prompts)  # everything is validated before any model is loaded
     has_instructions = all(p.meta.get("instruction_id_list") for p in prompts)
+    metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise UserError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
-    else:
-        metrics = (["ifeval"] if has_instructions else []) + (
-            ["win_rate", "length_controlled"] if args.baseline else []
-        )
-        metrics += ["win_rate_vs_reference"] if args.reference else []
-    if "ifeval" in metrics and not has_instructions:
-        raise UserError(f"{args.prompts}: --metrics has ifeval, but these prompts carry no IFEval instructions")
-    if {"win_rate", "length_controlled"} & set(metrics) and not args.baseline:
-        raise UserError("--metrics win_rate / length_controlled compare with --baseline RESPONSES; give one")
-    if "win_rate_vs_reference" in metrics and not args.reference:
-        raise UserError("--metrics win_rate_vs_reference needs --reference RESPONSES")
+    missing = {
+        "instructions": lambda m: (
+            f"{args.prompts}: --metrics has {m.name}, but these prompts carry no IFEval instructions"
+        ),
+        "base": lambda m: f"--metrics {m.name}: its win rates compare with --baseline RESPONSES; give one",
+        "reference": lambda m: f"--metrics {m.name} needs --reference RESPONSES",
+    }
+    have = {"instructions": has_instructions, "base": bool(args.baseline), "reference": bool(args.reference)}
+    metrics = plan_metrics(metrics, have, lambda m, need: missing[need](m))
     baseline = _aligned(prompts, args.baseline) if args.baseline else None
     reference = _aligned(prompts, args.reference) if args.reference else None
-    judged = {"win_rate", "length_controlled", "win_rate_vs_reference"} & set(metrics)
+    judged = any(METRICS[m].judged for m in metrics)
     spec = judge_spec(args.overrides, prompts) if judged else None
     resolve_model(args.model)
     from sparring.dist import current

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
-import typing
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,11 +17,15 @@ from typing import Any, Literal
 import yaml
 
 from sparring.errors import UserError
+from sparring.evaluate import METRICS, plan_metrics
+from sparring.judges.settings import JudgeConfig, judge_settings
 from sparring.keyhints import key_hint
+from sparring.schema import bounds as _range
+from sparring.schema import build, check_value, is_plugin, optional_dataclass, section_keys, switched_keys
 
-
-def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
-    return {"range": (lo, hi, lo_open, hi_open)}
+MetricName = Literal[tuple(METRICS)]  # the names of evaluate's metrics registry
+_check_value = check_value  # the names config's callers used before the machinery moved to sparring.schema
+_optional_dataclass = optional_dataclass
 
 
 @dataclass
@@ -75,31 +77,6 @@ class GenerationConfig:
     min_p: float = field(default=0.0, metadata=_range(0, 1))  # drop tokens below min_p × the top one's prob
     repetition_penalty: float = field(default=1.0, metadata=_range(0, None, lo_open=True))  # 1: off
     stop: list[str] = field(default_factory=list)  # a response ends after the first of these strings
-
-
-@dataclass
-class JudgeConfig:
-    """Which judge says P(y_i ≻ y_j), and its settings (docs/judge.md). A key that does not apply to the
-    chosen judge is an error; the ones left unset take that judge's defaults (sparring.judges.settings)."""
-
-    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python"] = "ifeval"
-    tau: float | None = field(default=None, metadata=_range(0, None, lo_open=True))  # P = σ(Δs/τ), pointwise judges
-    cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
-    model: str | None = None  # reward_model / pairrm / llm: directory, hub id or alias; openai: the served name
-    revision: str | None = None  # a hub model's revision (branch, tag or commit)
-    # a local judge model's dtype; auto: bfloat16 where the device runs bf16 natively, float32 elsewhere
-    dtype: Literal["auto", "bfloat16", "float32"] | None = None
-    batch_size: int | None = field(default=None, metadata=_range(1, None))  # texts per forward pass
-    max_length: int | None = field(default=None, metadata=_range(8, None))  # tokens kept per judged text
-    mode: Literal["sppo", "direct"] | None = None  # pairrm: how its logits become P
-    template: str | None = None  # llm / openai: a pairwise template file replacing the built-in one
-    base_url: str | None = None  # openai: the endpoint, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str | None = None  # openai: NAME of the environment variable holding the key
-    max_concurrency: int | None = field(default=None, metadata=_range(1, None))  # openai: requests in flight
-    timeout: float | None = field(default=None, metadata=_range(0, None, lo_open=True))  # openai: s per request
-    max_retries: int | None = field(default=None, metadata=_range(0, None))  # openai: retries per request
-    top_logprobs: int | None = field(default=None, metadata=_range(2, 20))  # openai: log-probs asked per token
-    function: str | None = None  # python: package.module:function
 
 
 @dataclass
@@ -164,7 +141,7 @@ class EvalConfig:
     greedy: bool = True  # greedy responses; false: sampled with every generation option (temperature, top_p, ...)
     # which metrics; unset: ifeval (when the held-out prompts carry IFEval instructions), win_rate and
     # length_controlled (against the base), win_rate_vs_reference (when eval.reference is set)
-    metrics: list[Literal["ifeval", "win_rate", "win_rate_vs_reference", "length_controlled"]] | None = None
+    metrics: list[MetricName] | None = None
     judge: JudgeConfig | None = None  # the judge of the win rates; unset: the run's judge
     reference: str | None = None  # responses to compare with (IFEval's or AlpacaEval's format)
     bootstrap: int = field(default=1000, metadata=_range(100, None))  # resamples for the 95% intervals
@@ -187,7 +164,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: JudgeConfig = field(default_factory=lambda: judge_settings("ifeval")())
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -206,91 +183,15 @@ class RunConfig:
 # ---------------------------------------------------------------- validation
 
 
-def _check_value(key: str, value: Any, typ: Any, meta: dict, where: str) -> Any:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(key, value, inner, meta, where)
-    if origin is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
-        ):
-            raise UserError(f"{where}: {key} = {value!r} must be a mapping of names to non-empty strings")
-        return dict(value)
-    if origin is list:
-        (inner,) = typing.get_args(typ)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]  # `eval.metrics=win_rate` on the command line
-        if not isinstance(value, list):
-            raise UserError(f"{where}: {key} = {value!r} must be a list")
-        return [_check_value(f"{key}[{n}]", v, inner, {}, where) for n, v in enumerate(value)]
-    if origin is Literal:
-        allowed = typing.get_args(typ)
-        if value not in allowed:
-            raise UserError(f"{where}: {key} = {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-        return value
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: {key} = {value!r} must be true or false")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: {key} = {value!r} must be an integer")
-    elif typ is float:
-        if isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: {key} = {value!r} must be a number")
-        value = float(value)
-        if not math.isfinite(value):  # .nan / .inf in YAML: nothing downstream can use them
-            raise UserError(f"{where}: {key} = {value!r} must be a finite number")
-    elif typ is str:
-        if not isinstance(value, str) or not value:
-            raise UserError(f"{where}: {key} = {value!r} must be a non-empty string")
-    if "range" in meta:
-        lo, hi, lo_open, hi_open = meta["range"]
-        bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
-            hi is not None and (value > hi or (hi_open and value == hi))
-        )
-        if bad:
-            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-            raise UserError(
-                f"{where}: {key} = {value!r} is out of range; it must be {' and '.join(s for s in (lo_s, hi_s) if s)}"
-            )
-    return value
-
-
-def _optional_dataclass(typ):
-    """C for a field typed `C | None` with C a dataclass (e.g. eval.judge), else None."""
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
-            return args[0]
-    return None
-
-
 def config_keys() -> list[tuple[str, type, dataclasses.Field, Any]]:
-    """Every config key in declaration order: (dotted name, the dataclass that declares it, its field, its type)."""
-    out = []
+    """Every config key in declaration order: (dotted name, the dataclass that declares it, its field, its
+    type). The judge sections list name and cache, then every judge's own keys (sparring.schema)."""
+    return section_keys(RunConfig)
 
-    def walk(cls, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            out.append((prefix + f.name, cls, f, hints[f.name]))
-            typ = hints[f.name]
-            nested = typ if dataclasses.is_dataclass(typ) else _optional_dataclass(typ)
-            if nested is not None:
-                walk(nested, f"{prefix}{f.name}.")
 
-    walk(RunConfig, "")
-    return out
+def _hint(full: str, section: list[str]) -> str:
+    everywhere = [k for k, *_ in config_keys()]  # the nearest key of any section, or TRL's name
+    return key_hint(full, everywhere)
 
 
 def build_section(cls, data: dict, prefix: str, where: str):
@@ -299,28 +200,11 @@ def build_section(cls, data: dict, prefix: str, where: str):
 
 
 def _build(cls, data: dict, prefix: str, where: str):
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: {prefix or 'config'} must be a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in fields:
-            everywhere = [k for k, *_ in config_keys()]  # the nearest key of any section, or TRL's name
-            hint = key_hint(full, everywhere) or f"; valid keys: {', '.join(prefix + k for k in fields)}"
-            raise UserError(f"{where}: unknown key {full!r}{hint}")
-        if not prefix and key == "model" and isinstance(value, dict):
+    def special(full: str, value: Any) -> None:
+        if full == "model" and isinstance(value, dict):
             raise UserError(_model_is_a_name(value, where))
-        typ = hints[key]
-        inner = _optional_dataclass(typ)
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value, f"{full}.", where)
-        elif inner is not None:
-            kwargs[key] = None if value is None else _build(inner, value, f"{full}.", where)
-        else:
-            kwargs[key] = _check_value(full, value, typ, dict(fields[key].metadata), where)
-    return cls(**kwargs)
+
+    return build(cls, data, prefix, where, hint=_hint, special=special)
 
 
 def _model_is_a_name(value: dict, where: str) -> str:
@@ -373,28 +257,24 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         from sparring.generation import require_vllm
 
         require_vllm(where)
-    from sparring.judges.settings import check_judge_config
     from sparring.rundir import check_name
 
     check_name(cfg.name, f"{where}: name")
-    check_judge_config(cfg.judge, where)
-    if cfg.eval.judge is not None:
-        check_judge_config(cfg.eval.judge, where, prefix="eval.judge.")
     if cfg.eval.reference is not None and not Path(cfg.eval.reference).expanduser().is_file():
         raise UserError(f"{where}: eval.reference = {cfg.eval.reference!r}: no such response file")
     if cfg.eval.metrics is not None:
         if not cfg.eval.metrics:
             raise UserError(
-                f"{where}: eval.metrics is empty; name at least one of ifeval, win_rate, "
-                "win_rate_vs_reference, length_controlled (or leave it unset)"
+                f"{where}: eval.metrics is empty; name at least one of {', '.join(METRICS)} (or leave it unset)"
             )
-        if "win_rate_vs_reference" in cfg.eval.metrics and cfg.eval.reference is None:
-            raise UserError(f"{where}: eval.metrics has win_rate_vs_reference but eval.reference is not set")
-        if {"win_rate", "length_controlled"} & set(cfg.eval.metrics) and not cfg.eval.base:
-            raise UserError(
-                f"{where}: eval.metrics {sorted({'win_rate', 'length_controlled'} & set(cfg.eval.metrics))} "
-                "compare with the base policy, which eval.base: false does not evaluate"
-            )
+        missing = {  # the held-out prompts' instructions are checked when they are loaded (load_inputs)
+            "base": "compares with the base policy, which eval.base: false does not evaluate",
+            "reference": "needs eval.reference, which is not set",
+        }
+        have = {"instructions": True, "base": cfg.eval.base, "reference": cfg.eval.reference is not None}
+        plan_metrics(
+            cfg.eval.metrics, have, lambda m, need: f"{where}: eval.metrics has {m.name}, which {missing[need]}"
+        )
     if cfg.lora.r > 0:
         if not cfg.lora.target_modules or not all(m.strip() for m in cfg.lora.target_modules):
             raise UserError(
@@ -421,12 +301,53 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`data` with each `key=value` override (dotted key, YAML value) set; `data` itself is not changed."""
+def apply_overrides(data: dict, overrides: list[str], note=None, source: str = "the config") -> dict:
+    """`data` with each `key=value` override (dotted key, YAML value) set; `data` itself is not changed.
+
+    A plug-in switched by an override (`judge.name=openai` over a recipe for ifeval) does not inherit the
+    settings `data` gave the plug-in it replaces: the keys of that section which the new plug-in does not
+    take are dropped, with a one-line note (`note(text)`, default: stderr; `source` names `data` in it).
+    Keys the overrides give are left to validation, strictly: one that does not apply is still an error."""
+    given = []
+    out = data
     for text in overrides:  # one at a time, in order: a later override wins, as on the command line
         path, value = parse_override(text)
-        data = with_values(data, {".".join(path): value})
+        given.append(".".join(path))
+        out = with_values(out, {".".join(path): value})
+    for section, cls in _plugin_sections():
+        dropped = switched_keys(cls, _dotted(data, section), _dotted(out, section), section, set(given))
+        if dropped:
+            out = with_values(out, {section: {k: v for k, v in _dotted(out, section).items() if k not in dropped}})
+            shown = [f"{section}.{k}={_dotted(data, f'{section}.{k}')!r}" for k in dropped]
+            if any(_dotted(data, f"{section}.{k}") is not None for k in dropped):
+                name = _dotted(out, f"{section}.name")
+                (note or _stderr)(
+                    f"sparring: {section}.name={name} (command line): dropped {source}'s {', '.join(shown)}, "
+                    f"which {cls.kind} {name!r} does not take"
+                )
+    return out
+
+
+def _plugin_sections() -> list[tuple[str, type]]:
+    """(dotted section, its plug-in base class) of every plug-in section: judge, eval.judge."""
+    out = []
+    for key, _, _, typ in config_keys():
+        inner = typ if dataclasses.is_dataclass(typ) else optional_dataclass(typ)
+        if inner is not None and is_plugin(inner):
+            out.append((key, inner))
+    return out
+
+
+def _dotted(data, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
     return data
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def with_values(data: dict, values: dict[str, Any]) -> dict:
@@ -444,7 +365,10 @@ def with_values(data: dict, values: dict[str, Any]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] = (), note=None) -> RunConfig:
+    """The run config of a recipe (None: the defaults) with `key=value` overrides, validated. A plug-in
+    switched by an override drops the recipe's settings of the one it replaces that the new one does not
+    take, with a note (`apply_overrides`); keys given on the command line are checked strictly."""
     data: dict = {}
     where = "command line"
     if path is not None:
@@ -458,7 +382,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise UserError(f"{path}: the top level must be a mapping of keys to values")
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, list(overrides), note=note, source=where)
     return config_from_dict(data, where if not overrides else f"{where} (with overrides)")
 
 

@@ -7,16 +7,19 @@ list of {"instruction", "output", "generator"}), so they can be scored elsewhere
 `scores.parquet` (what the intervals, the report and later comparisons are computed from) and the
 aggregates to `metrics.json`.
 
-Metrics (`eval.metrics`; docs/evaluation.md):
+Metrics (`eval.metrics`; docs/evaluation.md) come from the registry `METRICS`: each `Metric` declares what
+it needs (IFEval instructions on the prompts, the base policy's responses, reference responses, a judge),
+its per-prompt columns (scores.parquet), its aggregates (metrics.json's keys, computed for the set and for
+every bootstrap resample at once) and what the paired difference of its interval is taken against.
 - `ifeval`: IFEval's four accuracies (prompts carrying IFEval instructions only);
 - `win_rate`: mean over prompts of P(π ≻ base) by the run's judge (or `eval.judge`);
 - `win_rate_vs_reference`: the same against `eval.reference`, another model's responses;
 - `length_controlled`: the win rate against the base at equal length — a logistic model of the
   judged preference on tanh of the standardized length difference, read off at zero difference
-  (`length_controlled_win_rate`).
+  (`length_controlled_win_rate`); it reports the plain win rate too.
 Intervals: a paired bootstrap over prompts. Each resample draws prompts with replacement and takes the
 same prompts for π and for the base, so the interval of a difference π − base reflects only how the
-two policies differ on the prompts, not how hard the prompts were. Seed-fixed (`eval.seed`), with
+two policies differ on the prompts, not how hard the prompts were. Seed-fixed (`eval.bootstrap_seed`), with
 `eval.bootstrap` resamples; percentile intervals.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,6 @@ import numpy as np
 from sparring.generation.base import SamplingParams
 from sparring.records import Prompt
 
-METRICS = ("ifeval", "win_rate", "win_rate_vs_reference", "length_controlled")
 IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
 
@@ -205,6 +208,135 @@ def judge_against(judge, prompts: Sequence[Prompt], responses: Sequence[str], ot
     return np.array([m[0, 1] for m in mats], dtype=np.float64)
 
 
+@dataclass
+class Scoring:
+    """One evaluation in progress: its inputs, the per-prompt columns so far (a metric reuses a column
+    another one computed) and the judge, made on first use."""
+
+    prompts: Sequence[Prompt]
+    responses: Sequence[str]
+    base: dict | None = None  # the base policy's columns and responses (read_scores)
+    reference: Sequence[str] | None = None
+    make_judge: Callable | None = None
+    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    judge: object = None
+
+    def judged(self, others: Sequence[str]) -> np.ndarray:
+        if self.judge is None:
+            self.judge = self.make_judge()
+        return judge_against(self.judge, self.prompts, self.responses, others)
+
+
+def _mean(a: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+    # the set's mean as a 1-vector (the same sum as a.mean()), or one mean per resample
+    return np.array([a.mean()]) if idx is None else a[idx].mean(1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An evaluation metric: `eval.metrics` / `--metrics` name it.
+
+    - `needs`: inputs it cannot do without, of "instructions" (IFEval instructions on every prompt),
+      "base" (the base policy's responses), "reference" (`eval.reference`); without them a requested
+      metric is an error before any work, and `score` skips it where the input is absent;
+    - `judged`: its columns come from the judge;
+    - `columns(s)`: the per-prompt columns it adds to `s.cols` (scores.parquet), if not there yet;
+    - `values(cols, base, idx)`: its aggregates {metrics.json key: [B]} from the columns, for the set
+      (`idx` None, B = 1) or for each bootstrap resample (`idx` [B, n] prompt indices);
+    - `against`: what the interval's paired difference is taken against: "base" (the same aggregate of
+      the base policy on the same resamples, where the base has the columns), "half" (½: a comparison
+      with the base itself), None (no difference);
+    - `extra(cols)`: plain values besides the aggregates (ties, counts), or None;
+    - `reports`: other metrics whose values it reports too (length control reads the win rates)."""
+
+    name: str
+    needs: tuple[str, ...]
+    judged: bool
+    columns: Callable[[Scoring], None]
+    values: Callable[[dict, dict | None, np.ndarray | None], dict[str, np.ndarray]]
+    reads: tuple[str, ...]  # the columns `values` reads from the base too (against="base")
+    against: str | None = "base"
+    extra: Callable[[dict], dict] | None = None
+    reports: tuple[str, ...] = ()
+
+
+def _ifeval_columns(s: Scoring) -> None:
+    s.cols.update(ifeval_columns(s.prompts, s.responses))
+
+
+def _win_vs_base(s: Scoring) -> None:
+    if "win_vs_base" not in s.cols:
+        s.cols["win_vs_base"] = s.judged(s.base["responses"])
+
+
+def _win_vs_reference(s: Scoring) -> None:
+    s.cols["win_vs_reference"] = s.judged(s.reference)
+
+
+# in the order they are computed (and listed by default): scores.parquet's columns follow it
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "ifeval",
+            needs=("instructions",),
+            judged=False,
+            columns=_ifeval_columns,
+            values=lambda cols, base, idx: ifeval_values(cols, idx),
+            reads=("ifeval_prompt_strict",),
+        ),
+        Metric(
+            "win_rate",
+            needs=("base",),
+            judged=True,
+            columns=_win_vs_base,
+            values=lambda cols, base, idx: {"win_rate_vs_base": _mean(cols["win_vs_base"], idx)},
+            reads=("win_vs_base",),
+            against="half",
+            extra=lambda cols: {"ties_vs_base": int(np.sum(cols["win_vs_base"] == 0.5))},
+        ),
+        Metric(
+            "length_controlled",
+            needs=("base",),
+            judged=True,
+            columns=_win_vs_base,
+            values=lambda cols, base, idx: {
+                "length_controlled_win_rate": length_controlled_win_rate(
+                    cols["win_vs_base"], cols["chars"], base["chars"], idx
+                )
+            },
+            reads=("win_vs_base",),
+            against="half",
+            reports=("win_rate",),
+        ),
+        Metric(
+            "win_rate_vs_reference",
+            needs=("reference",),
+            judged=True,
+            columns=_win_vs_reference,
+            values=lambda cols, base, idx: {"win_rate_vs_reference": _mean(cols["win_vs_reference"], idx)},
+            reads=("win_vs_reference",),
+        ),
+    )
+}
+METRIC_NAMES = ("ifeval", "win_rate", "win_rate_vs_reference", "length_controlled")  # as docs list them
+
+
+def plan_metrics(requested: Sequence[str] | None, have: dict[str, bool], missing: Callable[[Metric, str], str]):
+    """The metrics to compute: `requested` (None: every metric whose needs `have` meets, in registry
+    order), each checked against its needs (`have`: need -> available); a requested metric whose need is
+    not met is a UserError with the text `missing(metric, need)`."""
+    from sparring.errors import UserError
+
+    if requested is None:
+        return tuple(m.name for m in METRICS.values() if all(have[n] for n in m.needs))
+    for name in requested:
+        for need in METRICS[name].needs:
+            if not have[need]:
+                raise UserError(missing(METRICS[name], need))
+    return tuple(dict.fromkeys(requested))
+
+
 def score(
     prompts: Sequence[Prompt],
     responses: Sequence[str],
@@ -216,52 +348,38 @@ def score(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metrics.json's content, per-prompt columns) of `responses` to `prompts`.
+    """(metrics.json's content, per-prompt columns) of `responses` to `prompts`, metric by metric from
+    the registry.
 
     `base`: the base policy's per-prompt columns (its scores.parquet) with its responses, for win rates
     and paired intervals; None for the base itself. `judge`: a factory of a CachedJudge, called once if a
     judged metric needs it. `reference`: other responses, aligned with the prompts."""
     n = len(prompts)
     idx = resamples(n, bootstrap, seed)
-    cols: dict[str, np.ndarray] = {"chars": np.array([len(r) for r in responses])}
+    s = Scoring(prompts, responses, base, reference, judge)
+    s.cols["chars"] = np.array([len(r) for r in responses])
     out: dict = {"n": n, "bootstrap": bootstrap, "intervals": {}}
-    if "ifeval" in metrics:
-        cols.update(ifeval_columns(prompts, responses))
-        mine, boot = ifeval_values(cols), ifeval_values(cols, idx)
-        base_v = ifeval_values(base) if base is not None and "ifeval_prompt_strict" in base else None
-        base_b = ifeval_values(base, idx) if base_v is not None else None
-        for key in IFEVAL_KEYS:
-            out[key] = float(mine[key][0])
-            out["intervals"][key] = with_interval(
-                mine[key][0], boot[key], *((float(base_v[key][0]), base_b[key]) if base_v is not None else ())
-            )
-    j = None
-    if base is not None and ("win_rate" in metrics or "length_controlled" in metrics):
-        j = j or judge()
-        p = judge_against(j, prompts, responses, base["responses"])
-        cols["win_vs_base"] = p
-        out["win_rate_vs_base"] = float(p.mean())
-        out["ties_vs_base"] = int(np.sum(p == 0.5))
-        out["intervals"]["win_rate_vs_base"] = with_interval(p.mean(), p[idx].mean(1), 0.5, np.full(bootstrap, 0.5))
-        if "length_controlled" in metrics:
-            lc = length_controlled_win_rate(p, cols["chars"], base["chars"])[0]
-            out["length_controlled_win_rate"] = float(lc)
-            out["intervals"]["length_controlled_win_rate"] = with_interval(
-                lc, length_controlled_win_rate(p, cols["chars"], base["chars"], idx), 0.5, np.full(bootstrap, 0.5)
-            )
-    if "win_rate_vs_reference" in metrics and reference is not None:
-        j = j or judge()
-        p = judge_against(j, prompts, responses, reference)
-        cols["win_vs_reference"] = p
-        out["win_rate_vs_reference"] = float(p.mean())
-        base_p = base.get("win_vs_reference") if base is not None else None
-        out["intervals"]["win_rate_vs_reference"] = with_interval(
-            p.mean(), p[idx].mean(1), *((float(base_p.mean()), base_p[idx].mean(1)) if base_p is not None else ())
-        )
-    if j is not None:
-        out["judge"] = j.id
-        j.close()
-    return out, cols
+    wanted = set(metrics) | {r for m in metrics for r in METRICS[m].reports}
+    inputs = {"instructions": True, "base": base is not None, "reference": reference is not None}
+    for m in METRICS.values():
+        if m.name not in wanted or not all(inputs[need] for need in m.needs):
+            continue
+        m.columns(s)
+        mine, boot = m.values(s.cols, base, None), m.values(s.cols, base, idx)
+        paired = {}
+        if m.against == "half":
+            paired = {key: (0.5, np.full(bootstrap, 0.5)) for key in mine}
+        elif m.against == "base" and base is not None and all(base.get(c) is not None for c in m.reads):
+            base_v, base_b = m.values(base, None, None), m.values(base, None, idx)
+            paired = {key: (float(base_v[key][0]), base_b[key]) for key in mine}
+        for key, value in mine.items():
+            out[key] = float(value[0])
+            out["intervals"][key] = with_interval(value[0], boot[key], *paired.get(key, ()))
+        out.update(m.extra(s.cols) if m.extra else {})
+    if s.judge is not None:
+        out["judge"] = s.judge.id
+        s.judge.close()
+    return out, s.cols
 
 
 # ------------------------------------------------------------------ files

@@ -12,49 +12,28 @@ mapping with the same keys as the YAML). The judges (`judge.name`):
   openai        the same over an OpenAI-compatible Chat Completions endpoint (sparring.judges.openai)
   python        your function `package.module:function` (sparring.judges.python)
 
-Adding a judge: a class with `from_config(cfg)` (cfg a `JudgeConfig`), `KEYS` (the config keys it
-reads) and the contract above (subclass `PointwiseJudge` or `PairwiseJudge` to get the adapters and the
-cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
+Adding a judge: a settings dataclass subclassing `JudgeConfig` (sparring.judges.settings) with its keys,
+defaults, ranges and required keys, once; a class with `Settings = ThatDataclass`, `__init__(settings,
+device=...)` and the contract above (subclass `PointwiseJudge` or `PairwiseJudge` to get the adapters and
+the cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from sparring.judges.base import Judge, PairwiseJudge, PointwiseJudge, both_orders, bradley_terry
 from sparring.judges.ifeval import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions, validate_instruction
-
-# name -> "module:Class"; imported when used, so `sparring --help` stays fast
-JUDGES: dict[str, str] = {
-    "ifeval": "sparring.judges.ifeval:IFEvalJudge",
-    "reward_model": "sparring.judges.reward_model:RewardModelJudge",
-    "pairrm": "sparring.judges.pairrm:PairRMJudge",
-    "llm": "sparring.judges.llm:LLMJudge",
-    "openai": "sparring.judges.openai:OpenAIJudge",
-    "python": "sparring.judges.python:PythonJudge",
-}
-
-
-def judge_class(name: str):
-    module, cls = JUDGES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+from sparring.judges.settings import JUDGES, JudgeConfig, judge_class, judge_config
 
 
 def build_judge(spec, where: str = "judge", device=None):
     """A judge from a `JudgeConfig` or a mapping with its keys (validated like the recipe's `judge:`).
     `device`: where a model judge runs (default: the process's device, see sparring.dist)."""
-    from sparring.config import JudgeConfig, build_section
-
-    cfg = spec if isinstance(spec, JudgeConfig) else build_section(JudgeConfig, dict(spec or {}), "judge.", where)
-    from sparring.judges.settings import check_judge_config
-
-    check_judge_config(cfg, where)
-    cls = judge_class(cfg.name)
+    cfg = judge_config(spec, where)
     if device is None:
         from sparring.dist import current
 
         device = current().device
-    return cls.from_config(cfg, device=device)
+    return judge_class(cfg.name)(cfg, device=device)
 
 
 __all__ = [
@@ -62,6 +41,7 @@ __all__ = [
     "JUDGES",
     "IFEvalJudge",
     "Judge",
+    "JudgeConfig",
     "PairwiseJudge",
     "PointwiseJudge",
     "both_orders",

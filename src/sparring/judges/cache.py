@@ -1,7 +1,7 @@
 """A persistent judge cache: (judge id, prompt, response a, response b) -> a probability.
 
 Judging is the stage a restarted or re-run iteration should not pay for twice, so its answers go to
-one SQLite file in the run directory (`judge_cache.sqlite`, see DESIGN.md) that survives kills and is
+one SQLite file in the run directory (`judge_cache.sqlite`, see docs/architecture.md) that survives kills and is
 shared across runs and processes.
 
 Storage. One table `judge_prefs(key TEXT PRIMARY KEY, p REAL)`, WITHOUT ROWID. `key` is the sha256

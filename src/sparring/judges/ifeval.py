@@ -15,8 +15,8 @@ gives σ(5) ≈ 0.9933.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ from sparring.judges.ifeval_checks import (
     normalize_kwargs,
     validate_instruction,
 )
+from sparring.judges.settings import JudgeConfig, from_keywords
+from sparring.schema import setting
 
 __all__ = [
     "INSTRUCTIONS",
@@ -128,6 +130,12 @@ def evaluate(prompt_records: Sequence[Any], responses: Sequence[str] | Mapping[s
     }
 
 
+@dataclass
+class IFEvalSettings(JudgeConfig):
+    name: str = "ifeval"
+    tau: float = setting(0.1, lo=0, lo_open=True)  # P = σ(Δs/τ), pointwise judges
+
+
 class IFEvalJudge(PointwiseJudge):
     """Verifiable-instruction judge: score = fraction of instructions followed (strict IFEval),
     preference P(a ≻ b) = σ((s_a − s_b)/τ).
@@ -137,24 +145,21 @@ class IFEvalJudge(PointwiseJudge):
     """
 
     name = "ifeval-v1"
+    Settings = IFEvalSettings
 
-    def __init__(self, tau: float = 0.1):
+    def __init__(self, settings: IFEvalSettings | float | None = None, *, device=None, **kwargs):
+        """`IFEvalJudge(settings)`, or its settings as keywords (`IFEvalJudge(tau=0.5)`; `IFEvalJudge(0.5)`
+        gives tau too)."""
         super().__init__()
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-            raise ValueError(f"tau must be a positive number, got {tau!r}")
-        tau = float(tau)
-        if not math.isfinite(tau) or tau <= 0:
-            raise ValueError(f"tau must be a positive finite number, got {tau!r}")
-        self.tau = tau
+        if settings is not None and not isinstance(settings, IFEvalSettings):
+            settings, kwargs = None, {"tau": settings, **kwargs}
+        self.settings = from_keywords(IFEvalSettings, settings, kwargs, "IFEvalJudge")
+        self.tau = self.settings.tau
 
     @property
     def id(self) -> str:
         """Stable identifier of the judge and its settings (part of judge-cache keys)."""
         return f"{self.name}:tau={self.tau!r}"
-
-    @classmethod
-    def from_config(cls, cfg, device=None) -> IFEvalJudge:
-        return cls(tau=cfg.tau)
 
     @property
     def calls(self) -> int:

@@ -10,28 +10,45 @@ responses' ends), counted in the stats as `truncated`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
 from sparring.errors import UserError
 from sparring.judges.base import PairwiseJudge
 from sparring.judges.pairwise import LABELS, compile_template, load_template, render, soft_label, template_hash
+from sparring.judges.settings import JudgeConfig, check_model, check_template, from_keywords
+from sparring.schema import setting
+
+
+@dataclass(kw_only=True)
+class LLMSettings(JudgeConfig):
+    name: str = "llm"
+    model: str = setting(required=" (a causal LM: a directory, a hub id, or smollm2-135m)")
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    batch_size: int = setting(8, lo=1)
+    max_length: int = setting(2048, lo=8)
+    template: str | None = None  # llm / openai: a pairwise template file replacing the built-in one
+
+    def check(self, where: str, prefix: str) -> None:
+        check_model(self.model, where, f"{prefix}model")
+        check_template(self.template, where, f"{prefix}template")
 
 
 class LLMJudge(PairwiseJudge):
-    KEYS = ("model", "revision", "dtype", "batch_size", "max_length", "template")
+    Settings = LLMSettings
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        revision: str | None = None,
-        dtype: str = "auto",
-        batch_size: int = 8,
-        max_length: int = 2048,
-        template: str | None = None,
-        device="cpu",
-    ):
+    def __init__(self, settings: LLMSettings | str | None = None, *, device="cpu", **kwargs):
+        """`LLMJudge(settings)`, or its settings as keywords (`LLMJudge(model=DIR, batch_size=4)`; the model
+        may come first)."""
         super().__init__()
+        if isinstance(settings, str):
+            settings, kwargs = None, {"model": settings, **kwargs}
+        self.settings = cfg = from_keywords(LLMSettings, settings, kwargs, "LLMJudge")
+        model, revision, dtype, template = cfg.model, cfg.revision, cfg.dtype, cfg.template
+        batch_size, max_length = cfg.batch_size, cfg.max_length
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,18 +89,6 @@ class LLMJudge(PairwiseJudge):
         self.id = (
             f"llm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:template={template_hash(text)}"
             f":max_length={max_length}"
-        )
-
-    @classmethod
-    def from_config(cls, cfg, device="cpu") -> LLMJudge:
-        return cls(
-            cfg.model,
-            revision=cfg.revision,
-            dtype=cfg.dtype,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            template=cfg.template,
-            device=device,
         )
 
     def _ids(self, prompt, first: str, second: str) -> list[int]:

@@ -20,6 +20,10 @@ errors).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
+from sparring.errors import UserError
 from sparring.judges.base import PairwiseJudge
 from sparring.judges.pairwise import (
     LABELS,
@@ -30,56 +34,61 @@ from sparring.judges.pairwise import (
     soft_label,
     template_hash,
 )
+from sparring.judges.settings import JudgeConfig, check_template, from_keywords
+from sparring.schema import setting
+
+
+@dataclass(kw_only=True)
+class OpenAISettings(JudgeConfig):
+    name: str = "openai"
+    model: str = setting(required=" (the model name the endpoint serves)")
+    # openai: the endpoint, e.g. http://127.0.0.1:8000/v1
+    base_url: str = setting(required=" (e.g. http://127.0.0.1:8000/v1)")
+    api_key_env: str | None = None  # openai: NAME of the environment variable holding the key
+    template: str | None = None
+    max_concurrency: int = setting(8, lo=1)  # openai: requests in flight
+    timeout: float = setting(60.0, lo=0, lo_open=True)  # openai: s per request
+    max_retries: int = setting(6, lo=0)  # openai: retries per request
+    top_logprobs: int = setting(20, lo=2, hi=20)  # openai: log-probs asked per token
+
+    def check(self, where: str, prefix: str) -> None:
+        check_template(self.template, where, f"{prefix}template")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise UserError(f"{where}: {prefix}base_url = {self.base_url!r} must start with http:// or https://")
+        if self.api_key_env is not None and self.api_key_env not in os.environ:
+            raise UserError(
+                f"{where}: {prefix}api_key_env names the environment variable {self.api_key_env!r}, "
+                "which is not set (export it before running)"
+            )
 
 
 class OpenAIJudge(PairwiseJudge):
-    KEYS = ("model", "base_url", "api_key_env", "template", "max_concurrency", "timeout", "max_retries", "top_logprobs")
+    Settings = OpenAISettings
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        base_url: str,
-        api_key_env: str | None = None,
-        template: str | None = None,
-        max_concurrency: int = 8,
-        timeout: float = 60.0,
-        max_retries: int = 6,
-        top_logprobs: int = 20,
-        backoff_base: float = 1.0,
-    ):
+    def __init__(self, settings: OpenAISettings | None = None, *, device=None, backoff_base: float = 1.0, **kwargs):
+        """`OpenAIJudge(settings)`, or its settings as keywords (`OpenAIJudge(model=M, base_url=URL)`).
+        `backoff_base`: seconds of the first retry's wait (tests make it short)."""
         super().__init__()
+        self.settings = cfg = from_keywords(OpenAISettings, settings, kwargs, "OpenAIJudge")
+        model, template, top_logprobs = cfg.model, cfg.template, cfg.top_logprobs
         from sparring.judges.openai_client import ChatLabeler
 
         text = load_template(template)
         self.template = compile_template(text)
         self.labeler = ChatLabeler(
-            base_url=base_url.rstrip("/"),
+            base_url=cfg.base_url.rstrip("/"),
             model=model,
-            api_key_env=api_key_env,
+            api_key_env=cfg.api_key_env,
             labels=LABELS,
             max_tokens=1,
             top_logprobs=top_logprobs,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
+            max_concurrency=cfg.max_concurrency,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
             backoff_base=backoff_base,
         )
         # the endpoint is not part of the id: the same model served elsewhere gives the same verdicts
         self.id = f"openai-v1:model={model}:template={template_hash(text)}:top_logprobs={top_logprobs}"
-
-    @classmethod
-    def from_config(cls, cfg, device=None) -> OpenAIJudge:
-        return cls(
-            model=cfg.model,
-            base_url=cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            template=cfg.template,
-            max_concurrency=cfg.max_concurrency,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-            top_logprobs=cfg.top_logprobs,
-        )
 
     def answer(self, result) -> float:
         """q from one endpoint answer (see the module docstring), counting how it was read."""

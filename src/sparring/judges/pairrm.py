@@ -20,10 +20,14 @@ chat template applied; sparring keeps the judge independent of the policy's temp
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from sparring.judges.base import PairwiseJudge
+from sparring.judges.settings import JudgeConfig, check_model, from_keywords
+from sparring.schema import setting
 
 _CLIP = 1e-15  # q this close to 0 or 1 reads back as c = ±34.5 instead of ±inf
 
@@ -39,20 +43,31 @@ def logit(q: float) -> float:
     return math.log(q) - math.log1p(-q)
 
 
+@dataclass(kw_only=True)
+class PairRMSettings(JudgeConfig):
+    name: str = "pairrm"
+    model: str = setting(required=" (a PairRM checkpoint directory, e.g. a local copy of llm-blender/PairRM-hf)")
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    batch_size: int = setting(16, lo=1)
+    mode: Literal["sppo", "direct"] = "sppo"  # pairrm: how its logits become P
+
+    def check(self, where: str, prefix: str) -> None:
+        check_model(self.model, where, f"{prefix}model")
+
+
 class PairRMJudge(PairwiseJudge):
-    KEYS = ("model", "dtype", "batch_size", "mode")
+    Settings = PairRMSettings
 
     def __init__(
-        self,
-        model: str,
-        *,
-        dtype: str = "auto",
-        batch_size: int = 16,
-        mode: str = "sppo",
-        revision: str | None = None,
-        device="cpu",
+        self, settings: PairRMSettings | str | None = None, *, revision: str | None = None, device="cpu", **kwargs
     ):
+        """`PairRMJudge(settings)`, or its settings as keywords (`PairRMJudge(model=DIR, mode="direct")`; the
+        model may come first)."""
         super().__init__()
+        if isinstance(settings, str):
+            settings, kwargs = None, {"model": settings, **kwargs}
+        self.settings = cfg = from_keywords(PairRMSettings, settings, kwargs, "PairRMJudge")
+        model, dtype, mode, batch_size = cfg.model, cfg.dtype, cfg.mode, cfg.batch_size
         from sparring.hardware import model_dtype
         from sparring.judges.pairrm_model import load_pairrm
 
@@ -63,10 +78,6 @@ class PairRMJudge(PairwiseJudge):
         self.mode, self.batch_size = mode, batch_size
         # the mode is applied after the cache (it stores ordered logits), so it is not part of the id
         self.id = f"pairrm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}"
-
-    @classmethod
-    def from_config(cls, cfg, device="cpu") -> PairRMJudge:
-        return cls(cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size, mode=cfg.mode, device=device)
 
     def compare_many(self, queries, on_result=None) -> list[float]:
         c = self.rm.pair_logits(

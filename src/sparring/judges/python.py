@@ -16,11 +16,14 @@ import hashlib
 import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from sparring.errors import UserError
 from sparring.judges.base import JudgeStats, bradley_terry, checked_matrix
+from sparring.judges.settings import JudgeConfig, from_keywords
+from sparring.schema import setting
 
 
 def import_function(spec: str, where: str) -> Callable:
@@ -51,21 +54,32 @@ def _source_hash(fn: Callable) -> str:
     return hashlib.sha256(data).hexdigest()[:16] if data else "unknown"
 
 
+@dataclass(kw_only=True)
+class PythonSettings(JudgeConfig):
+    name: str = "python"
+    function: str = setting(required=" (package.module:function)")  # python: package.module:function
+    tau: float = setting(1.0, lo=0, lo_open=True)
+
+    def check(self, where: str, prefix: str) -> None:
+        import_function(self.function, f"{where}: {prefix}function")
+
+
 class PythonJudge:
     """Scores or a matrix from a user function; see the module docstring."""
 
-    KEYS = ("function", "tau")
+    Settings = PythonSettings
 
-    def __init__(self, function: str, tau: float = 1.0):
-        self.function = function
-        self.fn = import_function(function, "judge.function")
-        self.tau = float(tau)
+    def __init__(self, settings: PythonSettings | str | None = None, *, device=None, **kwargs):
+        """`PythonJudge(settings)`, or its settings as keywords (`PythonJudge(function="m:f", tau=2)`; the
+        function may come first)."""
+        if isinstance(settings, str):
+            settings, kwargs = None, {"function": settings, **kwargs}
+        self.settings = cfg = from_keywords(PythonSettings, settings, kwargs, "PythonJudge")
+        self.function = cfg.function
+        self.fn = import_function(cfg.function, "judge.function")
+        self.tau = cfg.tau
         self.stats = JudgeStats()
-        self.id = f"python-v1:function={function}:source={_source_hash(self.fn)}:tau={self.tau!r}"
-
-    @classmethod
-    def from_config(cls, cfg, device=None) -> PythonJudge:
-        return cls(cfg.function, cfg.tau)
+        self.id = f"python-v1:function={cfg.function}:source={_source_hash(self.fn)}:tau={self.tau!r}"
 
     @staticmethod
     def check_prompts(prompts, label: str) -> None:

@@ -13,29 +13,45 @@ padding), right-padded; a text longer than `judge.max_length` tokens keeps its l
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from sparring.errors import UserError
 from sparring.judges.base import PointwiseJudge
+from sparring.judges.settings import JudgeConfig, check_model, from_keywords
+from sparring.schema import setting
+
+
+@dataclass(kw_only=True)
+class RewardModelSettings(JudgeConfig):
+    name: str = "reward_model"
+    # reward_model / pairrm / llm: directory, hub id or alias; openai: the served name
+    model: str = setting(required=" (a Hugging Face sequence-classification model: a directory or a hub id)")
+    revision: str | None = None  # a hub model's revision (branch, tag or commit)
+    # a local judge model's dtype; auto: bfloat16 where the device runs bf16 natively, float32 elsewhere
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    batch_size: int = setting(16, lo=1)  # texts per forward pass
+    max_length: int = setting(2048, lo=8)  # tokens kept per judged text
+    tau: float = setting(1.0, lo=0, lo_open=True)  # P = σ(Δs/τ), pointwise judges
+
+    def check(self, where: str, prefix: str) -> None:
+        check_model(self.model, where, f"{prefix}model")
 
 
 class RewardModelJudge(PointwiseJudge):
-    KEYS = ("model", "revision", "dtype", "batch_size", "max_length", "tau")
+    Settings = RewardModelSettings
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        revision: str | None = None,
-        dtype: str = "auto",
-        batch_size: int = 16,
-        max_length: int = 2048,
-        tau: float = 1.0,
-        device="cpu",
-    ):
+    def __init__(self, settings: RewardModelSettings | str | None = None, *, device="cpu", **kwargs):
+        """`RewardModelJudge(settings)`, or its settings as keywords (`RewardModelJudge(model=DIR, tau=2)`;
+        the model may come first, `RewardModelJudge(DIR)`)."""
         super().__init__()
+        if isinstance(settings, str):
+            settings, kwargs = None, {"model": settings, **kwargs}
+        self.settings = cfg = from_keywords(RewardModelSettings, settings, kwargs, "RewardModelJudge")
+        model, revision, dtype, max_length = cfg.model, cfg.revision, cfg.dtype, cfg.max_length
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -72,22 +88,10 @@ class RewardModelJudge(PointwiseJudge):
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
         self.model.to(device).eval()
-        self.tau, self.batch_size, self.max_length = float(tau), batch_size, max_length
+        self.tau, self.batch_size, self.max_length = cfg.tau, cfg.batch_size, max_length
         self.id = (
             f"reward_model-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:max_length={max_length}"
             f":tau={self.tau!r}"
-        )
-
-    @classmethod
-    def from_config(cls, cfg, device="cpu") -> RewardModelJudge:
-        return cls(
-            cfg.model,
-            revision=cfg.revision,
-            dtype=cfg.dtype,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            tau=cfg.tau,
-            device=device,
         )
 
     def text(self, prompt, response: str) -> str:

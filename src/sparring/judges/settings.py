@@ -1,106 +1,102 @@
-"""Which `judge.*` keys each judge reads, their defaults, and the checks a judge config passes before
-any work starts (a missing model, an unset key variable, a function that cannot be imported: each a
-UserError naming the key)."""
+"""The `judge:` section: `JudgeConfig` is `name` + `cache` + the chosen judge's own settings.
+
+Each judge declares its settings once, as a dataclass subclassing `JudgeConfig` next to the judge
+(`IFEvalJudge.Settings` is `IFEvalSettings`, ...): its defaults, ranges and required keys (fields without
+a default) and, in `check`, what must hold beyond each key's own value (a model that resolves, a file
+that exists). The run config's `judge` and `eval.judge` are built from it by sparring.schema, the same
+machinery as every other section, with the keys flat under `judge:` as in every recipe; a key of
+another judge is an error naming the judges it belongs to.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from sparring.errors import UserError
+from sparring.schema import Plugin, build, field_default
 
-COMMON = ("name", "cache")
-# judge -> {key: default (None: required or optional without default)}
-KEYS: dict[str, dict[str, object]] = {
-    "ifeval": {"tau": 0.1},
-    "reward_model": {
-        "model": None,
-        "revision": None,
-        "dtype": "auto",
-        "batch_size": 16,
-        "max_length": 2048,
-        "tau": 1.0,
-    },
-    "pairrm": {"model": None, "dtype": "auto", "batch_size": 16, "mode": "sppo"},
-    "llm": {
-        "model": None,
-        "revision": None,
-        "dtype": "auto",
-        "batch_size": 8,
-        "max_length": 2048,
-        "template": None,
-    },
-    "openai": {
-        "model": None,
-        "base_url": None,
-        "api_key_env": None,
-        "template": None,
-        "max_concurrency": 8,
-        "timeout": 60.0,
-        "max_retries": 6,
-        "top_logprobs": 20,
-    },
-    "python": {"function": None, "tau": 1.0},
+# name -> "module:Class"; imported when used, so `sparring --help` stays fast
+JUDGES: dict[str, str] = {
+    "ifeval": "sparring.judges.ifeval:IFEvalJudge",
+    "reward_model": "sparring.judges.reward_model:RewardModelJudge",
+    "pairrm": "sparring.judges.pairrm:PairRMJudge",
+    "llm": "sparring.judges.llm:LLMJudge",
+    "openai": "sparring.judges.openai:OpenAIJudge",
+    "python": "sparring.judges.python:PythonJudge",
 }
-REQUIRED = {
-    "reward_model": ("model",),
-    "pairrm": ("model",),
-    "llm": ("model",),
-    "openai": ("model", "base_url"),
-    "python": ("function",),
-}
+COMMON = ("name", "cache")  # the keys every judge takes
 
 
-def check_judge_config(cfg, where: str = "judge", prefix: str = "judge.") -> None:
-    """Validate `cfg` (a JudgeConfig) for its judge and fill in that judge's defaults, in place."""
-    import dataclasses
-
-    keys = KEYS[cfg.name]
-    for f in dataclasses.fields(cfg):
-        if f.name in COMMON:
-            continue
-        value = getattr(cfg, f.name)
-        if f.name not in keys:
-            if value is not None:
-                users = [n for n, k in KEYS.items() if f.name in k]
-                raise UserError(
-                    f"{where}: {prefix}{f.name} does not apply to judge {cfg.name!r} "
-                    f"(it is a setting of: {', '.join(users)})"
-                )
-            continue
-        if value is None and keys[f.name] is not None:
-            setattr(cfg, f.name, keys[f.name])
-    for key in REQUIRED.get(cfg.name, ()):
-        if getattr(cfg, key) is None:
-            raise UserError(f"{where}: judge {cfg.name!r} needs {prefix}{key}" + _HINTS.get((cfg.name, key), ""))
-    if cfg.name in ("reward_model", "pairrm", "llm"):
-        from sparring.models import resolve_model
-
-        try:
-            resolve_model(cfg.model)
-        except UserError as exc:
-            raise UserError(f"{where}: {prefix}model: {exc}") from None
-    if cfg.template is not None and not Path(cfg.template).expanduser().is_file():
-        raise UserError(f"{where}: {prefix}template = {cfg.template!r}: no such file")
-    if cfg.name == "openai":
-        if not cfg.base_url.startswith(("http://", "https://")):
-            raise UserError(f"{where}: {prefix}base_url = {cfg.base_url!r} must start with http:// or https://")
-        if cfg.api_key_env is not None and cfg.api_key_env not in os.environ:
-            raise UserError(
-                f"{where}: {prefix}api_key_env names the environment variable {cfg.api_key_env!r}, "
-                "which is not set (export it before running)"
-            )
-    if cfg.name == "python":
-        from sparring.judges.python import import_function
-
-        import_function(cfg.function, f"{where}: {prefix}function")
+def judge_class(name: str):
+    module, cls = JUDGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-_HINTS = {
-    ("reward_model", "model"): " (a Hugging Face sequence-classification model: a directory or a hub id)",
-    ("pairrm", "model"): " (a PairRM checkpoint directory, e.g. a local copy of llm-blender/PairRM-hf)",
-    ("llm", "model"): " (a causal LM: a directory, a hub id, or smollm2-135m)",
-    ("openai", "model"): " (the model name the endpoint serves)",
-    ("openai", "base_url"): " (e.g. http://127.0.0.1:8000/v1)",
-    ("python", "function"): " (package.module:function)",
-}
+@dataclass
+class JudgeConfig(Plugin):
+    """Which judge says P(y_i ≻ y_j), and its settings (docs/judge.md). A key that does not apply to the
+    chosen judge is an error; the ones left unset take that judge's defaults."""
+
+    kind: ClassVar[str] = "judge"
+
+    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python"] = "ifeval"
+    cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
+
+    @classmethod
+    def variants(cls) -> dict[str, type]:
+        return {name: judge_class(name).Settings for name in JUDGES}
+
+    def settings(self) -> dict:
+        """This judge's own settings (every key but name and cache)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in COMMON}
+
+
+def judge_settings(name: str) -> type:
+    """The settings dataclass of judge `name`."""
+    return judge_class(name).Settings
+
+
+def defaults(name: str) -> dict[str, object]:
+    """Judge `name`'s own keys and their defaults (None: required, or optional without a default)."""
+    return {f.name: field_default(f) for f in dataclasses.fields(judge_settings(name)) if f.name not in COMMON}
+
+
+def judge_config(spec, where: str = "judge", prefix: str = "judge.", lenient: bool = True) -> JudgeConfig:
+    """A JudgeConfig from a JudgeConfig (returned as is) or a mapping with the keys of a recipe's
+    `judge:` section, validated like the recipe's."""
+    if isinstance(spec, JudgeConfig):
+        return spec
+    return build(JudgeConfig, dict(spec or {}), prefix, where, lenient=lenient)
+
+
+def from_keywords(settings_cls: type, settings, kwargs: dict, who: str):
+    """A judge's settings for its constructor: `settings` as given, or built from keyword arguments
+    (`IFEvalJudge(tau=0.5)`), checked like the recipe's keys; a bad one is a ValueError naming it."""
+    if settings is not None:
+        if kwargs:
+            raise TypeError(f"{who}: pass its settings or keyword arguments, not both")
+        return settings
+    try:
+        return build(settings_cls, kwargs, "", who, lenient=False)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_model(model: str, where: str, key: str) -> None:
+    """A local judge model must resolve (a directory, a hub id, an alias) before any work."""
+    from sparring.models import resolve_model
+
+    try:
+        resolve_model(model)
+    except UserError as exc:
+        raise UserError(f"{where}: {key}: {exc}") from None
+
+
+def check_template(template: str | None, where: str, key: str) -> None:
+    from pathlib import Path
+
+    if template is not None and not Path(template).expanduser().is_file():
+        raise UserError(f"{where}: {key} = {template!r}: no such file")

@@ -133,11 +133,11 @@ def _metrics_section(run_dir: Path, iteration: int, cfg: dict, summary: dict | N
 
 
 def _judge_section(cfg: dict) -> list[str]:
-    from sparring.judges.settings import COMMON, KEYS
+    from sparring.judges.settings import COMMON, JUDGES, defaults
 
     def settings(prefix: str) -> tuple[str, list[str]]:
         name = setting(cfg, f"{prefix}name")
-        keys = KEYS.get(name, {})
+        keys = defaults(name) if name in JUDGES else {}
         out = []
         for key in [k for k in COMMON if k != "name"] + list(keys):
             value = setting(cfg, f"{prefix}{key}")
@@ -224,8 +224,7 @@ def render_model_card(
         f"{setting(cfg, 'generation.max_new_tokens')} new tokens, temperature "
         f"{setting(cfg, 'generation.temperature')}, top-p {setting(cfg, 'generation.top_p')}",
         f"- **Optimizer**: {setting(cfg, 'train.optimizer')}, lr {setting(cfg, 'train.lr')}, "
-        f"{setting(cfg, 'train.epochs')} epoch(s), {setting(cfg, 'train.batch_size')} rows per step, "
-        f"{setting(cfg, 'train.precision')}",
+        f"{setting(cfg, 'train.epochs')} epoch(s), {setting(cfg, 'train.batch_size')} rows per step",
         f"- **Precision**: sampling {setting(cfg, 'generation.dtype')}, training {setting(cfg, 'train.precision')}"
         + (f" — {setting(cfg, 'precision_reason')}" if setting(cfg, "precision_reason") not in (None, "") else ""),
         f"- **Seed**: {setting(cfg, 'seed')}",

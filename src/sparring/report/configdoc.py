@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import io
 import tokenize
@@ -65,9 +66,20 @@ _MEANINGS = {
 
 
 def _field_comments() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """({class: docstring}, {class: {field: comment}}) from config.py's source: a field's comment is the
-    comment lines right above it and the comment at the end of its line, joined."""
-    path = inspect.getsourcefile(config_module)
+    """({class: docstring}, {class: {field: comment}}) from the sources of config.py and of the modules
+    declaring a section of it (each judge's settings): a field's comment is the comment lines right
+    above it and the comment at the end of its line, joined."""
+    modules = dict.fromkeys([config_module.__name__, *(cls.__module__ for _, cls, _, _ in config_keys())])
+    docs: dict[str, str] = {}
+    fields: dict[str, dict[str, str]] = {}
+    for name in modules:
+        d, f = _module_comments(inspect.getsourcefile(importlib.import_module(name)))
+        docs.update(d)
+        fields.update(f)
+    return docs, fields
+
+
+def _module_comments(path: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     source = Path(path).read_text()
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -140,11 +152,19 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _judge_field(name: str, key: str) -> dataclasses.Field:
+    from sparring.judges.settings import judge_settings
+
+    return next(f for f in dataclasses.fields(judge_settings(name)) if f.name == key)
+
+
 def config_reference() -> str:
     """docs/config.md: every config key with its type, range, default and meaning, from the config
     dataclasses and config.py's comments, and the table of TRL's names."""
-    from sparring.judges.settings import KEYS
+    from sparring.judges.settings import JudgeConfig, defaults
+    from sparring.schema import plugin_keys
 
+    judges = {name: defaults(name) for name in JudgeConfig.variants()}
     docs, comments = _field_comments()
     keys = config_keys()
     sections: dict[str, list] = {}
@@ -182,18 +202,21 @@ def config_reference() -> str:
                 meaning = f"{meaning} (section [`{dotted}`](#{dotted.replace('.', '')}))".strip()
             elif dotted == "eval.judge":
                 meaning += "; the same keys as [`judge`](#judge)"
+            default = value_text(_field_default(f))
             if prefix == "judge" and f.name not in ("name", "cache"):
-                defaults = [
-                    f"{name} {value_text(ks[f.name])}"
-                    for name, ks in KEYS.items()
-                    if f.name in ks and ks[f.name] is not None
+                # one row per key for every judge that takes it; its default and whether it is required
+                # are each judge's own (the type and range are those of its first declaration)
+                users = plugin_keys(JudgeConfig)[f.name]
+                given = [
+                    f"{name} {value_text(judges[name][f.name])}" for name in users if judges[name][f.name] is not None
                 ]
-                users = [name for name, ks in KEYS.items() if f.name in ks]
-                meaning += f" (judges: {', '.join(users)}" + (f"; default {', '.join(defaults)}" if defaults else "")
-                meaning += ")"
+                needed = [name for name in users if "required" in _judge_field(name, f.name).metadata]
+                meaning += f" (judges: {', '.join(users)}" + (f"; default {', '.join(given)}" if given else "")
+                meaning += (f"; required by {', '.join(needed)}" if needed else "") + ")"
+                default = "per judge"
             out.append(
                 f"| `{dotted}` | {_cell(_type_text(typ))} | {_range_text(dict(f.metadata))} | "
-                f"{_cell(value_text(_field_default(f)))} | {_cell(meaning)} |"
+                f"{_cell(default)} | {_cell(meaning)} |"
             )
         out.append("")
     out += [
