@@ -16,7 +16,7 @@ from sparring.errors import UserError
 
 # Order here is the order in `sparring --help`.
 COMMAND_MODULES = [
-    "sparring.commands",  # demo, run, generate, judge, train, eval, score, status
+    "sparring.commands",  # demo, run, generate, judge, train, eval, score, compare, status, env
     "sparring.report.cli",  # report
     "sparring.share",  # export, push, card, recipes, config-reference
     "sparring.game.cli",  # game

@@ -222,7 +222,7 @@ class RunLock:
         return None
 
 
-# The names of a run directory's files (DESIGN.md, "Run directory"): every stage, report and command
+# The names of a run directory's files (docs/cli.md, "The run directory"): every stage, report and command
 # names a path through these, so the layout is written down once.
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"

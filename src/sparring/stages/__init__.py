@@ -1,4 +1,4 @@
-"""The stages of one iteration, one file each, small and typed in and out (DESIGN.md):
+"""The stages of one iteration, one file each, small and typed in and out (docs/architecture.md):
 
     generate.py  π_t's K samples per prompt           -> samples.parquet
     judge.py     every pair's verdict                  -> preferences.parquet
