@@ -26,6 +26,7 @@ JUDGES: dict[str, str] = {
     "llm": "sparring.judges.llm:LLMJudge",
     "openai": "sparring.judges.openai:OpenAIJudge",
     "python": "sparring.judges.python:PythonJudge",
+    "gpm": "sparring.judges.gpm:GPMJudge",
 }
 COMMON = ("name", "cache")  # the keys every judge takes
 
@@ -42,7 +43,7 @@ class JudgeConfig(Plugin):
 
     kind: ClassVar[str] = "judge"
 
-    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python"] = "ifeval"
+    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python", "gpm"] = "ifeval"
     cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
 
     @classmethod
