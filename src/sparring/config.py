@@ -46,6 +46,33 @@ class MethodConfig:
     apo_alpha: float = field(default=0.0, metadata=_range(0, None))
     # Nash-MD: opponents drawn from log_softmax((1 − c)·log π_t + c·log μ), c = mixture
     mixture: float = field(default=0.5, metadata=_range(0, 1))
+    # LD-DPO (Liu et al. 2024), on any pairwise method with a reference: each response's log-prob (policy
+    # and reference) counts its first min(|y_w|, |y_l|) tokens fully and the rest × ld_alpha; the reference
+    # is then recomputed per token under π_t before the first update. Unset: off (1.0: the plain sums)
+    ld_alpha: float | None = field(default=None, metadata=_range(0, 1))
+    # MADPO (Rho 2025), on any pairwise method: each pair's loss × σ(c·h)/σ(h), h = logit P(y_w ≻ y_l) the
+    # judge's margin, c = c_min + (c_max − c_min)/(1 + (c_max − 1)/(1 − c_min)·exp(λ(|h| − τ)))
+    madpo: bool = False
+    # MADPO: c's bound for the hardest pairs (c(0) is just under it)
+    madpo_c_max: float = field(default=2.0, metadata=_range(1, None, lo_open=True))
+    # MADPO: c's bound for the easiest pairs (c(∞) = c_min)
+    madpo_c_min: float = field(default=0.5, metadata=_range(0, 1, lo_open=True, hi_open=True))
+    madpo_lambda: float = field(default=1.0, metadata=_range(0, None, lo_open=True))  # MADPO: c's steepness λ
+    # MADPO: τ, the margin where c = 1 (harder pairs get c > 1, easier c < 1); the paper's ln(0.999/0.001)
+    madpo_tau: float = field(default=6.906754778648554, metadata=_range(0, None, lo_open=True))
+
+    def __post_init__(self) -> None:
+        # LD-DPO and MADPO act on pairs; a method they cannot apply to fails here, before any work starts
+        # (an unknown method.name is left to the config's own check, which names the nearest one)
+        if self.ld_alpha is None and not self.madpo:
+            return
+        from sparring.methods import METHODS
+
+        method = METHODS.get(self.name)
+        problem = method.modifier_problem(self) if method is not None else None
+        if problem:
+            fits = ", ".join(m.name for m in METHODS.values() if m.modifier_problem(self) is None)
+            raise UserError(f"{problem}; it applies to: {fits}")
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 One epoch (or a few) over the iteration's rows, in a fixed order drawn from the seed, so the same
 rows and seed give the same weights. Reference log-probs come from the rows (recorded at sampling
-time), so no reference model is kept in memory or run in the step.
+time), so no reference model is kept in memory or run in the step. The exceptions are computed once,
+under π_t before its first update: a missing (NaN) one (SPIN's ground truth), and with LD-DPO
+(method.ld_alpha) every row's, since LD-DPO weighs the reference's tokens one by one and sampling
+records only their sum.
 
 What makes a step cheap on a CPU (bench/train_vs_trl.py measures each):
 - within an optimizer step, rows are grouped into micro-batches by length, so a forward pass is
@@ -124,11 +127,14 @@ class _HeadLogps(torch.autograd.Function):
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None
 
 
-def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SeqLogp:
+def sequence_logps(
+    model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, per_token: bool = False
+) -> SeqLogp:
     """Summed log π_θ(response | prompt) for a batch, right-padded, in one forward pass.
 
     The LM head and the log-softmax run only at response positions (the prompt's logits are never
-    needed), and the log-softmax runs in float32 even under bf16 autocast.
+    needed), and the log-softmax runs in float32 even under bf16 autocast. `per_token`: the result
+    also holds each response token's log-prob (`SeqLogp.tokens`).
     """
     seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
     width = max(len(s) for s in seqs)
@@ -147,7 +153,19 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
     rows = torch.arange(len(seqs), device=device).unsqueeze(1).expand(-1, width)[target_mask]
     logp = torch.zeros(len(seqs), dtype=token_logp.dtype, device=device).index_add(0, rows, token_logp)
     n_tokens = target_mask.sum(1)
-    return SeqLogp(logp=logp, n_tokens=n_tokens)
+    tokens = None
+    if per_token:
+        # token j of row b's response is predicted at position len(prompt_b) − 1 + j
+        starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)
+        cols = torch.arange(width, device=device).expand(len(seqs), -1)[target_mask] - starts[rows]
+        tokens = _scatter_tokens(token_logp, rows, cols, len(seqs), max(len(r) for r in response_ids))
+    return SeqLogp(logp=logp, n_tokens=n_tokens, tokens=tokens)
+
+
+def _scatter_tokens(token_logp: torch.Tensor, rows, cols, n_rows: int, width: int) -> torch.Tensor:
+    """[n_rows, width] with token_logp[k] at (rows[k], cols[k]) and 0 elsewhere; differentiable."""
+    out = torch.zeros(n_rows, max(width, 1), dtype=token_logp.dtype, device=token_logp.device)
+    return out.index_put((rows, cols), token_logp)
 
 
 def _packed_mask_kind(model) -> str | None:
@@ -157,7 +175,9 @@ def _packed_mask_kind(model) -> str | None:
     return {"sdpa": "bool", "eager": "additive"}.get(impl)
 
 
-def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[int]]], pad_id: int) -> list[SeqLogp]:
+def packed_logps(
+    model, prompt_ids: list[list[int]], responses: list[list[list[int]]], pad_id: int, per_token: bool = False
+) -> list[SeqLogp]:
     """Summed log π_θ(response | prompt) of several responses per prompt, the prompt run once.
 
     `responses[s][b]` is the s-th response of row b. Row b is laid out as one sequence
@@ -168,18 +188,22 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
     prompt's tokens are computed once instead of once per response (and its gradient is the sum of
     the responses' contributions, as with separate passes). Rows are right-padded to the longest.
     Falls back to one `sequence_logps` pass when the attention kernel takes no custom mask.
+    `per_token`: each result also holds its responses' per-token log-probs (`SeqLogp.tokens`, all of
+    one width: the longest response of the call).
     """
     kind = _packed_mask_kind(model)
     n_seq, n = len(responses), len(prompt_ids)
     if kind is None or n_seq == 1:
-        out = sequence_logps(model, prompt_ids * n_seq, [r for resp in responses for r in resp], pad_id)
-        return [SeqLogp(out.logp[i * n : (i + 1) * n], out.n_tokens[i * n : (i + 1) * n]) for i in range(n_seq)]
+        out = sequence_logps(model, prompt_ids * n_seq, [r for resp in responses for r in resp], pad_id, per_token)
+        part = lambda t, i: None if t is None else t[i * n : (i + 1) * n]  # noqa: E731
+        return [SeqLogp(part(out.logp, i), part(out.n_tokens, i), part(out.tokens, i)) for i in range(n_seq)]
     lengths = [len(p) + sum(len(responses[s][b]) for s in range(n_seq)) for b, p in enumerate(prompt_ids)]
     width = max(lengths)
     ids = np.full((n, width), pad_id, dtype=np.int64)
     pos = np.zeros((n, width), dtype=np.int64)
     seg = np.full((n, width), -1, dtype=np.int64)  # -1 pad, 0 prompt, s+1 response s
-    pred, tgt, owner = [], [], []  # flat index of the position predicting each response token, token, sequence
+    # flat index of the position predicting each response token, the token, its sequence, its index in it
+    pred, tgt, owner, col = [], [], [], []
     for b, p in enumerate(prompt_ids):
         P = len(p)
         ids[b, :P], pos[b, :P], seg[b, :P] = p, np.arange(P), 0
@@ -194,6 +218,7 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
             )
             tgt.append(np.asarray(r, dtype=np.int64))
             owner.append(np.full(L, s * n + b, dtype=np.int64))
+            col.append(np.arange(L, dtype=np.int64))
             at += L
     device = model.device
     seg_t = torch.from_numpy(seg).to(device)
@@ -209,11 +234,15 @@ def packed_logps(model, prompt_ids: list[list[int]], responses: list[list[list[i
     token_logp = _token_logps(model)(
         on(np.concatenate(pred)), on(np.concatenate(tgt)), input_ids=on(ids), attention_mask=mask, position_ids=on(pos)
     )
-    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(
-        0, on(np.concatenate(owner)), token_logp
-    )
+    owners = on(np.concatenate(owner))
+    logp = torch.zeros(n_seq * n, dtype=token_logp.dtype, device=device).index_add(0, owners, token_logp)
     n_tokens = torch.tensor([len(responses[s][b]) for s in range(n_seq) for b in range(n)], device=device)
-    return [SeqLogp(logp[s * n : (s + 1) * n], n_tokens[s * n : (s + 1) * n]) for s in range(n_seq)]
+    tokens = None
+    if per_token:
+        longest = max(len(r) for resp in responses for r in resp)
+        tokens = _scatter_tokens(token_logp, owners, on(np.concatenate(col)), n_seq * n, longest)
+    part = lambda t, s: None if t is None else t[s * n : (s + 1) * n]  # noqa: E731
+    return [SeqLogp(part(logp, s), part(n_tokens, s), part(tokens, s)) for s in range(n_seq)]
 
 
 def _row_length(row: dict, names: tuple[str, ...]) -> int:
@@ -303,6 +332,11 @@ def train(
     from tqdm.auto import tqdm
 
     dist = dist or current()
+    problem = method.modifier_problem(method_cfg)
+    if problem:  # a run's config refuses this when it is loaded; this is for direct callers
+        from sparring.errors import UserError
+
+        raise UserError(problem)
     if train_cfg.gradient_checkpointing:
         set_gradient_checkpointing(model, True)
     if dist.fsdp:
@@ -324,6 +358,9 @@ def train(
     )
     # with π_t's weights, before any checkpoint is restored: the reference is π_t, not a resumed state
     fill_reference_logps(model, rows, method, pad_id, train_cfg.micro_batch_size, autocast)
+    ld_alpha = getattr(method_cfg, "ld_alpha", None)
+    if ld_alpha is not None:
+        fill_ld_reference_logps(model, rows, method, pad_id, train_cfg.micro_batch_size, autocast, ld_alpha)
     losses_seen: list[float] = []
     every = train_cfg.checkpoint_every if checkpoint_dir is not None else 0
     start = 0
@@ -580,12 +617,53 @@ def fill_reference_logps(model, rows: list[dict], method: Method, pad_id: int, m
     return len(todo)
 
 
+LD_REF = "ld_ref_logp_"  # + sequence name: a row's LD-DPO reference log-prob, set by fill_ld_reference_logps
+
+
+def ld_pair(logps: dict[str, SeqLogp], alpha: float) -> dict[str, SeqLogp]:
+    """A pair's sequence log-probs re-weighted as LD-DPO does (sparring.losses.ld_logps), from the
+    per-token log-probs `packed_logps(..., per_token=True)` returned."""
+    from sparring.losses import ld_logps
+
+    w, l = logps["w"], logps["l"]
+    logp_w, logp_l = ld_logps(w.tokens, w.mask, l.tokens, l.mask, alpha)
+    return {"w": SeqLogp(logp_w, w.n_tokens, w.tokens), "l": SeqLogp(logp_l, l.n_tokens, l.tokens)}
+
+
+@torch.no_grad()
+def fill_ld_reference_logps(model, rows: list[dict], method: Method, pad_id: int, micro: int, autocast, alpha) -> int:
+    """LD-DPO's reference: log π̂_t of each row's two responses (`ld_ref_logp_w`, `ld_ref_logp_l` in the
+    row), π_t being the model before its first update. The log-probs recorded while sampling are sums,
+    and LD-DPO weighs the reference's tokens one by one, so they are recomputed here per token, with the
+    same forward pass as training (`packed_logps`). The recorded `ref_logp_*` are left as they are.
+    Returns the number of rows."""
+    names = method.sequences
+    order = sorted(range(len(rows)), key=lambda i: _row_length(rows[i], names))  # little padding
+    was_training = model.training
+    model.eval()  # no dropout: the reference is the deterministic π_t
+    for start in range(0, len(order), micro):
+        part = [rows[i] for i in order[start : start + micro]]
+        with autocast:
+            out = packed_logps(
+                model, [r["prompt_ids"] for r in part], [[r[f"{s}_ids"] for r in part] for s in names], pad_id, True
+            )
+        pair = ld_pair(dict(zip(names, out)), alpha)
+        for s in names:
+            for r, value in zip(part, pair[s].logp.tolist()):
+                r[LD_REF + s] = value
+    model.train(was_training)
+    return len(rows)
+
+
 def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_id: int, autocast) -> torch.Tensor:
     names = method.sequences
     prompts = [r["prompt_ids"] for r in micro]
+    ld_alpha = getattr(method_cfg, "ld_alpha", None)
     with autocast:
         # every named sequence of the micro-batch in one forward pass, each prompt computed once
-        out = packed_logps(model, prompts, [[r[f"{s}_ids"] for r in micro] for s in names], pad_id)
+        out = packed_logps(
+            model, prompts, [[r[f"{s}_ids"] for r in micro] for s in names], pad_id, ld_alpha is not None
+        )
     logps = dict(zip(names, out))
     # the float columns of the method's row schema (the loss's targets and reference log-probs)
     columns = {
@@ -593,4 +671,10 @@ def _micro_batch_loss(model, micro: list[dict], method: Method, method_cfg, pad_
         for key in method.float_columns
         if key in micro[0]
     }
+    if ld_alpha is not None:  # LD-DPO: the pair's policy and reference log-probs, both re-weighted
+        logps = ld_pair(logps, ld_alpha)
+        for s in names:
+            columns[f"ref_logp_{s}"] = torch.tensor(
+                [r[LD_REF + s] for r in micro], dtype=torch.float32, device=model.device
+            )
     return method.loss(logps, columns, method_cfg)

@@ -6,6 +6,10 @@ and raises ``ValueError`` naming the offending argument when called wrongly. See
 
 A method (``sparring.methods``, chosen by ``method.name`` in config) names its loss by its ``LOSSES``
 key, and the trainer looks it up with ``get_loss`` rather than an ``if loss_type == ...`` chain.
+
+Two modifiers apply on top of any pairwise loss and are not losses themselves: ``ld_logps`` (LD-DPO's
+length-desensitized sequence log-probs, from per-token ones) and ``madpo_weight`` (MADPO's per-pair
+weight from the judge's margin).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Callable
 
 from sparring.losses.dpo import dpo, hinge, ipo, robust_dpo
 from sparring.losses.fdpo import DIVERGENCES, fdpo
+from sparring.losses.ld import ld_logps
+from sparring.losses.madpo import madpo_coefficient, madpo_weight
 from sparring.losses.nash import nash_md_pg
 from sparring.losses.npo import npo
 from sparring.losses.simpo import simpo
@@ -66,4 +72,7 @@ __all__ = [
     "simpo",
     "npo",
     "nash_md_pg",
+    "ld_logps",
+    "madpo_coefficient",
+    "madpo_weight",
 ]

@@ -47,10 +47,19 @@ class SeqLogp:
 
     logp: torch.Tensor  # [B] summed over response tokens
     n_tokens: torch.Tensor  # [B]
+    # [B, T] the per-token log-probs, response token i of row b at [b, i], 0 past n_tokens[b]; only
+    # when the trainer is asked for them (LD-DPO), otherwise None
+    tokens: torch.Tensor | None = None
 
     @property
     def avg(self) -> torch.Tensor:  # length-normalised, as SimPO uses
         return self.logp / self.n_tokens.clamp(min=1)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[B, T] true at the positions of `tokens` that hold a response token."""
+        positions = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        return positions[None, :] < self.n_tokens[:, None]
 
 
 @dataclass(frozen=True)
@@ -80,12 +89,43 @@ class Method:
     settings: tuple[str, ...] = ("beta",)  # the method.* keys it reads
     sampling: Literal["policy", "mixture"] = "policy"
     needs_reference_response: bool = False  # prompts must carry `reference_response` (SPIN)
+    reference_free: bool = False  # the loss reads no reference log-probs (SimPO)
 
     def loss(self, logps: dict[str, SeqLogp], batch: dict[str, torch.Tensor], cfg) -> torch.Tensor:
-        """Per-row loss [B]: the registered loss `loss_name` on this method's arguments."""
+        """Per-row loss [B]: the registered loss `loss_name` on this method's arguments, times MADPO's
+        per-pair weight when method.madpo is on (any pairwise loss; see `pair_weight`)."""
         from sparring.losses import get_loss
 
-        return get_loss(self.loss_name)(**self.loss_args(logps, batch, cfg))
+        loss = get_loss(self.loss_name)(**self.loss_args(logps, batch, cfg))
+        if getattr(cfg, "madpo", False):
+            loss = loss * pair_weight(batch["p"], cfg).to(loss.dtype)
+        return loss
+
+    @property
+    def pairwise(self) -> bool:
+        """Rows are (preferred, dispreferred) pairs: LD-DPO and MADPO apply."""
+        return self.sequences == ("w", "l")
+
+    def modifier_problem(self, cfg) -> str | None:
+        """Why the pair modifiers that `cfg` (method.*) turns on do not apply to this method, or None.
+        LD-DPO (method.ld_alpha) re-weights a pair's policy and reference log-probs; MADPO (method.madpo)
+        weighs a pair by the judge's P(y_w ≻ y_l), the row's `p`."""
+        name = repr(self.name)
+        if getattr(cfg, "ld_alpha", None) is not None:
+            if not self.pairwise:
+                return (
+                    f"method.ld_alpha: LD-DPO re-weights the two responses of a pair, and {name} trains on single ones"
+                )
+            if self.reference_free:
+                return (
+                    "method.ld_alpha: LD-DPO re-weights the policy's and the reference's log-probs, "
+                    f"and {name} uses no reference"
+                )
+        if getattr(cfg, "madpo", False) and (not self.pairwise or "p" not in self.float_columns):
+            return (
+                f"method.madpo: MADPO weighs a pair by the judge's P(y_w ≻ y_l), which the rows of {name} do not carry"
+            )
+        return None
 
     @property
     def float_columns(self) -> tuple[str, ...]:
@@ -115,3 +155,14 @@ class Method:
         """The schema of iteration t's train.parquet: the method's columns and its hooks'."""
         extra = tuple(c for h in self.hooks(cfg) for c in h.columns(t))
         return self.columns + extra
+
+
+def pair_weight(p: torch.Tensor, cfg) -> torch.Tensor:
+    """MADPO's weight of each pair (sparring.losses.madpo_weight) from the judge's margin: the
+    Bradley–Terry margin h = logit P(y_w ≻ y_l) = log p − log(1 − p) that the judge's preference implies
+    (for a pointwise judge, whose P is σ(s_w − s_l), exactly its score difference s_w − s_l). A certain
+    verdict (p = 0 or 1) is an infinite margin, whose weight is 1."""
+    from sparring.losses import madpo_weight
+
+    margin = torch.logit(p.detach().to(torch.float64))
+    return madpo_weight(margin, cfg.madpo_c_max, cfg.madpo_c_min, cfg.madpo_lambda, cfg.madpo_tau)

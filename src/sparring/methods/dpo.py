@@ -70,6 +70,7 @@ SIMPO = Method(
     },
     loss_text="−log σ(β(l̄_w − l̄_l) − γ) on length-averaged log-probabilities l̄, no reference",
     settings=("beta", "gamma", "include_self"),
+    reference_free=True,
 )
 
 DNO = Method(
