@@ -210,6 +210,26 @@ def test_a_runs_first_step_against_the_recorded_reference(tiny_model, tmp_path, 
     assert got == pytest.approx(want, rel=RECORDED_REL)
 
 
+def test_a_run_with_ld_dpo_and_madpo_starts_at_the_weighted_ln2(tiny_model, tmp_path):
+    """Both modifiers from the config through the stages: LD-DPO's reference is recomputed under π_t, so
+    every ρ is 0 at the first step, and MADPO weighs each pair's ln 2 by w(logit p)."""
+    from sparring.losses import madpo_weight
+
+    cfg = length_judged(tiny_model, tmp_path, "dpo")
+    cfg["method"] = {"name": "dpo", "beta": BETA, "ld_alpha": 0.5, "madpo": True}
+    c = config_from_dict(cfg)
+    rd = open_run(c, Path(c.runs_dir) / c.name)
+    run(make_context(c, rd, progress=False, log=lambda _: None))
+    rd.lock.release()
+    rows = read_rows(rd.rows(0))
+    step = next(_batches(len(rows), c.train.batch_size, c.train.epochs, stage_seed(c.seed, "train", 0) % (2**31)))
+    p = torch.tensor([f32(rows[i]["p"]) for i in step], dtype=torch.float64)
+    want = LN2 * float(madpo_weight(torch.logit(p)).mean())
+    assert abs(want - LN2) > 1e-3  # the length judge's margins are finite and below τ: the weights are not 1
+    got = RunDir(rd.root).manifest()["stages"]["iter_0/train"]["metrics"]["loss_first"]
+    assert got == pytest.approx(want, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "launch_config,method", [("cpu-2proc.yaml", "dpo"), ("fsdp.yaml", "sppo")], ids=["2-processes", "fsdp"]
 )
