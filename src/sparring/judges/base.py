@@ -146,7 +146,15 @@ class PairwiseJudge:
     `compare_many(queries, on_result)` gets (prompt, first, second) triples and returns, for each,
     q = P(first ≻ second) as judged with `first` shown first (in [0, 1]); `on_result(n, q)` may be
     called as each answer arrives, so a caller can keep it even if a later query fails. `combine(Q)`
-    turns a prompt's matrix of ordered queries into P (default: both orders averaged)."""
+    turns a prompt's matrix of ordered queries into P (default: both orders averaged); `order_view(Q)`
+    reads the stored values as q for the diagnostics (default: as they are).
+
+    `streams`: True when `compare_many` calls `on_result` as each answer (or each batch of a local
+    model) is done. The judge cache then hands it many queries per call and commits every answer as it
+    comes; a judge that reports only at the end of a call is handed one batch (`batch_size`) per call,
+    so a kill loses at most that batch."""
+
+    streams: bool = False
 
     def __init__(self) -> None:
         self.stats = JudgeStats()
@@ -158,6 +166,9 @@ class PairwiseJudge:
 
     def combine(self, Q: np.ndarray) -> np.ndarray:
         return both_orders(Q)
+
+    def order_view(self, Q: np.ndarray) -> np.ndarray:
+        return Q
 
     def preferences_many(self, prompts, response_lists) -> list[np.ndarray]:
         queries, where = ordered_queries(prompts, response_lists)
