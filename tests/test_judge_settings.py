@@ -22,6 +22,8 @@ from sparring.judges.settings import COMMON, JUDGES, defaults, judge_config, jud
 
 # The keys and defaults every judge had before they declared their own settings (judges/settings.py's
 # KEYS table, each class's KEYS and its __init__'s defaults): None marks a key without a default.
+# added since, to llm and openai (issue 27): the judging protocol and the arena_hard judgment's length
+ARENA_HARD = {"protocol": "logprob", "max_new_tokens": 4096}
 BEFORE = {
     "ifeval": {"tau": 0.1},
     "reward_model": {
@@ -33,7 +35,15 @@ BEFORE = {
         "tau": 1.0,
     },
     "pairrm": {"model": None, "dtype": "auto", "batch_size": 16, "mode": "sppo"},
-    "llm": {"model": None, "revision": None, "dtype": "auto", "batch_size": 8, "max_length": 2048, "template": None},
+    "llm": {
+        "model": None,
+        "revision": None,
+        "dtype": "auto",
+        "batch_size": 8,
+        "max_length": 2048,
+        "template": None,
+        **ARENA_HARD,
+    },
     "openai": {
         "model": None,
         "base_url": None,
@@ -43,6 +53,7 @@ BEFORE = {
         "timeout": 60.0,
         "max_retries": 6,
         "top_logprobs": 20,
+        **ARENA_HARD,
     },
     "python": {"function": None, "tau": 1.0},
 }
@@ -104,6 +115,8 @@ def test_the_config_keys_are_those_of_before():
         "judge.max_length",
         "judge.mode",
         "judge.template",
+        "judge.protocol",
+        "judge.max_new_tokens",
         "judge.base_url",
         "judge.api_key_env",
         "judge.max_concurrency",

@@ -5,7 +5,14 @@ own chat template, and the next-token log-probs of the label tokens "A" and "B" 
 first position give q = σ(lp_A − lp_B) (exact soft labels: every label is in the full distribution,
 so a local judge never abstains). Queries are batched, left-padded and sorted by length; a judging text
 longer than `judge.max_length` tokens keeps its last `max_length` tokens (the question and both
-responses' ends), counted in the stats as `truncated`.
+responses' ends), counted in the stats as `truncated`. Each batch's answers reach `on_result` when the
+batch is done, so the judge cache commits them then and a kill loses at most the batch being computed.
+
+With `protocol: arena_hard` the judge model writes a judgment instead (greedy, up to `max_new_tokens`
+new tokens, batched the same way): its own answer, then one verdict among [[A>>B]] ... [[B>>A]], parsed by
+sparring.judges.pairwise.parse_verdict; an unreadable verdict is an abstention, counted (`abstentions`,
+`verdicts_missing` / `verdicts_conflicting` / `verdicts_malformed`, and `verdicts_cut` when the judgment
+ran out of tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +24,16 @@ import numpy as np
 
 from sparring.errors import UserError
 from sparring.judges.base import PairwiseJudge
-from sparring.judges.pairwise import LABELS, compile_template, load_template, render, soft_label, template_hash
+from sparring.judges.pairwise import (
+    LABELS,
+    PROTOCOLS,
+    compile_template,
+    load_template,
+    read_judgment,
+    render,
+    soft_label,
+    template_hash,
+)
 from sparring.judges.settings import JudgeConfig, check_model, check_template, from_keywords
 from sparring.schema import setting
 
@@ -31,6 +47,9 @@ class LLMSettings(JudgeConfig):
     batch_size: int = setting(8, lo=1)
     max_length: int = setting(2048, lo=8)
     template: str | None = None  # llm / openai: a pairwise template file replacing the built-in one
+    # llm / openai: logprob (one label token's log-probs) or arena_hard (own answer, then [[A>>B]]..[[B>>A]])
+    protocol: Literal["logprob", "arena_hard"] = "logprob"
+    max_new_tokens: int = setting(4096, lo=1)  # llm / openai, arena_hard only: tokens the judgment may take
 
     def check(self, where: str, prefix: str) -> None:
         check_model(self.model, where, f"{prefix}model")
@@ -39,6 +58,7 @@ class LLMSettings(JudgeConfig):
 
 class LLMJudge(PairwiseJudge):
     Settings = LLMSettings
+    streams = True  # each batch's answers reach on_result when it is done: the cache commits them then
 
     def __init__(self, settings: LLMSettings | str | None = None, *, device="cpu", **kwargs):
         """`LLMJudge(settings)`, or its settings as keywords (`LLMJudge(model=DIR, batch_size=4)`; the model
@@ -59,7 +79,9 @@ class LLMJudge(PairwiseJudge):
         from sparring.models import model_fingerprint, quiet_loading, resolve_model
 
         path = resolve_model(model)
-        text = load_template(template)
+        self.protocol = PROTOCOLS[cfg.protocol]
+        self.max_new_tokens = cfg.max_new_tokens
+        text = load_template(template, cfg.protocol)
         self.template = compile_template(text)
         self.batch_size, self.max_length = batch_size, max_length
         try:
@@ -77,7 +99,7 @@ class LLMJudge(PairwiseJudge):
                 "needs to ask its question"
             )
         self.label_ids = []
-        for label in LABELS:
+        for label in () if self.protocol.generates else LABELS:  # arena_hard reads written verdicts
             ids = self.tok(label, add_special_tokens=False)["input_ids"]
             if len(ids) != 1:
                 raise UserError(
@@ -90,6 +112,14 @@ class LLMJudge(PairwiseJudge):
             f"llm-v1:model={model_fingerprint(model, revision)}:dtype={dtype}:template={template_hash(text)}"
             f":max_length={max_length}"
         )
+        if self.protocol.generates:  # the logprob id is unchanged, so existing caches stay valid
+            self.id += f":protocol={cfg.protocol}:max_new_tokens={cfg.max_new_tokens}"
+
+    def combine(self, Q):
+        return self.protocol.combine(Q)
+
+    def order_view(self, Q):
+        return self.protocol.orders(Q)
 
     def _ids(self, prompt, first: str, second: str) -> list[int]:
         content = render(self.template, prompt, first, second)
@@ -115,20 +145,42 @@ class LLMJudge(PairwiseJudge):
             for start in range(0, len(order), self.batch_size):
                 part = order[start : start + self.batch_size]
                 ids, mask = (t.to(device) for t in left_pad([rows[n] for n in part], self.pad_id))
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = (
-                    self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-                    .logits[:, -1]
-                    .float()
-                )
-                lp = torch.log_softmax(logits, dim=-1)[:, self.label_ids].double().cpu().numpy()
-                for n, (lp_a, lp_b) in zip(part, lp):
-                    out[n] = soft_label(float(lp_a), float(lp_b))
-        self.stats.add(queries=len(rows))
-        if on_result is not None:
-            for n, q in enumerate(out):
-                on_result(n, q)
+                if self.protocol.generates:
+                    values = self._judgments(ids, mask)
+                else:
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    logits = (
+                        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+                        .logits[:, -1]
+                        .float()
+                    )
+                    lp = torch.log_softmax(logits, dim=-1)[:, self.label_ids].double().cpu().numpy()
+                    values = [soft_label(float(lp_a), float(lp_b)) for lp_a, lp_b in lp]
+                self.stats.add(queries=len(part))
+                for n, q in zip(part, values):
+                    out[n] = q
+                    if on_result is not None:  # this batch is done: the cache may keep it now
+                        on_result(n, q)
         return out
+
+    def _judgments(self, ids, mask) -> list[float]:
+        """arena_hard: one batch's written judgments (greedy), read as verdict codes."""
+        gen = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+        )
+        new = gen[:, ids.shape[1] :].tolist()
+        eos = self.tok.eos_token_id
+        eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        codes = []
+        for row in new:
+            cut = not eos.intersection(row) and len(row) >= self.max_new_tokens  # the limit stopped it
+            text = self.tok.decode(row, skip_special_tokens=True)
+            codes.append(read_judgment(self.stats, text, cut=cut))
+        return codes
 
     def close(self) -> None:
         del self.model

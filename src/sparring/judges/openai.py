@@ -11,9 +11,15 @@ Each ordered query is one request: the rendered template (sparring.judges.pairwi
   `abstention_rate`);
 - a server that returns no log-probs at all: the verdict is parsed from the text (q ∈ {0, ½, 1}),
   counted as `parsed_verdicts`, so the metrics say the judge gave hard labels.
+With `protocol: arena_hard` each request instead lets the judge write its own answer and a verdict
+([[A>>B]] ... [[B>>A]]) in up to `max_new_tokens` tokens, without log-probs; the verdict is parsed
+(sparring.judges.pairwise.parse_verdict) and an unreadable one is an abstention, counted (`abstentions`,
+and `verdicts_missing` / `verdicts_conflicting` / `verdicts_malformed`; `verdicts_cut` when the judge hit
+`max_new_tokens` first).
 Requests run `max_concurrency` at a time with retries and backoff (sparring.judges.openai_client); after
-the last retry the stage stops with an error naming the endpoint and status, and every answer already
-received is in the judge cache, so the rerun asks only for the rest. The API key is read from the
+the last retry the stage stops with an error naming the endpoint and status. Every answer is committed to
+the judge cache as it arrives, so a rerun (after that error, or after the process was killed) asks only
+for the rest: at most the `max_concurrency` requests that were in flight are paid twice. The API key is read from the
 environment variable named by `api_key_env` and never written anywhere (config, manifest, cache, logs,
 errors).
 """
@@ -22,14 +28,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from sparring.errors import UserError
 from sparring.judges.base import PairwiseJudge
 from sparring.judges.pairwise import (
     LABELS,
+    PROTOCOLS,
     compile_template,
     load_template,
     parsed_label,
+    read_judgment,
     render,
     soft_label,
     template_hash,
@@ -50,6 +59,9 @@ class OpenAISettings(JudgeConfig):
     timeout: float = setting(60.0, lo=0, lo_open=True)  # openai: s per request
     max_retries: int = setting(6, lo=0)  # openai: retries per request
     top_logprobs: int = setting(20, lo=2, hi=20)  # openai: log-probs asked per token
+    # llm / openai: logprob (one label token's log-probs) or arena_hard (own answer, then [[A>>B]]..[[B>>A]])
+    protocol: Literal["logprob", "arena_hard"] = "logprob"
+    max_new_tokens: int = setting(4096, lo=1)  # llm / openai, arena_hard only: tokens the judgment may take
 
     def check(self, where: str, prefix: str) -> None:
         check_template(self.template, where, f"{prefix}template")
@@ -64,6 +76,7 @@ class OpenAISettings(JudgeConfig):
 
 class OpenAIJudge(PairwiseJudge):
     Settings = OpenAISettings
+    streams = True  # each answer reaches on_result as it arrives: the cache commits it then
 
     def __init__(self, settings: OpenAISettings | None = None, *, device=None, backoff_base: float = 1.0, **kwargs):
         """`OpenAIJudge(settings)`, or its settings as keywords (`OpenAIJudge(model=M, base_url=URL)`).
@@ -73,15 +86,18 @@ class OpenAIJudge(PairwiseJudge):
         model, template, top_logprobs = cfg.model, cfg.template, cfg.top_logprobs
         from sparring.judges.openai_client import ChatLabeler
 
-        text = load_template(template)
+        self.protocol = PROTOCOLS[cfg.protocol]
+        writes = self.protocol.generates
+        text = load_template(template, cfg.protocol)
         self.template = compile_template(text)
         self.labeler = ChatLabeler(
             base_url=cfg.base_url.rstrip("/"),
             model=model,
             api_key_env=cfg.api_key_env,
             labels=LABELS,
-            max_tokens=1,
+            max_tokens=cfg.max_new_tokens if writes else 1,
             top_logprobs=top_logprobs,
+            logprobs=not writes,
             max_concurrency=cfg.max_concurrency,
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
@@ -89,9 +105,15 @@ class OpenAIJudge(PairwiseJudge):
         )
         # the endpoint is not part of the id: the same model served elsewhere gives the same verdicts
         self.id = f"openai-v1:model={model}:template={template_hash(text)}:top_logprobs={top_logprobs}"
+        if writes:  # the logprob id is unchanged, so existing caches stay valid
+            self.id = f"openai-v1:model={model}:template={template_hash(text)}:protocol={cfg.protocol}"
+            self.id += f":max_new_tokens={cfg.max_new_tokens}"
 
     def answer(self, result) -> float:
-        """q from one endpoint answer (see the module docstring), counting how it was read."""
+        """The value stored for one endpoint answer (q, or arena_hard's verdict code; see the module
+        docstring), counting how it was read."""
+        if self.protocol.generates:
+            return read_judgment(self.stats, result.text, cut=result.finish_reason == "length")
         if result.logprobs is None:
             q = parsed_label(result.text)
             self.stats.add(parsed_verdicts=1, abstentions=q is None)
@@ -104,6 +126,12 @@ class OpenAIJudge(PairwiseJudge):
             return soft_label(lp["A"], result.top_floor) if "A" in lp else soft_label(result.top_floor, lp["B"])
         self.stats.add(abstentions=1)
         return 0.5
+
+    def combine(self, Q):
+        return self.protocol.combine(Q)
+
+    def order_view(self, Q):
+        return self.protocol.orders(Q)
 
     def compare_many(self, queries, on_result=None) -> list[float]:
         conversations = [[{"role": "user", "content": render(self.template, p, a, b)}] for p, a, b in queries]

@@ -4,6 +4,8 @@ The judge renders each judging conversation so that the answer is ONE label toke
 sends each conversation to `{base_url}/chat/completions` (vLLM, SGLang, a hosted API) and gives back, per
 conversation, the log-probabilities of the labels among the top log-probs of the first generated token, and
 the generated text (for servers that return no log-probs, so the judge can parse a verdict instead).
+With `logprobs=False` (the arena_hard protocol: the judge writes a whole judgment, up to `max_tokens`) no
+log-probs are asked for and only the text and the finish reason come back.
 
 Behaviour, in short:
 
@@ -45,7 +47,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -94,11 +96,13 @@ class LabelResult:
     log-probs at all (the server does not support them, or generated no token).
     `text`: the generated text ("" when the message had no content).
     `top_floor`: the lowest log-prob among the first token's top candidates (a bound on the log-prob of
-    any label that is not among them); None without log-probs."""
+    any label that is not among them); None without log-probs.
+    `finish_reason`: the choice's `finish_reason` as the server gave it ("stop", "length", ...), or None."""
 
     logprobs: dict[str, float] | None
     text: str
     top_floor: float | None = None
+    finish_reason: str | None = field(default=None, compare=False)  # how it ended, not what it said
 
 
 class _Malformed(Exception):
@@ -159,6 +163,7 @@ class ChatLabeler:
         labels: Sequence[str] = ("A", "B"),
         max_tokens: int = 1,
         top_logprobs: int = 20,
+        logprobs: bool = True,
         temperature: float = 0.0,
         max_concurrency: int = 8,
         timeout: float = 60.0,
@@ -223,6 +228,7 @@ class ChatLabeler:
         self.labels = tuple(x.strip() for x in labels)
         self.max_tokens = max_tokens
         self.top_logprobs = top_logprobs
+        self.logprobs = bool(logprobs)
         self.temperature = float(temperature)
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
@@ -373,9 +379,9 @@ class ChatLabeler:
             "messages": list(conversation),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
-            "logprobs": True,
-            "top_logprobs": self.top_logprobs,
         }
+        if self.logprobs:  # not asked when the judge reads a written verdict (some APIs refuse it then)
+            payload.update(logprobs=True, top_logprobs=self.top_logprobs)
         try:
             return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as e:
@@ -404,7 +410,7 @@ class ChatLabeler:
                     except _Malformed as e:
                         problem = f"malformed response (HTTP {status}): {e}"
                     else:
-                        if result.logprobs is None:
+                        if self.logprobs and result.logprobs is None:
                             with self._stats_lock:
                                 self.answers_without_logprobs += 1
                         return result
@@ -466,8 +472,14 @@ class ChatLabeler:
         content = choice["message"].get("content")
         if content is not None and not isinstance(content, str):
             raise _Malformed(f"choices[0].message.content is {type(content).__name__}, not a string")
-        found, floor = self._label_logprobs(choice.get("logprobs"))
-        return LabelResult(logprobs=found, text=content or "", top_floor=floor)
+        found, floor = self._label_logprobs(choice.get("logprobs")) if self.logprobs else (None, None)
+        reason = choice.get("finish_reason")
+        return LabelResult(
+            logprobs=found,
+            text=content or "",
+            top_floor=floor,
+            finish_reason=reason if isinstance(reason, str) else None,
+        )
 
     def _label_logprobs(self, logprobs: Any) -> tuple[dict[str, float] | None, float | None]:
         """(label -> best log-prob among the first token's candidates, the lowest candidate log-prob);
