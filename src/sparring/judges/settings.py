@@ -27,6 +27,7 @@ JUDGES: dict[str, str] = {
     "openai": "sparring.judges.openai:OpenAIJudge",
     "python": "sparring.judges.python:PythonJudge",
     "gpm": "sparring.judges.gpm:GPMJudge",
+    "ensemble": "sparring.judges.ensemble:EnsembleJudge",
 }
 COMMON = ("name", "cache")  # the keys every judge takes
 
@@ -43,7 +44,7 @@ class JudgeConfig(Plugin):
 
     kind: ClassVar[str] = "judge"
 
-    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python", "gpm"] = "ifeval"
+    name: Literal["ifeval", "reward_model", "pairrm", "llm", "openai", "python", "gpm", "ensemble"] = "ifeval"
     cache: bool = True  # verdicts kept in the run's judge_cache.sqlite
 
     @classmethod
