@@ -393,21 +393,22 @@ class CachedJudge:
 
     def _prompt_chunks(self, need: list[int], response_lists) -> list[list[int]]:
         """The prompts of each `preferences_many` call of a whole-list judge, committed call by call: a
-        judge with a `batch_size` (texts per forward pass; a local model) gets about one batch per call
-        (prompts until their responses fill it), so a kill loses at most one batch; any other judge
-        (IFEval's checks, a Python function) 64 prompts per call."""
+        judge with a `batch_size` (texts per forward pass; a local model) gets one batch per call (as many
+        prompts as their responses fit in it; a prompt with more responses alone), so a kill loses at
+        most one batch; any other judge (IFEval's checks, a Python function) 64 prompts per call."""
         batch = getattr(self.judge, "batch_size", None)
         if self.chunk is not None or not isinstance(batch, int) or batch < 1:
             size = self.chunk or 64
             return [need[s : s + size] for s in range(0, len(need), size)]
         chunks: list[list[int]] = []
-        texts = batch  # start a new chunk at once
+        texts = 0
         for n in need:
-            if texts >= batch:
+            k = len(response_lists[n])
+            if not chunks or texts + k > batch:  # the next prompt would not fit: a new call
                 chunks.append([])
                 texts = 0
             chunks[-1].append(n)
-            texts += len(response_lists[n])
+            texts += k
         return chunks
 
     # -- every other judge: whole response lists ---------------------------------------------------
