@@ -52,11 +52,11 @@ import sparring.cli  # noqa: E402
 import sparring.commands  # noqa: E402,F401
 import sparring.generation.hf  # noqa: E402,F401
 import sparring.judges.cache  # noqa: E402,F401
-import sparring.judges.ifeval  # noqa: E402,F401
 import sparring.loop  # noqa: E402
 import sparring.methods  # noqa: E402,F401
 import sparring.models  # noqa: E402,F401
 import sparring.rundir  # noqa: E402
+import sparring.tasks.ifeval  # noqa: E402,F401
 import sparring.train  # noqa: E402,F401
 
 try:  # the LoRA runs' adapter library, imported once here too

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sparring.data import build
+from sparring.tasks import ifeval
 
 DATA_DIR = Path(build.__file__).resolve().parent
 TRAIN_PATH = DATA_DIR / build.TRAIN_FILE
@@ -132,16 +132,6 @@ def heldout() -> list[dict]:
 @pytest.fixture(scope="module", params=["train", "heldout"])
 def records(request, train, heldout) -> list[dict]:
     return train if request.param == "train" else heldout
-
-
-def _optional(module: str):
-    """The module if another part of the package provides it already, else skip the test."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            pytest.skip(f"{module} is not there yet")
-        raise
 
 
 def _base_request(record: dict) -> str:
@@ -314,7 +304,6 @@ def test_repeat_prompt_repeats_exactly_the_base_request(records):
 
 
 def test_every_instruction_validates_with_the_judge(records):
-    ifeval = _optional("sparring.judges.ifeval")
     assert set(EXPECTED_KWARGS) <= set(ifeval.INSTRUCTIONS)
     for r in records:
         for iid, kw in zip(r["instruction_id_list"], r["kwargs"]):
@@ -337,7 +326,6 @@ def test_files_load_with_load_prompts(train, heldout):
 
 
 def test_training_reference_responses_follow_every_instruction(train):
-    ifeval = _optional("sparring.judges.ifeval")
     for r in train:
         ref = r["reference_response"]
         assert isinstance(ref, str) and ref.strip(), r
@@ -352,7 +340,6 @@ def test_heldout_records_have_no_reference_response(heldout):
 
 def test_every_prompt_is_satisfiable(records):
     """The builder can answer every prompt, held-out included (where the answer is not shipped)."""
-    ifeval = _optional("sparring.judges.ifeval")
     for r in records:
         response = build.reference_response(r)
         assert all(ifeval.follow_instructions(r, response)), (r["prompt"], response)

@@ -387,8 +387,8 @@ def test_out_of_range_judge_cache_values_are_judged_again(reference, tmp_path):
     import sqlite3
 
     from sparring.judges.cache import CachedJudge, JudgeCache
-    from sparring.judges.ifeval import IFEvalJudge
     from sparring.records import user_prompt
+    from sparring.tasks.ifeval import IFEvalJudge
 
     prompt = user_prompt("1", "Say hi.", instruction_id_list=["punctuation:no_comma"], kwargs=[{}])
     with JudgeCache(tmp_path / "c.sqlite") as cache:

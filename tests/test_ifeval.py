@@ -5,9 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from sparring.judges import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions
-from sparring.judges.ifeval import loose_variants
-from sparring.judges.ifeval_checks import (
+from sparring.tasks.ifeval import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions, loose_variants
+from sparring.tasks.ifeval.checks import (
     UNSUPPORTED,
     check_instruction,
     count_sentences,
@@ -407,3 +406,111 @@ def test_judge_id_and_tau_validation():
 def test_judge_accepts_a_plain_mapping_record():
     rec = {"prompt": "p", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
     assert IFEvalJudge().score(rec, "fine") == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The task package: what an IFEval prompt is, the metric's columns, the older import paths
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_task_says_which_prompts_are_its_own():
+    from sparring.records import user_prompt
+    from sparring.tasks import ifeval
+
+    with_two = user_prompt("1", "A?", instruction_id_list=["punctuation:no_comma", "change_case:english_lowercase"])
+    with_none = user_prompt("2", "B?", instruction_id_list=[])
+    plain = user_prompt("3", "C?")
+    assert ifeval.instruction_ids(with_two) == ["punctuation:no_comma", "change_case:english_lowercase"]
+    assert ifeval.instruction_ids(plain) == []
+    assert [ifeval.has_instructions(p) for p in (with_two, with_none, plain)] == [True, False, False]
+    assert ifeval.applies([with_two]) and not ifeval.applies([with_two, plain])
+    assert ifeval.applies([])  # vacuously, as IFEval's all([]) is True (the checks before the task said so too)
+    assert [p.id for p in ifeval.lacking([with_two, with_none, plain])] == ["2", "3"]
+
+
+def test_meta_from_row_and_back_to_ifevals_input_data():
+    from collections import Counter
+
+    from sparring.records import user_prompt
+    from sparring.tasks import ifeval
+
+    row = {"instruction_id_list": ["punctuation:no_comma", "keywords:existence"], "kwargs": [{}, {"keywords": ["x"]}]}
+    columns = {"instruction_id_list": "instruction_id_list", "kwargs": "kwargs"}
+    meta = ifeval.meta_from_row("f:1", row.get, columns)
+    assert meta == row
+    assert ifeval.meta_from_row("f:1", {}.get, columns) == {}  # a row without the task's columns
+    skipped = Counter()
+    other = {"instruction_id_list": ["custom:rhymes", "custom:rhymes"], "kwargs": [{}, {}]}
+    assert ifeval.meta_from_row("f:2", other.get, columns, skip_unsupported=True, skipped=skipped) is None
+    assert skipped == Counter({"custom:rhymes": 2})
+    prompt = user_prompt("7", "Say hi.", reference="hi", **meta)
+    assert ifeval.input_data_row(prompt) == {"key": 7, "prompt": "Say hi.", **row, "reference_response": "hi"}
+    assert ifeval.input_data_row(user_prompt("8", "Say hi.")) is None
+
+
+def test_metric_columns_and_values_by_hand():
+    from sparring.tasks.ifeval import metric
+
+    # prompt 0: two instructions, one followed strictly, both loosely; prompt 1: its one instruction followed
+    cols = metric.columns_from_followed([[True, False], [True]], [[True, True], [True]])
+    assert tuple(cols) == metric.COLUMNS
+    assert cols["ifeval_prompt_strict"].tolist() == [False, True]
+    assert cols["ifeval_followed_loose"].tolist() == [2, 1]
+    assert cols["ifeval_instructions"].tolist() == [2, 1]
+    values = {k: float(v[0]) for k, v in metric.values(cols).items()}
+    assert values == {"prompt_strict": 0.5, "prompt_loose": 1.0, "instruction_strict": 2 / 3, "instruction_loose": 1.0}
+    assert set(values) == set(metric.KEYS)
+    # two resamples: prompt 0 twice, prompt 1 twice
+    boot = metric.values(cols, np.array([[0, 0], [1, 1]]))
+    assert boot["prompt_strict"].tolist() == [0.0, 1.0] and boot["instruction_strict"].tolist() == [0.5, 1.0]
+    table = {"response": ["a", "b"], "chars": np.array([1, 1]), **cols}
+    assert list(metric.columns_of(table)) == list(metric.COLUMNS)
+    assert metric.columns_of({"response": ["a"]}) is None and metric.columns_of(None) is None
+
+
+def test_metric_columns_from_responses_agree_with_follow_instructions():
+    from sparring.tasks.ifeval import metric
+
+    recs = [_judge_record(), _record(1, "p", ["punctuation:no_comma"], [{}])]
+    responses = ["one, two three", "no commas here"]
+    cols = metric.columns(recs, responses)
+    strict = [follow_instructions(r, y) for r, y in zip(recs, responses)]
+    loose = [follow_instructions(r, y, loose=True) for r, y in zip(recs, responses)]
+    expected = metric.columns_from_followed(strict, loose)
+    assert all(np.array_equal(cols[k], expected[k]) and cols[k].dtype == expected[k].dtype for k in metric.COLUMNS)
+
+
+def test_the_older_import_paths_give_the_same_objects():
+    import sparring.judges
+    import sparring.judges.ifeval as old
+    import sparring.judges.ifeval_checks as old_checks
+    from sparring.judges import build_judge, judge_class
+    from sparring.tasks import ifeval
+    from sparring.tasks.ifeval import checks
+
+    assert old_checks is checks  # the same module: private names and patches reach the checks
+    for name in ("INSTRUCTIONS", "IFEvalJudge", "evaluate", "follow_instructions", "validate_instruction"):
+        assert getattr(sparring.judges, name) is getattr(ifeval, name) is getattr(old, name)
+    assert old.loose_variants is loose_variants and old.parse_instructions is ifeval.parse_instructions
+    assert judge_class("ifeval") is IFEvalJudge and type(build_judge({"name": "ifeval"}, device="cpu")) is IFEvalJudge
+    with pytest.raises(AttributeError):
+        sparring.judges.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sparring.tasks.ifeval",
+        "import sparring.judges.ifeval",
+        "from sparring.judges import IFEvalJudge",
+        "from sparring.judges.ifeval_checks import _sentence_tokenizer",
+    ],
+)
+def test_each_import_path_works_first_in_a_fresh_interpreter(code):
+    # the task's judge builds on sparring.judges, which names the task's objects: whichever is imported
+    # first, neither may find the other half-initialised
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -8,8 +8,8 @@ code itself is bench/ifeval_official.py (docs/ifeval.md has its numbers)."""
 import langdetect
 import pytest
 
-from sparring.judges import follow_instructions
-from sparring.judges.ifeval_checks import (
+from sparring.tasks.ifeval import follow_instructions
+from sparring.tasks.ifeval.checks import (
     _sentence_tokenizer,
     check_instruction,
     count_sentences,

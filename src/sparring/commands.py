@@ -404,13 +404,14 @@ def judge_spec(overrides: list[str], prompts, where: str = "command line"):
     judge.name, the IFEval judge for prompts carrying IFEval instructions."""
     from sparring.config import apply_overrides
     from sparring.judges.settings import judge_config
+    from sparring.tasks import ifeval
 
     bad = [o for o in overrides if not o.startswith("judge.")]
     if bad:
         raise UserError(f"{bad[0]!r}: only judge.key=value settings go here (e.g. judge.name=reward_model)")
     data = apply_overrides({}, overrides).get("judge", {})
     if "name" not in data:
-        if not all(p.meta.get("instruction_id_list") for p in prompts):
+        if not ifeval.applies(prompts):
             raise UserError(
                 "these prompts carry no IFEval instructions, so there is no default judge: name one, e.g. "
                 "judge.name=reward_model judge.model=DIR (see docs/judge.md)"
@@ -459,9 +460,10 @@ def cmd_eval(args) -> int:
     from sparring.judges.cache import CachedJudge
     from sparring.models import resolve_model
     from sparring.prompts import load_prompts
+    from sparring.tasks import ifeval
 
     prompts = load_prompts(args.prompts)  # everything is validated before any model is loaded
-    has_instructions = all(p.meta.get("instruction_id_list") for p in prompts)
+    has_instructions = ifeval.applies(prompts)
     metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -524,9 +526,9 @@ def cmd_eval(args) -> int:
 def cmd_score(args) -> int:
     from collections import Counter
 
-    from sparring.judges.ifeval import IFEvalJudge, evaluate
     from sparring.prompts import load_prompts
     from sparring.rundir import write_json
+    from sparring.tasks.ifeval import IFEvalJudge, evaluate
 
     skipped: Counter = Counter()
     prompts = load_prompts(args.prompts, skip_unsupported=args.skip_unsupported, skipped=skipped)

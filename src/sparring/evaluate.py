@@ -11,7 +11,8 @@ Metrics (`eval.metrics`; docs/evaluation.md) come from the registry `METRICS`: e
 it needs (IFEval instructions on the prompts, the base policy's responses, reference responses, a judge),
 its per-prompt columns (scores.parquet), its aggregates (metrics.json's keys, computed for the set and for
 every bootstrap resample at once) and what the paired difference of its interval is taken against.
-- `ifeval`: IFEval's four accuracies (prompts carrying IFEval instructions only);
+- `ifeval`: IFEval's four accuracies (prompts carrying IFEval instructions only; the IFEval task's
+  metric, sparring.tasks.ifeval.metric);
 - `win_rate`: mean over prompts of P(π ≻ base) by the run's judge (or `eval.judge`);
 - `win_rate_vs_reference`: the same against `eval.reference`, another model's responses;
 - `length_controlled`: the win rate against the base at equal length — a logistic model of the
@@ -34,8 +35,9 @@ import numpy as np
 
 from sparring.generation.base import SamplingParams
 from sparring.records import Prompt
+from sparring.tasks.ifeval import metric as ifeval_metric
 
-IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+IFEVAL_KEYS = ifeval_metric.KEYS
 
 
 # ------------------------------------------------------------------ responses
@@ -103,37 +105,10 @@ def generate(
 # ------------------------------------------------------------------ per-prompt results
 
 
-def ifeval_columns(prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per prompt: all instructions followed (strict, loose), and how many of how many were followed."""
-    from sparring.judges.ifeval import follow_instructions
-
-    cols: dict[str, list] = {
-        "ifeval_prompt_strict": [],
-        "ifeval_prompt_loose": [],
-        "ifeval_followed_strict": [],
-        "ifeval_followed_loose": [],
-        "ifeval_instructions": [],
-    }
-    for p, r in zip(prompts, responses):
-        strict, loose = follow_instructions(p, r, loose=False), follow_instructions(p, r, loose=True)
-        cols["ifeval_prompt_strict"].append(all(strict))
-        cols["ifeval_prompt_loose"].append(all(loose))
-        cols["ifeval_followed_strict"].append(sum(strict))
-        cols["ifeval_followed_loose"].append(sum(loose))
-        cols["ifeval_instructions"].append(len(strict))
-    return {k: np.asarray(v) for k, v in cols.items()}
-
-
-def ifeval_values(cols: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The four accuracies, for every resample in `idx` ([B, n] prompt indices) or for the set as is."""
-    take = (lambda a: a[None]) if idx is None else (lambda a: a[idx])
-    n_instr = take(cols["ifeval_instructions"]).sum(-1)
-    return {
-        "prompt_strict": take(cols["ifeval_prompt_strict"]).mean(-1),
-        "prompt_loose": take(cols["ifeval_prompt_loose"]).mean(-1),
-        "instruction_strict": take(cols["ifeval_followed_strict"]).sum(-1) / np.maximum(n_instr, 1),
-        "instruction_loose": take(cols["ifeval_followed_loose"]).sum(-1) / np.maximum(n_instr, 1),
-    }
+# The IFEval metric's per-prompt columns and aggregates are the task's (sparring.tasks.ifeval.metric); the
+# names below are their older ones here.
+ifeval_columns = ifeval_metric.columns
+ifeval_values = ifeval_metric.values
 
 
 # ------------------------------------------------------------------ length control
@@ -261,7 +236,7 @@ class Metric:
 
 
 def _ifeval_columns(s: Scoring) -> None:
-    s.cols.update(ifeval_columns(s.prompts, s.responses))
+    s.cols.update(ifeval_metric.columns(s.prompts, s.responses))
 
 
 def _win_vs_base(s: Scoring) -> None:
@@ -278,12 +253,12 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric(
-            "ifeval",
+            ifeval_metric.NAME,  # the IFEval task's metric (sparring.tasks.ifeval.metric)
             needs=("instructions",),
             judged=False,
             columns=_ifeval_columns,
-            values=lambda cols, base, idx: ifeval_values(cols, idx),
-            reads=("ifeval_prompt_strict",),
+            values=lambda cols, base, idx: ifeval_metric.values(cols, idx),
+            reads=ifeval_metric.READS,
         ),
         Metric(
             "win_rate",

@@ -31,8 +31,10 @@ from typing import Any
 
 from sparring.errors import UserError
 from sparring.records import Prompt, messages_problem
+from sparring.tasks import ifeval
 
-FIELDS = ("id", "prompt", "messages", "reference_response", "instruction_id_list", "kwargs")
+# the columns a row may have: the prompt's own, then the IFEval task's (instruction_id_list, kwargs)
+FIELDS = ("id", "prompt", "messages", "reference_response", *ifeval.FIELDS)
 SHIPPED = {
     "train": "ifeval_train.jsonl",
     "heldout": "ifeval_heldout.jsonl",
@@ -342,19 +344,9 @@ def _parse_row(
             raise UserError(f"{where}: column {columns['messages']!r}: {problem}")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
 
-    meta: dict[str, Any] = {}
-    ids = get("instruction_id_list")
-    if ids is not None or get("kwargs") is not None:
-        from sparring.judges.ifeval import parse_instructions
-
-        parsed = parse_instructions(where, ids, get("kwargs"), columns, skip_unsupported)
-        if parsed is None:
-            if skipped is not None:
-                from sparring.judges.ifeval_checks import INSTRUCTIONS
-
-                skipped.update(i for i in ids if i not in INSTRUCTIONS)
-            return None
-        meta = parsed
+    meta = ifeval.meta_from_row(where, get, columns, skip_unsupported, skipped)  # {} without its columns
+    if meta is None:  # an instruction id outside IFEval, with skip_unsupported
+        return None
     return Prompt(id=pid, messages=tuple(messages), reference=reference, meta=meta)
 
 
@@ -434,14 +426,5 @@ def write_prompts(path: str | os.PathLike, prompts: Iterable[Prompt]) -> Path:
 
 
 def _row(pr: Prompt) -> dict:
-    if "instruction_id_list" in pr.meta and len(pr.messages) == 1:
-        out = {
-            "key": int(pr.id) if pr.id.isdigit() else pr.id,
-            "prompt": pr.text,
-            "instruction_id_list": list(pr.meta["instruction_id_list"]),
-            "kwargs": [dict(k) for k in pr.meta["kwargs"]],
-        }
-        if pr.reference is not None:
-            out["reference_response"] = pr.reference
-        return out
-    return pr.to_json()
+    row = ifeval.input_data_row(pr)
+    return row if row is not None else pr.to_json()

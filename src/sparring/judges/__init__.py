@@ -5,7 +5,7 @@ The contract (sparring.judges.base): a judge has a stable `id` and
 `build_judge(spec)` makes one from the `judge:` mapping of a recipe (a `JudgeConfig` or a plain
 mapping with the same keys as the YAML). The judges (`judge.name`):
 
-  ifeval        verifiable IFEval instructions, a score per response (sparring.judges.ifeval)
+  ifeval        verifiable IFEval instructions, a score per response (sparring.tasks.ifeval, the IFEval task)
   reward_model  a Hugging Face sequence-classification reward model (sparring.judges.reward_model)
   pairrm        PairRM on DeBERTa-v2 (sparring.judges.pairrm)
   llm           a local causal LM asked "A or B?" in both orders (sparring.judges.llm)
@@ -21,8 +21,20 @@ the cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
 from __future__ import annotations
 
 from sparring.judges.base import Judge, PairwiseJudge, PointwiseJudge, both_orders, bradley_terry
-from sparring.judges.ifeval import INSTRUCTIONS, IFEvalJudge, evaluate, follow_instructions, validate_instruction
 from sparring.judges.settings import JUDGES, JudgeConfig, judge_class, judge_config
+
+# Older names of the IFEval task's objects (sparring.tasks.ifeval), kept importable from here. They are
+# looked up on first use: the task's judge builds on this package (judges.base), so importing the task
+# while this package initialises would be circular.
+_IFEVAL_NAMES = ("INSTRUCTIONS", "IFEvalJudge", "evaluate", "follow_instructions", "validate_instruction")
+
+
+def __getattr__(name: str):
+    if name in _IFEVAL_NAMES:
+        from sparring.tasks import ifeval
+
+        return getattr(ifeval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_judge(spec, where: str = "judge", device=None):

@@ -20,7 +20,7 @@ from sparring.schema import Plugin, build, field_default
 
 # name -> "module:Class"; imported when used, so `sparring --help` stays fast
 JUDGES: dict[str, str] = {
-    "ifeval": "sparring.judges.ifeval:IFEvalJudge",
+    "ifeval": "sparring.tasks.ifeval.judge:IFEvalJudge",  # the IFEval task's judge
     "reward_model": "sparring.judges.reward_model:RewardModelJudge",
     "pairrm": "sparring.judges.pairrm:PairRMJudge",
     "llm": "sparring.judges.llm:LLMJudge",

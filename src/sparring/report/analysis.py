@@ -18,8 +18,10 @@ from sparring.metrics import SUMMARY_METRICS
 from sparring.report.rundata import Run, read_json
 from sparring.rundir import RunDir
 from sparring.tables import read_preferences
+from sparring.tasks import ifeval
+from sparring.tasks.ifeval import metric as ifeval_metric
 
-IFEVAL_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+IFEVAL_KEYS = ifeval_metric.KEYS
 WIN_KEYS = ("win_rate_vs_base", "length_controlled_win_rate", "win_rate_vs_reference")
 INTERVAL_METRICS = IFEVAL_KEYS + WIN_KEYS  # the ones evaluation gives a 95% interval
 BOOTSTRAP = 1000
@@ -140,7 +142,7 @@ def load_evaluation(run: Run) -> Evaluation:
         if any(p.values.get("win_rate_vs_base") is not None for p in policies[1:]):
             policies[0].values["win_rate_vs_base"] = 0.5
     declared = (run.summary or {}).get("metrics") or []
-    has_ifeval = "ifeval" in declared or any(p.values.get("prompt_strict") is not None for p in policies)
+    has_ifeval = ifeval_metric.NAME in declared or any(p.values.get(IFEVAL_KEYS[0]) is not None for p in policies)
     metrics = [k for k in SUMMARY_METRICS if any(p.values.get(k) is not None for p in policies)]
     ev = Evaluation(policies, metrics, has_ifeval)
     if has_ifeval:
@@ -177,7 +179,7 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
             f"prompts for {n} responses, or other texts); no per-instruction IFEval results"
         )
         return None
-    if not all(p.meta.get("instruction_id_list") for p in prompts):
+    if not ifeval.applies(prompts):
         notes.append(f"the held-out prompts ({source}) carry no IFEval instructions; no per-instruction results")
         return None
     return prompts
@@ -186,8 +188,6 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
 def _recompute_ifeval(run: Run, ev: Evaluation) -> None:
     """Per prompt and per instruction, whether each policy's response followed it (strict and loose):
     scores.parquet keeps counts only, and runs made before it keep nothing per prompt."""
-    from sparring.judges.ifeval import follow_instructions
-
     with_responses = [p for p in ev.policies if p.responses]
     if not with_responses:
         return
@@ -204,26 +204,21 @@ def _recompute_ifeval(run: Run, ev: Evaluation) -> None:
             )
             continue
         p.ifeval = {
-            "strict": [follow_instructions(q, r, loose=False) for q, r in zip(prompts, p.responses)],
-            "loose": [follow_instructions(q, r, loose=True) for q, r in zip(prompts, p.responses)],
+            "strict": [ifeval.follow_instructions(q, r, loose=False) for q, r in zip(prompts, p.responses)],
+            "loose": [ifeval.follow_instructions(q, r, loose=True) for q, r in zip(prompts, p.responses)],
         }
 
 
 def ifeval_columns(res: dict) -> dict[str, np.ndarray]:
-    """scores.parquet's IFEval columns (sparring.evaluate.ifeval_columns) from per-instruction results."""
-    s, lo = res["strict"], res["loose"]
-    return {
-        "ifeval_prompt_strict": np.array([all(x) for x in s]),
-        "ifeval_prompt_loose": np.array([all(x) for x in lo]),
-        "ifeval_followed_strict": np.array([sum(x) for x in s]),
-        "ifeval_followed_loose": np.array([sum(x) for x in lo]),
-        "ifeval_instructions": np.array([len(x) for x in s]),
-    }
+    """scores.parquet's IFEval columns (the task's, sparring.tasks.ifeval.metric) from per-instruction
+    results."""
+    return ifeval_metric.columns_from_followed(res["strict"], res["loose"])
 
 
 def _ifeval_cols(p: EvalPolicy) -> dict[str, np.ndarray] | None:
-    if p.scores is not None and "ifeval_prompt_strict" in p.scores:
-        return {k: np.asarray(v) for k, v in p.scores.items() if k.startswith("ifeval_")}
+    recorded = ifeval_metric.columns_of(p.scores)
+    if recorded is not None:
+        return recorded
     return ifeval_columns(p.ifeval) if p.ifeval is not None else None
 
 
@@ -240,15 +235,13 @@ def _recompute_win_rates(run: Run, ev: Evaluation) -> None:
     if not lacking or base is None:
         return
     judge = _eval_judge(run)
-    if judge.get("name", "ifeval") != "ifeval" or ev.prompts is None:
+    if judge.get("name", ifeval.NAME) != ifeval.NAME or ev.prompts is None:
         ev.notes.append(
             "this run kept no per-prompt verdicts against the base (made before scores.parquet), and "
             "its judge cannot be rerun here: the win rates have no interval"
         )
         return
-    from sparring.judges.ifeval import IFEvalJudge
-
-    judge_fn = IFEvalJudge(tau=float(judge.get("tau", 0.1)))
+    judge_fn = ifeval.IFEvalJudge(tau=float(judge.get("tau", 0.1)))
     for p in lacking:
         if len(p.responses) != len(base.responses) or p.prompts != base.prompts:
             continue
@@ -261,7 +254,9 @@ def _recompute_win_rates(run: Run, ev: Evaluation) -> None:
 def _fill_intervals(run: Run, ev: Evaluation) -> None:
     """A paired bootstrap over prompts for every metric the run recorded without an interval (runs made
     before intervals existed), with sparring.evaluate's own resampling and percentile intervals."""
-    from sparring.evaluate import ifeval_values, length_controlled_win_rate, resamples, with_interval
+    from sparring.evaluate import length_controlled_win_rate, resamples, with_interval
+
+    ifeval_values = ifeval_metric.values
 
     seed = run.cfg("eval", "bootstrap_seed", default=0)
     base = ev.base
@@ -333,7 +328,7 @@ def instruction_kinds(ev: Evaluation) -> dict | None:
     pols = [p for p in ev.policies if p.ifeval is not None]
     if ev.prompts is None or not pols:
         return None
-    ids = [list(q.meta["instruction_id_list"]) for q in ev.prompts]
+    ids = [ifeval.instruction_ids(q) for q in ev.prompts]
     kinds: dict[str, dict] = {}
     for q_ids in ids:  # every policy answered the same prompts: the counts are the prompts'
         for kid in q_ids:
@@ -499,7 +494,7 @@ def heldout_examples(ev: Evaluation, n: int = HELDOUT_EXAMPLES) -> list[dict]:
         if ev.prompts is not None:
             ex["prompt_id"] = ev.prompts[i].id
             ex["prompt"] = ex["prompt"] or ev.prompts[i].text
-            kinds = list(ev.prompts[i].meta.get("instruction_id_list") or [])
+            kinds = ifeval.instruction_ids(ev.prompts[i])
         else:
             kinds = []
         for p in (base, final):

@@ -14,6 +14,7 @@ from sparring.methods import Method, get_method
 from sparring.prompts import load_prompts
 from sparring.records import Prompt
 from sparring.rundir import RunDir
+from sparring.tasks import ifeval
 
 
 @dataclass
@@ -64,7 +65,7 @@ def eval_plan(cfg: RunConfig, heldout: list[Prompt]) -> tuple[tuple[str, ...], l
     reference responses aligned with them; UserError before any work when they do not fit."""
     from sparring.prompts import load_responses
 
-    has_instructions = all(p.meta.get("instruction_id_list") for p in heldout)
+    has_instructions = ifeval.applies(heldout)  # the IFEval task says whether these are its prompts
     metrics = cfg.eval.metrics
     if metrics is None:
         metrics = (["ifeval"] if has_instructions else []) + (
