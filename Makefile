@@ -44,11 +44,11 @@ test-avx2: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(AVX2_ENV) $(PY) -m pytest -q tests/test_hardware.py tests/test_precision.py
 
 # One formatter and linter across the tree (ruff, pinned in the test extra so every machine formats alike).
-# `$(VENV)/bin/ruff format src tests bench` fixes the formatting. lint-imports checks that imports point
-# down sparring's layers and make no cycles (the contracts in pyproject.toml).
+# `$(VENV)/bin/ruff format src tests bench tools` fixes the formatting. lint-imports checks that imports
+# point down sparring's layers and make no cycles (the contracts in pyproject.toml).
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/lint-imports
 
 # Debian's Chromium and ChromeDriver, for the test that opens `sparring report`'s page in a real browser

@@ -1,4 +1,5 @@
-"""The shipped open-ended chat prompt sets (src/sparring/data/chat_*.jsonl) and their builder."""
+"""The shipped open-ended chat prompt sets (src/sparring/data/chat_*.jsonl) and their builder
+(tools/data/build_chat.py, on pytest's pythonpath)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import build_chat
 import pytest
 
-from sparring.data import build_chat
-
-DATA_DIR = Path(build_chat.__file__).resolve().parent
+DATA_DIR = build_chat.DATA_DIR
 TRAIN_PATH = DATA_DIR / build_chat.TRAIN_FILE
 HELDOUT_PATH = DATA_DIR / build_chat.HELDOUT_FILE
 
@@ -112,7 +112,7 @@ def test_shipped_files_equal_a_fresh_build(tmp_path, capsys):
         assert kind in out  # the counts per task kind are printed
     for name in (build_chat.TRAIN_FILE, build_chat.HELDOUT_FILE):
         assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), (
-            f"{name} is stale: rerun `python -m sparring.data.build_chat`"
+            f"{name} is stale: rerun `python tools/data/build_chat.py`"
         )
 
 
@@ -121,7 +121,7 @@ def test_builder_is_deterministic_across_processes(tmp_path):
     for run, hash_seed in (("a", "1"), ("b", "4242")):
         env = dict(os.environ, PYTHONPATH=str(DATA_DIR.parents[1]), PYTHONHASHSEED=hash_seed)
         subprocess.run(
-            [sys.executable, "-m", "sparring.data.build_chat", "--out-dir", str(tmp_path / run)],
+            [sys.executable, build_chat.__file__, "--out-dir", str(tmp_path / run)],
             check=True, env=env, capture_output=True,
         )  # fmt: skip
     for name in (build_chat.TRAIN_FILE, build_chat.HELDOUT_FILE):

@@ -1,4 +1,5 @@
-"""The shipped IFEval-format prompt sets (src/sparring/data/ifeval_*.jsonl) and their builder."""
+"""The shipped IFEval-format prompt sets (src/sparring/data/ifeval_*.jsonl) and their builder
+(tools/data/build_ifeval.py, on pytest's pythonpath)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
+import build_ifeval as build
 import pytest
 
-from sparring.data import build
 from sparring.tasks import ifeval
 
-DATA_DIR = Path(build.__file__).resolve().parent
+DATA_DIR = build.DATA_DIR
 TRAIN_PATH = DATA_DIR / build.TRAIN_FILE
 HELDOUT_PATH = DATA_DIR / build.HELDOUT_FILE
 
@@ -153,7 +154,7 @@ def test_shipped_files_equal_a_fresh_build(tmp_path, capsys):
         assert iid in out  # counts per instruction id are printed
     for name in (build.TRAIN_FILE, build.HELDOUT_FILE):
         assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), (
-            f"{name} is stale: rerun `python -m sparring.data.build`"
+            f"{name} is stale: rerun `python tools/data/build_ifeval.py`"
         )
 
 
@@ -161,7 +162,7 @@ def test_builder_is_deterministic_across_processes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(DATA_DIR.parents[1]), PYTHONHASHSEED="123")
     for run in ("a", "b"):
         subprocess.run(
-            [sys.executable, "-m", "sparring.data.build", "--out-dir", str(tmp_path / run)],
+            [sys.executable, build.__file__, "--out-dir", str(tmp_path / run)],
             check=True, env=env, capture_output=True,
         )  # fmt: skip
     for name in (build.TRAIN_FILE, build.HELDOUT_FILE):

@@ -1,2 +1,4 @@
-"""The prompt sets shipped with sparring and the scripts that build them (build.py: the IFEval-style
-sets; build_chat.py: the open-ended chat set). Reading any prompt source: sparring.prompts."""
+"""The prompt sets shipped with sparring (package data: ifeval_*.jsonl, the IFEval-style sets; chat_*.jsonl,
+the open-ended chat sets; docs/data.md). The scripts that build them are not installed: they are
+tools/data/build_ifeval.py and tools/data/build_chat.py in the source tree. Reading any prompt source:
+sparring.prompts."""

@@ -10,4 +10,7 @@ One task today:
 
   ifeval  Google's IFEval verifiable instructions (sparring.tasks.ifeval): the checks, the judge
           `ifeval`, the metric `ifeval`
+
+The shipped prompt sets are package data of `sparring.data`; the scripts that build them are not
+installed (tools/data/ in the source tree).
 """

@@ -11,6 +11,7 @@ the metric built on them.
 - `judge.py`: `IFEvalJudge` (`judge.name: ifeval`), P(a ≻ b) = σ((s_a − s_b)/τ) on the strict score;
 - `metric.py`: the evaluation metric `ifeval` (scores.parquet's columns, metrics.json's keys).
 
+The builder of the shipped IFEval-style prompt sets is tools/data/build_ifeval.py (not installed).
 The older import paths `sparring.judges.ifeval` and `sparring.judges.ifeval_checks` still work.
 """
 

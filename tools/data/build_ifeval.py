@@ -1,9 +1,10 @@
 """Build the shipped IFEval-format prompt sets, deterministically.
 
-    python -m sparring.data.build [--out-dir DIR]
+    python tools/data/build_ifeval.py [--out-dir DIR]
 
-writes ``ifeval_train.jsonl`` and ``ifeval_heldout.jsonl`` (default: this package's directory)
-and prints how many times each instruction id occurs in each set.
+writes ``ifeval_train.jsonl`` and ``ifeval_heldout.jsonl`` (default: src/sparring/data/, where the
+package ships them) and prints how many times each instruction id occurs in each set. This script is
+part of the source tree, not of the installed package: nothing runs it at run time.
 
 Every prompt is ``<base request> <instruction text> [<instruction text>]``:
 
@@ -42,7 +43,8 @@ from pathlib import Path
 
 SEED = 1729
 
-DATA_DIR = Path(__file__).resolve().parent
+# the shipped sets are package data of sparring.data; this script lives in tools/data/ of the same tree
+DATA_DIR = Path(__file__).resolve().parents[2] / "src" / "sparring" / "data"
 TRAIN_FILE = "ifeval_train.jsonl"
 HELDOUT_FILE = "ifeval_heldout.jsonl"
 
@@ -756,7 +758,7 @@ def counts_table(train: Sequence[dict], heldout: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sparring.data.build",
+        prog="python tools/data/build_ifeval.py",
         description="Write the IFEval-format training and held-out prompt sets (deterministic).",
     )
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help=f"output directory (default: {DATA_DIR})")

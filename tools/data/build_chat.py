@@ -1,9 +1,11 @@
 """Build the shipped open-ended chat prompt sets, deterministically.
 
-    python -m sparring.data.build_chat [--out-dir DIR]
+    python tools/data/build_chat.py [--out-dir DIR]
 
-writes ``chat_train.jsonl`` and ``chat_heldout.jsonl`` (default: this package's directory) and prints
-how many requests of each task kind each set has.
+writes ``chat_train.jsonl`` and ``chat_heldout.jsonl`` (default: src/sparring/data/, where the package
+ships them) and prints how many requests of each task kind each set has. This script is part of the
+source tree, not of the installed package: nothing runs it at run time. It needs sparring importable
+(installed, or PYTHONPATH=src).
 
 Each line is ``{"id": "chat-train-0001", "messages": [{"role": "user", "content": "..."}]}`` (OpenAI
 chat format). The requests are open-ended (explanations, advice, how-to steps, comparisons, short
@@ -41,7 +43,8 @@ from sparring.errors import UserError
 
 SEED = 2718
 
-DATA_DIR = Path(__file__).resolve().parent
+# the shipped sets are package data of sparring.data; this script lives in tools/data/ of the same tree
+DATA_DIR = Path(__file__).resolve().parents[2] / "src" / "sparring" / "data"
 TRAIN_FILE = "chat_train.jsonl"
 HELDOUT_FILE = "chat_heldout.jsonl"
 TRAIN_ID_PREFIX = "chat-train-"
@@ -1065,7 +1068,7 @@ def counts_table(train: Sequence[Row], heldout: Sequence[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sparring.data.build_chat",
+        prog="python tools/data/build_chat.py",
         description="Write the open-ended chat training and held-out prompt sets (deterministic).",
     )
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help=f"output directory (default: {DATA_DIR})")
