@@ -147,3 +147,17 @@ def test_two_iteration_sppo_loop_with_an_ensemble_judge(rms, tmp_path):
         assert all(P[(p, i, j)] + P[(p, j, i)] == 1.0 for p, i, j in P)
         assert stages[f"iter_{t}/judge"]["metrics"]["judge_calls"] > 0
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
+
+
+def test_a_cached_ensemble_gives_its_members_the_cache(rms, tmp_path):
+    """The judge stage wraps the run's judge in a CachedJudge: an ensemble there asks each member through
+    the same cache under the member's own id, so a member used alone later (or in another combination)
+    finds its verdicts."""
+    from sparring.judges.cache import CachedJudge
+
+    cache = JudgeCache(tmp_path / "cache.sqlite")
+    ensemble = CachedJudge(build_judge({"name": "ensemble", "members": members(rms)}, device="cpu"), cache)
+    ensemble.preferences_many(PROMPTS, RESPONSES)
+    alone = CachedJudge(build_judge(members(rms)[2], device="cpu"), cache)
+    alone.preferences_many(PROMPTS, RESPONSES)
+    assert alone.misses == 0 and alone.hits == sum(k * (k - 1) // 2 for k in map(len, RESPONSES))

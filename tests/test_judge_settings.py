@@ -7,6 +7,8 @@ replaces, with a note, while keys given on the command line stay strict."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import tempfile
 import typing
 from pathlib import Path
 
@@ -56,6 +58,9 @@ BEFORE = {
         **ARENA_HARD,
     },
     "python": {"function": None, "tau": 1.0},
+    # added since (issue 26): the General Preference Model and the ensemble
+    "gpm": {"model": None, "dtype": "auto", "batch_size": 16, "max_length": 4096, "tau": 0.1, "link": "model"},
+    "ensemble": {"members": None, "combine": "mean", "uncertainty_penalty": 1.0, "tau": 1.0},
 }
 REQUIRED_BEFORE = {
     "reward_model": ("model",),
@@ -63,6 +68,8 @@ REQUIRED_BEFORE = {
     "llm": ("model",),
     "openai": ("model", "base_url"),
     "python": ("function",),
+    "gpm": ("model",),
+    "ensemble": ("members",),
 }
 ROOT = Path(__file__).resolve().parents[1]
 SPPO = "recipes/sppo.yaml"
@@ -75,7 +82,19 @@ def models(tmp_path_factory):
     return {"policy": make_tiny_model(root / "policy"), "rm": make_tiny_reward_model(root / "rm")}
 
 
+@functools.cache
+def tiny_gpm() -> str:
+    """A tiny GPM checkpoint, written once: judge.model must be a local GPM directory (its check)."""
+    from test_gpm import write_gpm
+
+    path = Path(tempfile.mkdtemp(prefix="gpm-")) / "gpm"
+    write_gpm(path)
+    return str(path)
+
+
 def required_values(name: str, models=None) -> dict:
+    if name == "gpm":
+        return {"model": tiny_gpm()}
     return {
         "ifeval": {},
         "reward_model": {"model": str(models["rm"]) if models else "smollm2-135m"},
@@ -83,6 +102,7 @@ def required_values(name: str, models=None) -> dict:
         "llm": {"model": "smollm2-135m"},
         "openai": {"model": "m", "base_url": "http://127.0.0.1:8000/v1"},
         "python": {"function": "lengthjudge:by_length"},
+        "ensemble": {"members": [{"name": "python", "function": "lengthjudge:by_length"}] * 2},
     }[name]
 
 
@@ -124,6 +144,10 @@ def test_the_config_keys_are_those_of_before():
         "judge.max_retries",
         "judge.top_logprobs",
         "judge.function",
+        "judge.link",
+        "judge.members",
+        "judge.combine",
+        "judge.uncertainty_penalty",
     ]
     assert [k for k, *_ in config_keys() if k.startswith("eval.judge.")] == ["eval." + k for k in judge]
 
@@ -185,6 +209,8 @@ OUT_OF_RANGE = {
     "llm": ("batch_size", -1, "judge.batch_size = -1 is out of range; it must be >= 1"),
     "openai": ("top_logprobs", 21, "judge.top_logprobs = 21 is out of range; it must be >= 2 and <= 20"),
     "python": ("tau", -1.0, "judge.tau = -1.0 is out of range; it must be > 0"),
+    "gpm": ("tau", 0, "judge.tau = 0.0 is out of range; it must be > 0"),
+    "ensemble": ("uncertainty_penalty", -1.0, "judge.uncertainty_penalty = -1.0 is out of range; it must be >= 0"),
 }
 
 
@@ -212,7 +238,8 @@ def test_a_key_of_another_judge_names_the_judges_that_take_it():
     with pytest.raises(UserError) as info:
         config_from_dict({"judge": {"name": "openai", **required_values("openai"), "tau": 0.1}}, "r.yaml")
     assert str(info.value) == (
-        "r.yaml: judge.tau does not apply to judge 'openai' (it is a setting of: ifeval, reward_model, python)"
+        "r.yaml: judge.tau does not apply to judge 'openai' "
+        "(it is a setting of: ifeval, reward_model, python, gpm, ensemble)"
     )
     with pytest.raises(UserError, match=r"judge\.name = 'gpt' is not allowed; choose one of 'ifeval', "):
         judge_config({"name": "gpt"})
@@ -266,9 +293,8 @@ def test_keys_given_on_the_command_line_stay_strict(tmp_path):
     recipe = write_recipe(tmp_path)
     with pytest.raises(UserError) as info:
         load_config(recipe, [*OPENAI, "judge.tau=0.5"], note=lambda text: None)
-    assert "judge.tau does not apply to judge 'openai' (it is a setting of: ifeval, reward_model, python)" in str(
-        info.value
-    )
+    settings_of = "(it is a setting of: ifeval, reward_model, python, gpm, ensemble)"
+    assert f"judge.tau does not apply to judge 'openai' {settings_of}" in str(info.value)
     # without a switch, the recipe's own keys stay strict too: a recipe that gives openai a tau is wrong
     (tmp_path / "bad").mkdir()
     bad = write_recipe(tmp_path / "bad", judge={"name": "openai", "model": "M", "base_url": "http://x/v1", "tau": 0.1})
@@ -333,6 +359,6 @@ def test_docs_config_md_lists_each_judges_defaults():
 
     text = config_reference()
     row = next(line for line in text.splitlines() if line.startswith("| `judge.model` |"))
-    assert "required by reward_model, pairrm, llm, openai" in row
+    assert "required by reward_model, pairrm, llm, openai, gpm" in row
     row = next(line for line in text.splitlines() if line.startswith("| `judge.batch_size` |"))
-    assert "(judges: reward_model, pairrm, llm; default reward_model `16`, pairrm `16`, llm `8`)" in row
+    assert "(judges: reward_model, pairrm, llm, gpm; default reward_model `16`, pairrm `16`, llm `8`, gpm `16`)" in row

@@ -11,11 +11,14 @@ mapping with the same keys as the YAML). The judges (`judge.name`):
   llm           a local causal LM asked "A or B?" in both orders (sparring.judges.llm)
   openai        the same over an OpenAI-compatible Chat Completions endpoint (sparring.judges.openai)
   python        your function `package.module:function` (sparring.judges.python)
+  gpm           a General Preference Model: one embedding per response, skew-symmetric scores (sparring.judges.gpm)
+  ensemble      several judges combined (mean, worst, uncertainty) against over-optimisation (sparring.judges.ensemble)
 
 Adding a judge: a settings dataclass subclassing `JudgeConfig` (sparring.judges.settings) with its keys,
 defaults, ranges and required keys, once; a class with `Settings = ThatDataclass`, `__init__(settings,
 device=...)` and the contract above (subclass `PointwiseJudge` or `PairwiseJudge` to get the adapters and
-the cache's behaviour for free), registered in `JUDGES`. See docs/judge.md.
+the cache's behaviour for free), registered in `JUDGES` and named in the `Literal` of `JudgeConfig.name`.
+See docs/judge.md.
 """
 
 from __future__ import annotations

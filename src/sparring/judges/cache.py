@@ -286,6 +286,9 @@ class CachedJudge:
         self.pairwise = is_pairwise(judge)
         self._owns_cache = cache is not None and not isinstance(cache, JudgeCache)
         self.cache = cache if cache is None or isinstance(cache, JudgeCache) else JudgeCache(cache)
+        attach = getattr(judge, "attach_cache", None)
+        if callable(attach):  # a judge made of judges (ensemble): each member's verdicts under its own id
+            attach(self.cache)
         self.chunk = chunk  # None: chosen per judge (_pairwise_chunk, _prompt_chunks)
         self.hits = 0
         self.misses = 0
