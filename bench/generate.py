@@ -53,6 +53,7 @@ import torch
 from train_vs_trl import bench_env, matmul_peak, resolve_dtype, sig
 
 from sparring.generation import engine as engine_module
+from sparring.generation.base import SamplingParams
 from sparring.generation.engine import Levers
 from sparring.generation.hf import iter_samples
 from sparring.models import load_model, load_tokenizer
@@ -99,12 +100,9 @@ def _timed(model, tok, prompts, engine, levers, greedy, args) -> tuple[float, in
         tok,
         prompts,
         k=k,
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.7,
-        top_p=0.9,
+        params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, greedy=greedy),
         batch_size=args.batch_size,
         seed=0,
-        greedy=greedy,
         engine=engine,
         levers=levers,
     ):
@@ -206,7 +204,8 @@ def evaluation(args) -> None:
         "threads": torch.get_num_threads(),
     }
     for engine in ("padded", "sparring"):
-        iter_samples(model, tok, prompts[:2], k=1, max_new_tokens=4, greedy=True, engine=engine)  # warm-up
+        warm_up = SamplingParams(max_new_tokens=4, greedy=True)
+        iter_samples(model, tok, prompts[:2], k=1, params=warm_up, engine=engine)  # warm-up
     responses: dict = {}
     rates: dict[str, float] = {}  # tokens/s, unrounded
     for bs in sizes:  # the first batch size timed for both engines side by side, then the others
@@ -220,9 +219,8 @@ def evaluation(args) -> None:
                     tok,
                     prompts,
                     k=1,
-                    max_new_tokens=args.max_new_tokens,
+                    params=SamplingParams(max_new_tokens=args.max_new_tokens, greedy=True),
                     batch_size=bs,
-                    greedy=True,
                     engine=engine,
                 )
                 for s in b

@@ -17,6 +17,8 @@ import time
 
 
 def timed(iter_samples, model, tok, prompts, args, **kw) -> tuple[float, int]:
+    from sparring.generation.base import SamplingParams
+
     start = time.perf_counter()
     n_tokens = 0
     for batch in iter_samples(
@@ -24,9 +26,7 @@ def timed(iter_samples, model, tok, prompts, args, **kw) -> tuple[float, int]:
         tok,
         prompts,
         k=args.k,
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.7,
-        top_p=0.9,
+        params=SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9),
         batch_size=args.batch_size,
         seed=0,
         **kw,
@@ -51,6 +51,7 @@ def main() -> None:
     import torch
 
     from sparring.generation import load_sampler
+    from sparring.generation.base import SamplingParams
     from sparring.prompts import load_prompts
 
     prompts = [r.messages for r in load_prompts("shipped:train")[: args.prompts]]
@@ -69,7 +70,8 @@ def main() -> None:
 
     start = time.perf_counter()
     tok, engine, vllm_iter = load_sampler(args.model, "vllm", args.dtype)
-    vllm_iter_list = list(vllm_iter(engine, tok, prompts[:1], k=1, max_new_tokens=1))  # starts the engine
+    one_token = SamplingParams(max_new_tokens=1)
+    vllm_iter_list = list(vllm_iter(engine, tok, prompts[:1], k=1, params=one_token))  # starts the engine
     del vllm_iter_list
     out["vllm_start_s"] = round(time.perf_counter() - start, 1)
     sec, n = timed(vllm_iter, engine, tok, prompts, args)

@@ -799,6 +799,7 @@ def check_device_paths(args) -> dict:
     import torch
 
     from sparring.config import MethodConfig, TrainConfig
+    from sparring.generation.base import SamplingParams
     from sparring.generation.hf import sample_batch, sample_batch_generate
     from sparring.methods import METHODS
     from sparring.models import load_model, load_tokenizer
@@ -812,7 +813,7 @@ def check_device_paths(args) -> dict:
     ids = _prompt_ids(tok, 3)
     numbers: dict = {"device": str(device)}
     problems: list[str] = []
-    kw = {"k": 2, "max_new_tokens": size["new_tokens"], "temperature": 0.7, "top_p": 0.9, "seed": 3}
+    kw = {"k": 2, "params": SamplingParams(max_new_tokens=size["new_tokens"], temperature=0.7, top_p=0.9), "seed": 3}
     flat_prompts = [p for p in ids for _ in range(kw["k"])]
     for dtype in ("float32", "bfloat16"):
         model = load_model(policy, dtype).to(device).eval()
@@ -849,7 +850,7 @@ def check_device_paths(args) -> dict:
         got["sparring_repeatable"] = sample_batch(model, tok, ids, **kw) == sample_batch(model, tok, ids, **kw)
         if not got["sparring_repeatable"]:
             problems.append(f"{dtype}: sparring's decode loop drew other samples with the same seed")
-        greedy = {"k": 1, "max_new_tokens": size["new_tokens"], "seed": 0, "greedy": True}
+        greedy = {"k": 1, "params": SamplingParams(max_new_tokens=size["new_tokens"], greedy=True), "seed": 0}
         a = [per[0][0] for per in sample_batch(model, tok, ids, **greedy)]
         b = [per[0][0] for per in sample_batch_generate(model, tok, ids, **greedy)]
         # information, not a pass/fail: random weights give near-uniform logits, so rounding can flip an argmax
@@ -1419,6 +1420,7 @@ def check_generation(args, which: str = "policy") -> dict:
     import torch
     import train_vs_trl as tvt
 
+    from sparring.generation.base import SamplingParams
     from sparring.generation.hf import iter_samples
     from sparring.models import load_model, load_tokenizer
 
@@ -1441,12 +1443,9 @@ def check_generation(args, which: str = "policy") -> dict:
             tok,
             prompts,
             k=1 if greedy else size["k"],
-            max_new_tokens=new_tokens,
-            temperature=0.7,
-            top_p=0.9,
+            params=SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9, greedy=greedy),
             batch_size=size["batch"],
             seed=0,
-            greedy=greedy,
             engine=engine,
         ):
             out += [s.response_ids for s in batch]

@@ -13,6 +13,7 @@ from tiny import make_tiny_model
 
 from sparring.dist import Dist
 from sparring.errors import UserError
+from sparring.generation.base import SamplingParams
 from sparring.generation.hf import chat_prompt_ids, sample_batch, sample_batch_generate
 from sparring.models import load_model, load_tokenizer
 from sparring.train import packed_logps, sequence_logps
@@ -55,7 +56,7 @@ def test_decoding_and_log_probs_on_an_explicit_cpu_device(tiny):
     plain = load_model(path).eval()
     moved = load_model(path).to(torch.device("cpu")).eval()
     ids = [chat_prompt_ids(tok, p) for p in ["Write a poem.", "x"]]
-    kw = {"k": 2, "max_new_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3}
+    kw = {"k": 2, "params": SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9), "seed": 3}
     assert sample_batch(moved, tok, ids, **kw) == sample_batch(plain, tok, ids, **kw)
     assert sample_batch_generate(moved, tok, ids, **kw) == sample_batch_generate(plain, tok, ids, **kw)
     responses = [[5, 6, 7], [8, 9]]

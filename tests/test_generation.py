@@ -26,10 +26,9 @@ def tiny(tmp_path_factory):
 def test_greedy_matches_generate_token_for_token(tiny):
     model, tok = tiny
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]  # different lengths: left padding matters
-    ours = sample_batch(model, tok, ids, k=1, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0, greedy=True)
-    ref = sample_batch_generate(
-        model, tok, ids, k=1, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0, greedy=True
-    )
+    p = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1.0, greedy=True)
+    ours = sample_batch(model, tok, ids, k=1, seed=0, params=p)
+    ref = sample_batch_generate(model, tok, ids, k=1, seed=0, params=p)
     for a, b in zip(ours, ref):
         assert a[0][0] == b[0][0]
         assert a[0][1] == pytest.approx(b[0][1], abs=1e-4)
@@ -38,7 +37,9 @@ def test_greedy_matches_generate_token_for_token(tiny):
 def test_recorded_logp_equals_a_fresh_forward_pass(tiny):
     model, tok = tiny
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
-    out = sample_batch(model, tok, ids, k=2, max_new_tokens=10, temperature=0.7, top_p=0.9, seed=5)
+    out = sample_batch(
+        model, tok, ids, k=2, seed=5, params=SamplingParams(max_new_tokens=10, temperature=0.7, top_p=0.9)
+    )
     prompts = [p for p in ids for _ in range(2)]
     responses = [r[0] for per in out for r in per]
     recorded = torch.tensor([r[1] for per in out for r in per], dtype=torch.float32)
@@ -50,9 +51,10 @@ def test_recorded_logp_equals_a_fresh_forward_pass(tiny):
 def test_sampling_is_seeded(tiny):
     model, tok = tiny
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
-    a = sample_batch(model, tok, ids, k=3, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=11)
-    b = sample_batch(model, tok, ids, k=3, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=11)
-    c = sample_batch(model, tok, ids, k=3, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=12)
+    p = SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9)
+    a = sample_batch(model, tok, ids, k=3, seed=11, params=p)
+    b = sample_batch(model, tok, ids, k=3, seed=11, params=p)
+    c = sample_batch(model, tok, ids, k=3, seed=12, params=p)
     assert a == b and a != c
 
 

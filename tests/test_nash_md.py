@@ -16,6 +16,7 @@ from tiny import make_tiny_model
 
 from sparring.config import config_from_dict
 from sparring.errors import UserError
+from sparring.generation.base import SamplingParams
 from sparring.generation.hf import (
     chat_prompt_ids,
     mixture_logits,
@@ -29,7 +30,7 @@ from sparring.train import sequence_logps
 
 PROMPTS = ["Write a poem.", "Say hi to the reader, please.", "x"]
 RECIPE = Path(__file__).parents[1] / "src" / "sparring" / "recipes" / "nash-md.yaml"
-SAMPLING = {"k": 2, "max_new_tokens": 10, "temperature": 0.7, "top_p": 0.9}
+SAMPLING = {"k": 2, "params": SamplingParams(max_new_tokens=10, temperature=0.7, top_p=0.9)}
 
 
 @pytest.fixture(scope="module")

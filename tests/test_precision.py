@@ -27,6 +27,7 @@ import torch
 from tiny import make_tiny_model
 
 from sparring import losses
+from sparring.generation.base import SamplingParams
 from sparring.generation.hf import chat_prompt_ids, sample_batch
 from sparring.models import load_model, load_tokenizer
 from sparring.train import packed_logps, sequence_logps
@@ -103,7 +104,8 @@ def test_packed_logps_equal_sequence_logps_fp32(tiny_path):
 
 def _recorded_vs_fresh(model, tok, prompts: list[str], k: int, max_new_tokens: int, autocast_fresh=None):
     ids = [chat_prompt_ids(tok, p) for p in prompts]
-    out = sample_batch(model, tok, ids, k=k, max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9, seed=5)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9)
+    out = sample_batch(model, tok, ids, k=k, seed=5, params=params)
     recorded = torch.tensor([r[1] for per in out for r in per], dtype=torch.float32)
     with torch.no_grad():
         fresh = sequence_logps(

@@ -307,3 +307,26 @@ def test_both_backends_take_one_sampler_signature():
                 assert got[name].default == default, (fn.__module__, name)
     with pytest.raises(TypeError, match="SamplingParams"):
         next(hf.iter_samples(None, None, ["x"], k=1, params=config_from_dict({}).generation))
+
+
+def test_every_sampler_takes_only_a_required_sampling_params():
+    """`params` is the one way to give the sampling options: keyword-only, required, typed; the loose
+    keywords (max_new_tokens, temperature, top_p, greedy) are gone from every sampler."""
+    import inspect
+
+    from sparring.generation import base, hf, vllm
+
+    samplers = (hf.sample_batch, hf.sample_batch_generate, hf.sample_batch_with_reference, hf.iter_samples)
+    for fn in (*samplers, vllm.iter_samples):
+        got = inspect.signature(fn).parameters
+        assert got["params"].kind is inspect.Parameter.KEYWORD_ONLY, fn.__qualname__
+        assert got["params"].default is inspect.Parameter.empty, fn.__qualname__
+        assert not {"max_new_tokens", "temperature", "top_p", "greedy"} & set(got), fn.__qualname__
+    assert not hasattr(base, "resolve")
+    for wrong in (None, {"max_new_tokens": 4}):
+        with pytest.raises(TypeError, match="params must be a sparring.generation.base.SamplingParams"):
+            hf.sample_batch(None, None, [[1]], k=1, seed=0, params=wrong)
+        with pytest.raises(TypeError, match="params must be a sparring.generation.base.SamplingParams"):
+            hf.sample_batch_generate(None, None, [[1]], k=1, seed=0, params=wrong)
+    with pytest.raises(TypeError, match="max_new_tokens"):  # the old call shape fails at the call
+        hf.sample_batch(None, None, [[1]], k=1, seed=0, max_new_tokens=4)

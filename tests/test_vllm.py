@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from tiny import make_tiny_model, tiny_run_config  # noqa: E402
 
 from sparring.generation import load_sampler  # noqa: E402
+from sparring.generation.base import SamplingParams  # noqa: E402
 from sparring.models import load_model, load_tokenizer  # noqa: E402
 from sparring.train import sequence_logps  # noqa: E402
 
@@ -73,9 +74,10 @@ def engine(models):
     eng.close()
 
 
-def draw(engine, **kw):
+def draw(engine, greedy: bool = False, **kw):
     tok, eng, iter_samples = engine
-    args = {"k": 3, "max_new_tokens": 12, "temperature": 0.9, "top_p": 0.95, "batch_size": 12, "seed": 5, **kw}
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.95, greedy=greedy)
+    args = {"k": 3, "params": params, "batch_size": 12, "seed": 5, **kw}
     return [s for batch in iter_samples(eng, tok, PROMPTS, **args) for s in batch]
 
 
@@ -155,8 +157,6 @@ def test_sampling_options_reach_vllm(engine, models, lively):
     occurrence (text, ids and log-prob cut there, as the HF sampler cuts them)."""
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from sparring.generation.base import SamplingParams
-
     tok, eng, _ = engine
     eng.reload(str(lively))
     greedy = draw(engine, k=1, params=SamplingParams(max_new_tokens=16, greedy=True))
@@ -211,7 +211,6 @@ def test_eval_applies_generation_stop_and_repetition_penalty_on_vllm(engine, mod
 
     from sparring.config import config_from_dict
     from sparring.evaluate import generate
-    from sparring.generation.base import SamplingParams
     from sparring.loop import eval_stage, make_context, open_run
 
     def run_eval(name, **over):
@@ -322,7 +321,13 @@ def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
     from sparring.generation.vllm import VLLMEngine, iter_samples
 
     prompts = ["Write a short poem about rain.", "Give two tips for learning to cook, in a list."]
-    args = {"k": 2, "max_new_tokens": 24, "temperature": 0.9, "top_p": 0.95, "batch_size": 4, "seed": 3}
+    args = {
+        "k": 2,
+        "params": SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95),
+        "batch_size": 4,
+        "seed": 3,
+    }
+    greedy = {**args, "k": 1, "params": SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95, greedy=True)}
     tok, eng, sampler = load_sampler("smollm2-135m", "vllm", "float32", seed=0)
     samples = [s for b in sampler(eng, tok, prompts, **args) for s in b]
     recorded = torch.tensor([s.logp for s in samples], dtype=torch.float64)
@@ -346,12 +351,12 @@ def test_embedded_model_logps_and_reload_equal_a_fresh_engine(tmp_path):
     _, again, _ = load_sampler(str(pi1), "vllm", "float32")
     assert again is eng and eng.starts == starts and eng.reloads >= 1  # reloaded, not restarted
     reloaded = [s for b in sampler(eng, tok, prompts, **args) for s in b]
-    reloaded_greedy = [s for b in sampler(eng, tok, prompts, **{**args, "k": 1}, greedy=True) for s in b]
+    reloaded_greedy = [s for b in sampler(eng, tok, prompts, **greedy) for s in b]
     eng.close()
     started = VLLMEngine(str(pi1), dtype="float32", seed=0)
     try:
         fresh_samples = [s for b in iter_samples(started, tok, prompts, **args) for s in b]
-        fresh_greedy = [s for b in iter_samples(started, tok, prompts, **{**args, "k": 1}, greedy=True) for s in b]
+        fresh_greedy = [s for b in iter_samples(started, tok, prompts, **greedy) for s in b]
     finally:
         started.close()
     # the same tokens, and log-probs equal up to float rounding (see RELOAD_ATOL); a stale head (what

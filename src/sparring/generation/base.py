@@ -110,16 +110,15 @@ class SamplingParams:
         return self.top_k > 0 or self.min_p > 0
 
 
-def resolve(params, *, max_new_tokens=None, temperature=0.7, top_p=0.9, greedy=False) -> SamplingParams:
-    """`params`, or (when None) one built from the older keyword arguments the samplers still accept
-    for bench/ scripts (max_new_tokens, temperature, top_p, greedy)."""
-    if params is not None:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, not {type(params).__name__}")
-        return params
-    if max_new_tokens is None:
-        raise TypeError("give params= or max_new_tokens=")
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+def require_params(params: object) -> SamplingParams:
+    """`params` itself when it is a `SamplingParams`: the samplers take no loose options (a config
+    section or a dict is a caller's mistake, told at the call rather than deep inside decoding)."""
+    if not isinstance(params, SamplingParams):
+        raise TypeError(
+            f"params must be a sparring.generation.base.SamplingParams, not {type(params).__name__} "
+            "(build one with SamplingParams(...) or SamplingParams.from_generation(cfg.generation))"
+        )
+    return params
 
 
 @dataclass(frozen=True)

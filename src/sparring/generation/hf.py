@@ -22,7 +22,7 @@ from sparring.generation.base import (
     batch_seed,
     chat_prompt_ids,
     cut_ids,
-    resolve,
+    require_params,
     response_text,
     sample_seed,
     stop_end,
@@ -56,15 +56,10 @@ def sample_batch(
     prompt_ids: Sequence[list[int]],
     *,
     k: int,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    params: SamplingParams,
     seed: int,
-    greedy: bool = False,
-    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool]]]:
-    """Sample K responses for each prompt of one batch with sparring's own decode loop (`params`,
-    or the older keywords max_new_tokens / temperature / top_p / greedy).
+    """Sample K responses for each prompt of one batch with sparring's own decode loop (`params`).
 
     Differences from `model.generate`, same distribution (engine.py and sampling.py say why):
     one prefill per prompt for its K samples; a row leaves the batch as soon as it ends; the
@@ -72,7 +67,7 @@ def sample_batch(
     kept set reaches past them); log π(token) of the raw, untempered distribution is accumulated
     on the fly. Returns, per prompt, K (response_ids, logp, finished).
     """
-    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    params = require_params(params)
     out = _decode(model, None, tokenizer, prompt_ids, k=k, params=params, seed=seed, mixture=0.0)
     return [[(ids, logp, fin) for ids, logp, fin, _ in per_prompt] for per_prompt in out]
 
@@ -85,11 +80,8 @@ def sample_batch_with_reference(
     *,
     mixture: float,
     k: int,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    params: SamplingParams,
     seed: int,
-    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool, float]]]:
     """`sample_batch` with a reference model μ decoded in lockstep (Nash-MD).
 
@@ -99,7 +91,7 @@ def sample_batch_with_reference(
     to the mixture. Both the raw log π and the raw log μ of each response are accumulated.
     Returns, per prompt, K (response_ids, logp, finished, ref_logp) tuples.
     """
-    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    params = require_params(params)
     if params.greedy:
         raise ValueError("a reference model needs sampling (not greedy)")
     return _decode(model, ref_model, tokenizer, prompt_ids, k=k, params=params, seed=seed, mixture=mixture)
@@ -230,16 +222,12 @@ def sample_batch_generate(
     prompt_ids: Sequence[list[int]],
     *,
     k: int,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    params: SamplingParams,
     seed: int,
-    greedy: bool = False,
-    params: SamplingParams | None = None,
 ) -> list[list[tuple[list[int], float, bool]]]:
     """The same as `sample_batch` through plain `model.generate` and transformers' own logits
     processors and stop-string criterion (for comparison, tests and benchmarks)."""
-    p = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    p = require_params(params)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
     width = input_ids.shape[1]
@@ -293,23 +281,19 @@ def iter_samples(
     prompts: Sequence,
     *,
     k: int,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    params: SamplingParams,
     batch_size: int = 32,
     seed: int = 0,
-    greedy: bool = False,
     start: int = 0,
     engine: str = "sparring",
     ref_model=None,
     mixture: float = 0.0,
-    params: SamplingParams | None = None,
     levers=None,
     keys: Sequence[int] | None = None,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of consecutive batches of prompts (each a `Prompt`, a list of chat messages or
     a plain string), batch_size // K prompts a batch, starting at prompt `start`. `params` holds the
-    sampling options (or the older keywords max_new_tokens / temperature / top_p / greedy do).
+    sampling options.
 
     Sample j of prompt i draws from its own seed (`sample_seed(seed, i, j)`, or keys[i] in place of
     i), so a sample does not depend on the batch it is in: batches can be generated in any order or
@@ -322,7 +306,7 @@ def iter_samples(
     (`sample_batch_with_reference`)."""
     from sparring.generation.engine import LEVERS, decode, supported
 
-    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    params = require_params(params)
     if ref_model is not None and (engine == "generate" or params.greedy):
         raise ValueError("a reference model needs engine='sparring' and sampling (not greedy)")
     if engine not in ("sparring", "padded", "generate"):

@@ -27,7 +27,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sparring.errors import UserError
-from sparring.generation.base import Sample, batch_seed, chat_prompt_ids, cut_ids, resolve, response_text
+from sparring.generation.base import (
+    Sample,
+    SamplingParams,
+    batch_seed,
+    chat_prompt_ids,
+    cut_ids,
+    require_params,
+    response_text,
+)
 
 # config.json keys that fix the shapes of the weights: a policy with the same values can be
 # reloaded into a running engine; another one needs a new engine.
@@ -189,11 +197,17 @@ class VLLMEngine:
     # -------------------------------------------------------------- sampling
 
     def generate(
-        self, prompt_ids: Sequence[list[int]], *, k: int, params, seeds: Sequence[int], stop_ids: list[int]
+        self,
+        prompt_ids: Sequence[list[int]],
+        *,
+        k: int,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        stop_ids: list[int],
     ) -> list[list[tuple[list[int], list[float], bool]]]:
         """Per prompt, K (response_ids, the raw log-prob of each, finished) triples. `params`:
         sparring's `SamplingParams`, passed to vLLM's options of the same names."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
         needed = max(len(p) for p in prompt_ids) + params.max_new_tokens
@@ -201,7 +215,7 @@ class VLLMEngine:
             self._start(needed)
         greedy = params.greedy
         options = [
-            SamplingParams(
+            VLLMSamplingParams(
                 n=k,
                 temperature=0.0 if greedy else params.temperature,  # vLLM: 0 is greedy (top-k/p, min-p off)
                 top_p=1.0 if greedy else params.top_p,
@@ -258,19 +272,15 @@ def iter_samples(
     prompts: Sequence,
     *,
     k: int,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    params: SamplingParams,
     batch_size: int = 32,
     seed: int = 0,
-    greedy: bool = False,
     start: int = 0,
-    params=None,
     keys: Sequence[int] | None = None,
 ) -> Iterator[list[Sample]]:
     """`hf.iter_samples` on a vLLM engine: same arguments, batches and `Sample`s. A batch (a fixed
     slice of batch_size // K prompts) is one `generate` call; vLLM schedules inside it."""
-    params = resolve(params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    params = require_params(params)
     per_batch = max(1, batch_size // k)
     ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     key = list(keys) if keys is not None else list(range(len(prompts)))
