@@ -125,6 +125,25 @@ def test_config_errors_name_the_key(tmp_path):
     assert config_from_dict({"train": {"lr": "2e-5"}}).train.lr == 2e-5  # YAML 1.1 reads 2e-5 as a string
 
 
+def test_a_recipe_and_a_run_config_are_read_by_one_yaml_reader(tmp_path):
+    """load_config (a recipe) and the report's lenient read of a run's config.yaml say the same thing
+    about a file that is not YAML, or whose top level is not a mapping; an empty file is no settings."""
+    from sparring.report.runconfig import read_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = {"key: [unclosed": "not valid YAML", "- a\n- b\n": "the top level must be a mapping of keys to values"}
+    for text, says in cases.items():
+        (run / "config.yaml").write_text(text)
+        for read in (load_config, lambda path: read_run_config(path.parent)):
+            with pytest.raises(UserError, match=f"config.yaml: {says}"):
+                read(run / "config.yaml")
+    (run / "config.yaml").write_text("")
+    assert read_run_config(run) == {} and load_config(run / "config.yaml") == config_from_dict({})
+    with pytest.raises(UserError, match="is not a sparring run directory"):
+        read_run_config(tmp_path)
+
+
 def test_missing_prompts_file_fails_before_any_work(tiny_model, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -22,6 +22,7 @@ from sparring.judges.settings import JudgeConfig, judge_settings
 from sparring.keyhints import key_hint
 from sparring.schema import bounds as _range
 from sparring.schema import build, check_value, is_plugin, optional_dataclass, section_keys, switched_keys
+from sparring.tables import read_yaml_mapping
 
 MetricName = Literal[tuple(METRICS)]  # the names of evaluate's metrics registry
 _check_value = check_value  # the names config's callers used before the machinery moved to sparring.schema
@@ -403,12 +404,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), note=None) -
         where = str(path)
         if not path.is_file():
             raise UserError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: the top level must be a mapping of keys to values")
+        data = read_yaml_mapping(path)
     data = apply_overrides(data, list(overrides), note=note, source=where)
     return config_from_dict(data, where if not overrides else f"{where} (with overrides)")
 

@@ -271,6 +271,23 @@ def run_summary(rd: RunDir, cfg, eval_metrics: Sequence[str], stages: Sequence[s
 # ------------------------------------------------------------------ config
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML file whose top level is a mapping (a recipe, a run's config.yaml read leniently), as a
+    dict; an empty file is {}. UserError naming the file when it cannot be read, is not YAML, or holds
+    something other than a mapping. The caller checks that the file exists (its message says what it is)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
 def read_config_data(path: Path, problems: list[str] | None = None) -> dict | None:
     """config.yaml as a mapping (sparring.config types it). Strict: a file that is not valid YAML is an
     error saying how to recover. Lenient (`problems`): None and a line in `problems`."""

@@ -16,21 +16,14 @@ from typing import Any
 
 from sparring import config as config_module
 from sparring.errors import UserError
+from sparring.tables import read_yaml_mapping
 
 
 def read_run_config(run_dir: Path) -> dict:
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a sparring run directory (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of keys to values")
-    return data
+    return read_yaml_mapping(path)
 
 
 def setting(cfg: dict, dotted: str) -> Any:
