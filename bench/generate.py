@@ -205,7 +205,7 @@ def evaluation(args) -> None:
     }
     for engine in ("padded", "sparring"):
         warm_up = SamplingParams(max_new_tokens=4, greedy=True)
-        iter_samples(model, tok, prompts[:2], k=1, params=warm_up, engine=engine)  # warm-up
+        list(iter_samples(model, tok, prompts[:2], k=1, params=warm_up, engine=engine))  # warm-up (a generator: run it)
     responses: dict = {}
     rates: dict[str, float] = {}  # tokens/s, unrounded
     for bs in sizes:  # the first batch size timed for both engines side by side, then the others
