@@ -83,8 +83,10 @@ class PromptsConfig:
     train: str = "shipped:train"
     heldout: str = "shipped:heldout"
     per_iteration: int = field(default=64, metadata=_range(1, None))  # a fresh slice each iteration
-    # column names of the sources for sparring's fields, e.g. {prompt: instruction}
+    # column names of the training source for sparring's fields, e.g. {prompt: instruction}
     fields: dict[str, str] = field(default_factory=dict)
+    # the same for the held-out source; unset: prompts.fields applies to it too ({}: its own column names)
+    heldout_fields: dict[str, str] | None = None
 
 
 @dataclass

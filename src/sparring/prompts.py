@@ -207,15 +207,33 @@ def load_prompts(
     source: str | os.PathLike,
     *,
     fields: Mapping[str, str] | None = None,
+    fields_key: str = "prompts.fields",
     skip_unsupported: bool = False,
     skipped: Counter | None = None,
 ) -> list[Prompt]:
     """Read and validate a prompt source (see the module docstring); UserError names source, row and column.
 
+    `fields` maps sparring's field names to this source's columns; `fields_key` is the config key it
+    came from, named in the errors about it (`prompts.fields` for the training source,
+    `prompts.heldout_fields` for the held-out one: see `heldout_fields`).
     `skip_unsupported=True` drops the prompts carrying an IFEval instruction id sparring does not know
     (from outside IFEval) instead of failing; `skipped`, when given, counts them per id."""
     label, rows, where = read_rows(source)
-    return prompts_from_rows(rows, label, where, fields=fields, skip_unsupported=skip_unsupported, skipped=skipped)
+    return prompts_from_rows(
+        rows, label, where, fields=fields, fields_key=fields_key, skip_unsupported=skip_unsupported, skipped=skipped
+    )
+
+
+def heldout_fields(prompts_cfg) -> tuple[dict[str, str], str]:
+    """The column mapping of the held-out source and the config key it comes from: prompts.heldout_fields
+    when it is set (an empty mapping too: the source's own column names), otherwise prompts.fields, which
+    then maps both sources (as before prompts.heldout_fields existed). `prompts_cfg`: the config's
+    `prompts` section (a PromptsConfig) or its dict."""
+    get = prompts_cfg.get if isinstance(prompts_cfg, Mapping) else lambda k: getattr(prompts_cfg, k, None)
+    own = get("heldout_fields")
+    if own is not None:
+        return dict(own), "prompts.heldout_fields"
+    return dict(get("fields") or {}), "prompts.fields"
 
 
 def prompts_from_rows(
@@ -224,11 +242,12 @@ def prompts_from_rows(
     where: list[str] | None = None,
     *,
     fields: Mapping[str, str] | None = None,
+    fields_key: str = "prompts.fields",
     skip_unsupported: bool = False,
     skipped: Counter | None = None,
 ) -> list[Prompt]:
     where = where or _numbered(label, rows)[1]
-    columns = _column_map(rows, label, fields or {})
+    columns = _column_map(rows, label, fields or {}, fields_key)
     out: list[Prompt] = []
     first_row: dict[str, str] = {}
     for n, row in enumerate(rows, start=1):
@@ -247,8 +266,8 @@ def prompts_from_rows(
     return out
 
 
-def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict[str, str]:
-    """{field: column} for the fields present in the source."""
+def _column_map(rows: list[dict], label: str, fields: Mapping[str, str], key: str = "prompts.fields") -> dict[str, str]:
+    """{field: column} for the fields present in the source; `key` names the mapping in the errors."""
     if not rows:
         raise UserError(f"{label}: no rows")
     present = list(dict.fromkeys(k for row in rows[:1000] for k in row))
@@ -256,7 +275,7 @@ def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict
         if name not in FIELDS:
             hint = difflib.get_close_matches(name, FIELDS, n=1)
             raise UserError(
-                f"prompts.fields.{name}: unknown field"
+                f"{key}.{name}: unknown field"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 + f"; fields are {', '.join(FIELDS)}"
             )
@@ -265,8 +284,7 @@ def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict
         column = fields.get(name, name)
         if name in fields and column not in present:
             raise UserError(
-                f"{label}: prompts.fields.{name} = {column!r}, but there is no such column "
-                f"(columns: {', '.join(present)})"
+                f"{label}: {key}.{name} = {column!r}, but there is no such column (columns: {', '.join(present)})"
             )
         if column in present:
             columns[name] = column
@@ -277,9 +295,9 @@ def _column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict
         raise UserError(
             f"{label}: no 'prompt' or 'messages' column (columns: {', '.join(present)}); "
             + (
-                f"map one with prompts.fields.prompt={near[0]}"
+                f"map one with {key}.prompt={near[0]}"
                 if near
-                else "map one with prompts.fields.prompt=COLUMN or prompts.fields.messages=COLUMN"
+                else f"map one with {key}.prompt=COLUMN or {key}.messages=COLUMN"
             )
         )
     used = set(columns.values())

@@ -11,7 +11,7 @@ from sparring.config import RunConfig
 from sparring.dist import Dist, current
 from sparring.errors import UserError
 from sparring.methods import Method, get_method
-from sparring.prompts import load_prompts
+from sparring.prompts import heldout_fields, load_prompts
 from sparring.records import Prompt
 from sparring.rundir import RunDir
 from sparring.tasks import ifeval
@@ -48,7 +48,8 @@ def load_inputs(cfg: RunConfig) -> Inputs:
                 f"{len(lacking)} of {len(train_prompts)} prompts have none (first: id {lacking[0].id!r})"
             )
     judge_class(cfg.judge.name).check_prompts(train_prompts, cfg.prompts.train)
-    heldout = load_prompts(cfg.prompts.heldout, fields=cfg.prompts.fields)
+    fields, fields_key = heldout_fields(cfg.prompts)  # prompts.heldout_fields, or prompts.fields for both
+    heldout = load_prompts(cfg.prompts.heldout, fields=fields, fields_key=fields_key)
     if cfg.eval.limit:
         heldout = heldout[: cfg.eval.limit]
     metrics, reference = eval_plan(cfg, heldout)
