@@ -61,8 +61,23 @@ class MethodConfig:
     madpo_lambda: float = field(default=1.0, metadata=_range(0, None, lo_open=True))  # MADPO: c's steepness λ
     # MADPO: τ, the margin where c = 1 (harder pairs get c > 1, easier c < 1); the paper's ln(0.999/0.001)
     madpo_tau: float = field(default=6.906754778648554, metadata=_range(0, None, lo_open=True))
+    # which (preferred, dispreferred) pairs a pairwise method trains on: best_worst, one per prompt; all, every
+    # pair P̂_w > P̂_l; curriculum, Curry-DPO's best-vs-rest, iteration t on each prompt's (t mod (K−1))-th
+    # easiest (sparring.methods.pairs)
+    pairs: Literal["best_worst", "all", "curriculum"] = "best_worst"
 
     def __post_init__(self) -> None:
+        # a method.pairs other than best_worst needs a method whose rows are pairs of its samples
+        if self.pairs != "best_worst":
+            from sparring.methods import METHODS
+
+            method = METHODS.get(self.name)
+            if method is not None and "pairs" not in method.settings:
+                fits = ", ".join(m.name for m in METHODS.values() if "pairs" in m.settings)
+                raise UserError(
+                    f"method.pairs = {self.pairs!r}: method {self.name!r} does not train on pairs of its samples; "
+                    f"it applies to: {fits}"
+                )
         # LD-DPO and MADPO act on pairs; a method they cannot apply to fails here, before any work starts
         # (an unknown method.name is left to the config's own check, which names the nearest one)
         if self.ld_alpha is None and not self.madpo:

@@ -39,6 +39,7 @@ class PromptGroup:
     # mu_logps[k] = log μ(y_k | x) under the run's fixed initial model μ
     n_policy: int | None = None
     mu_logps: np.ndarray | None = None
+    iteration: int = 0  # the iteration t whose samples these are (Curry-DPO's curriculum picks its round by it)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ DPO = Method(
     loss_name="dpo",
     loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
     loss_text="−(1 − ε) log σ(βΔ) − ε log σ(−βΔ), Δ = ρ_w − ρ_l, on the best/worst pair",
-    settings=("beta", "label_smoothing", "include_self"),
+    settings=("beta", "label_smoothing", "include_self", "pairs"),
 )
 
 IPO = Method(
@@ -35,7 +35,7 @@ IPO = Method(
     loss_name="ipo",
     loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta},
     loss_text="(Δ − 1/(2β))², Δ = ρ_w − ρ_l, on the best/worst pair",
-    settings=("beta", "include_self"),
+    settings=("beta", "include_self", "pairs"),
 )
 
 FDPO = Method(
@@ -52,7 +52,7 @@ FDPO = Method(
         "alpha": cfg.alpha,
     },
     loss_text="−log σ(β[g(ρ_w) − g(ρ_l)]), g from method.divergence, on the best/worst pair",
-    settings=("beta", "divergence", "alpha", "include_self"),
+    settings=("beta", "divergence", "alpha", "include_self", "pairs"),
 )
 
 SIMPO = Method(
@@ -69,7 +69,7 @@ SIMPO = Method(
         "gamma": cfg.gamma,
     },
     loss_text="−log σ(β(l̄_w − l̄_l) − γ) on length-averaged log-probabilities l̄, no reference",
-    settings=("beta", "gamma", "include_self"),
+    settings=("beta", "gamma", "include_self", "pairs"),
     reference_free=True,
 )
 
@@ -82,5 +82,5 @@ DNO = Method(
     loss_name="dpo",
     loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
     loss_text="the DPO loss on best/worst pairs whose win-rate margin P̂_w − P̂_l exceeds method.margin_threshold",
-    settings=("beta", "label_smoothing", "margin_threshold", "include_self"),
+    settings=("beta", "label_smoothing", "margin_threshold", "include_self", "pairs"),
 )

@@ -14,34 +14,15 @@ Prompts whose K samples all tie carry no signal (every target is 0) and are drop
 from __future__ import annotations
 
 from sparring.methods.base import IDS, Method, PromptGroup
-from sparring.winrates import best_worst, win_rates
+from sparring.methods.pairs import pair_rows
+from sparring.winrates import win_rates
 
 
 def best_worst_rows(groups: list[PromptGroup], cfg, min_margin: float = 0.0) -> list[dict]:
-    """One (best, worst) pair per prompt whose win-rate margin P̂_w − P̂_l exceeds `min_margin`."""
-    rows = []
-    for g in groups:
-        p_hat = win_rates(g.prefs[None], include_self=cfg.include_self)[0]
-        picked = best_worst(p_hat[None])
-        w, l = int(picked.best[0]), int(picked.worst[0])
-        if picked.margin[0] <= min_margin:
-            continue
-        rows.append(
-            {
-                "prompt_id": g.prompt_id,
-                "prompt_ids": g.prompt_ids,
-                "w_ids": g.response_ids[w],
-                "l_ids": g.response_ids[l],
-                "w_index": w,
-                "l_index": l,
-                "ref_logp_w": float(g.logps[w]),
-                "ref_logp_l": float(g.logps[l]),
-                "p_w": float(p_hat[w]),
-                "p_l": float(p_hat[l]),
-                "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l)
-            }
-        )
-    return rows
+    """The (w, l) pairs of each prompt whose win-rate margin P̂_w − P̂_l exceeds `min_margin`: one
+    (best, worst) pair per prompt by default, or Curry-DPO's pairs with method.pairs (all, curriculum;
+    sparring.methods.pairs)."""
+    return pair_rows(groups, cfg, min_margin)
 
 
 def _all_rows(groups: list[PromptGroup], cfg) -> list[dict]:
@@ -107,7 +88,7 @@ SPPO = Method(
     loss_name="sppo",
     loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "p_w": b["p_w"], "p_l": b["p_l"], "beta": cfg.beta},
     loss_text="½[(ρ_w − (P̂_w − ½)/β)² + (ρ_l − (P̂_l − ½)/β)²] on each prompt's best (w) and worst (l) sample",
-    settings=("beta", "include_self"),
+    settings=("beta", "include_self", "pairs"),
 )
 
 SPPO_SINGLE = Method(
@@ -119,7 +100,7 @@ SPPO_SINGLE = Method(
     loss_name="sppo_single",
     loss_args=lambda lp, b, cfg: {**pair_args(lp, b), "p": b["p"], "beta": cfg.beta},
     loss_text="½[(ρ_w − (p − ½)/β)² + (ρ_l + (p − ½)/β)²], p = P(y_w ≻ y_l), on the best/worst pair",
-    settings=("beta", "include_self"),
+    settings=("beta", "include_self", "pairs"),
 )
 
 SPPO_ALL = Method(

@@ -37,6 +37,7 @@ def rows(ctx: Context, t: int) -> tuple[list[Path], dict]:
             ref,
             n_policy=g.n_policy,
             mu_logps=np.array(g.mu_logps, dtype=float),
+            iteration=t,
         )
         for g, ref in zip(groups, refs)
     ]
