@@ -76,6 +76,7 @@ def test_registry_holds_exactly_the_public_losses_with_their_argument_names():
         "simpo": ["avg_logp_w", "avg_logp_l", "beta", "gamma"],
         "npo": ["logp", "ref_logp", "beta"],
         "nash_md_pg": ["logp", "ref_logp", "preference", "beta"],
+        "disco": ["logp", "ref_logp", "n_tokens", "label", "group", "beta", "tau", "delta"],
     }
     assert set(LOSSES) == set(expected)
     for name, params in expected.items():
@@ -427,6 +428,15 @@ def valid_kwargs(name):
         "simpo": dict(avg_logp_w=x[0], avg_logp_l=x[1], beta=2.0, gamma=1.0),
         "npo": single,
         "nash_md_pg": {**single, "preference": 0.8},
+        # one question: a positive and a negative (tests/test_disco.py has its hand-computed values)
+        "disco": {
+            **single,
+            "n_tokens": t([2.0, 3.0]),
+            "label": t([1.0, 0.0]),
+            "group": t([0.0, 0.0]),
+            "tau": 1.0,
+            "delta": 0.0,
+        },
     }[name]
 
 

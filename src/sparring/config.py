@@ -65,6 +65,10 @@ class MethodConfig:
     # pair P̂_w > P̂_l; curriculum, Curry-DPO's best-vs-rest, iteration t on each prompt's (t mod (K−1))-th
     # easiest (sparring.methods.pairs)
     pairs: Literal["best_worst", "all", "curriculum"] = "best_worst"
+    # DisCO (Li et al. 2025): τ of the log-sum-exp over a group's negatives (method.beta is the KL penalty's β)
+    disco_tau: float = field(default=10.0, metadata=_range(0, None, lo_open=True))
+    # DisCO: δ, the bound on the per-token KL(π_t ‖ π_θ) that the squared-hinge penalty β[KL − δ]₊² keeps
+    disco_delta: float = field(default=1e-4, metadata=_range(0, None))
 
     def __post_init__(self) -> None:
         # a method.pairs other than best_worst needs a method whose rows are pairs of its samples

@@ -2,7 +2,9 @@
 
 Every loss takes one entry per example (sequence log-probs summed over response tokens unless the
 loss says otherwise), returns the per-example loss as a 1-D tensor (no reduction, differentiable)
-and raises ``ValueError`` naming the offending argument when called wrongly. See docs/losses.md.
+and raises ``ValueError`` naming the offending argument when called wrongly. ``disco`` couples the
+samples of a question (its ``group``): its entries are each sample's share of the question's loss.
+See docs/losses.md.
 
 A method (``sparring.methods``, chosen by ``method.name`` in config) names its loss by its ``LOSSES``
 key, and the trainer looks it up with ``get_loss`` rather than an ``if loss_type == ...`` chain.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
+from sparring.losses.disco import disco
 from sparring.losses.dpo import dpo, hinge, ipo, robust_dpo
 from sparring.losses.fdpo import DIVERGENCES, fdpo
 from sparring.losses.ld import ld_logps
@@ -39,6 +42,7 @@ LOSSES: dict[str, Callable] = {
     "simpo": simpo,
     "npo": npo,
     "nash_md_pg": nash_md_pg,
+    "disco": disco,
 }
 
 
@@ -72,6 +76,7 @@ __all__ = [
     "simpo",
     "npo",
     "nash_md_pg",
+    "disco",
     "ld_logps",
     "madpo_coefficient",
     "madpo_weight",

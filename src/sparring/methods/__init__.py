@@ -8,6 +8,7 @@ computes the log-probabilities of the sequences it names and hands them to its l
 from __future__ import annotations
 
 from sparring.methods.base import Draw, Method, PromptGroup, SeqLogp
+from sparring.methods.disco import DISCO
 from sparring.methods.dpo import DNO, DPO, FDPO, IPO, SIMPO
 from sparring.methods.hooks import Hook, hooks_for
 from sparring.methods.nash_md import NASH_MD
@@ -15,7 +16,7 @@ from sparring.methods.spin import SPIN
 from sparring.methods.sppo import SPPO, SPPO_ALL, SPPO_SINGLE
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in (SPPO, SPPO_ALL, SPPO_SINGLE, DPO, IPO, FDPO, SIMPO, DNO, SPIN, NASH_MD)
+    m.name: m for m in (SPPO, SPPO_ALL, SPPO_SINGLE, DPO, IPO, FDPO, SIMPO, DNO, SPIN, NASH_MD, DISCO)
 }
 
 
