@@ -15,9 +15,11 @@ every bootstrap resample at once) and what the paired difference of its interval
   metric, sparring.tasks.ifeval.metric);
 - `win_rate`: mean over prompts of P(π ≻ base) by the run's judge (or `eval.judge`);
 - `win_rate_vs_reference`: the same against `eval.reference`, another model's responses;
-- `length_controlled`: the win rate against the base at equal length — a logistic model of the
+- `length_controlled`: sparring's own win rate against the base at equal length — a logistic model of the
   judged preference on tanh of the standardized length difference, read off at zero difference
-  (`length_controlled_win_rate`); it reports the plain win rate too.
+  (`length_controlled_win_rate`); it reports the plain win rate too;
+- `length_controlled_alpaca`: AlpacaEval 2.0's length-controlled win rate against the base, the alpaca_eval
+  package's `length_controlled_minimal` GLM reproduced (sparring.alpaca_lc); only when asked for.
 Intervals: a paired bootstrap over prompts. Each resample draws prompts with replacement and takes the
 same prompts for π and for the base, so the interval of a difference π − base reflects only how the
 two policies differ on the prompts, not how hard the prompts were. Seed-fixed (`eval.bootstrap_seed`), with
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparring.alpaca_lc import length_controlled_alpaca
 from sparring.generation.base import SamplingParams
 from sparring.records import Prompt
 from sparring.tasks.ifeval import metric as ifeval_metric
@@ -117,11 +120,13 @@ ifeval_values = ifeval_metric.values
 def length_controlled_win_rate(
     p: np.ndarray, len_a: np.ndarray, len_b: np.ndarray, idx: np.ndarray | None = None, ridge: float = 1e-3
 ) -> np.ndarray:
-    """AlpacaEval 2.0's length control, fitted on one comparison's judgments: the preference
-    p_n = P(a ≻ b | x_n) is modelled as σ(θ + φ·tanh(Δ_n/s)) with Δ_n = len(a_n) − len(b_n) (characters)
-    and s the standard deviation of the Δs; the length-controlled win rate is σ(θ), the prediction at
-    equal length. Fitted by Newton's method on the soft-label cross-entropy with a small ridge (so a
-    judge that always prefers one side still gives a finite θ). One fit per row of `idx` (resamples)."""
+    """sparring's own length control (the idea of AlpacaEval 2.0's, not its GLM: that is
+    sparring.alpaca_lc, the `length_controlled_alpaca` metric), fitted on one comparison's judgments:
+    the preference p_n = P(a ≻ b | x_n) is modelled as σ(θ + φ·tanh(Δ_n/s)) with Δ_n = len(a_n) −
+    len(b_n) (characters) and s the standard deviation of the Δs; the length-controlled win rate is
+    σ(θ), the prediction at equal length. Fitted by Newton's method on the soft-label cross-entropy with
+    a small ridge (so a judge that always prefers one side still gives a finite θ). One fit per row of
+    `idx` (resamples)."""
     p = np.asarray(p, dtype=np.float64)
     delta = np.asarray(len_a, dtype=np.float64) - np.asarray(len_b, dtype=np.float64)
     idx = np.arange(len(p))[None] if idx is None else idx
@@ -222,7 +227,8 @@ class Metric:
       the base policy on the same resamples, where the base has the columns), "half" (½: a comparison
       with the base itself), None (no difference);
     - `extra(cols)`: plain values besides the aggregates (ties, counts), or None;
-    - `reports`: other metrics whose values it reports too (length control reads the win rates)."""
+    - `reports`: other metrics whose values it reports too (length control reads the win rates);
+    - `default`: computed when `eval.metrics` is unset (and its needs are met); False: only when named."""
 
     name: str
     needs: tuple[str, ...]
@@ -233,6 +239,7 @@ class Metric:
     against: str | None = "base"
     extra: Callable[[dict], dict] | None = None
     reports: tuple[str, ...] = ()
+    default: bool = True
 
 
 def _ifeval_columns(s: Scoring) -> None:
@@ -284,6 +291,23 @@ METRICS: dict[str, Metric] = {
             against="half",
             reports=("win_rate",),
         ),
+        # AlpacaEval's LC (sparring.alpaca_lc), only when named: 51 fits per resample (about 15 s for 1000
+        # resamples of 120 prompts), and the default outputs of runs stay as they were
+        Metric(
+            "length_controlled_alpaca",
+            needs=("base",),
+            judged=True,
+            columns=_win_vs_base,
+            values=lambda cols, base, idx: {
+                "length_controlled_alpaca_win_rate": length_controlled_alpaca(
+                    cols["win_vs_base"], cols["chars"], base["chars"], idx
+                )
+            },
+            reads=("win_vs_base",),
+            against="half",
+            reports=("win_rate",),
+            default=False,
+        ),
         Metric(
             "win_rate_vs_reference",
             needs=("reference",),
@@ -294,17 +318,23 @@ METRICS: dict[str, Metric] = {
         ),
     )
 }
-METRIC_NAMES = ("ifeval", "win_rate", "win_rate_vs_reference", "length_controlled")  # as docs list them
+METRIC_NAMES = (
+    "ifeval",
+    "win_rate",
+    "win_rate_vs_reference",
+    "length_controlled",
+    "length_controlled_alpaca",
+)  # as docs list them
 
 
 def plan_metrics(requested: Sequence[str] | None, have: dict[str, bool], missing: Callable[[Metric, str], str]):
-    """The metrics to compute: `requested` (None: every metric whose needs `have` meets, in registry
-    order), each checked against its needs (`have`: need -> available); a requested metric whose need is
+    """The metrics to compute: `requested` (None: every default metric whose needs `have` meets, in
+    registry order), each checked against its needs (`have`: need -> available); a requested metric whose need is
     not met is a UserError with the text `missing(metric, need)`."""
     from sparring.errors import UserError
 
     if requested is None:
-        return tuple(m.name for m in METRICS.values() if all(have[n] for n in m.needs))
+        return tuple(m.name for m in METRICS.values() if m.default and all(have[n] for n in m.needs))
     for name in requested:
         for need in METRICS[name].needs:
             if not have[need]:
