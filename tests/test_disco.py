@@ -243,3 +243,24 @@ def test_a_tiny_two_iteration_disco_run(tmp_path):
     ]
     assert losses and all(math.isfinite(m["loss"]) for m in losses)
     assert (rd.root / "iter_1" / "policy" / "model.safetensors").is_file()
+
+    # the first optimizer step, before any update (π_θ = π_0, KL = 0): the mean over its rows of
+    # −mean_P s + τ log mean_N exp(s/τ), computed here from π_0's own log-probs of each slot's response
+    from sparring.models import load_model
+    from sparring.stages.context import stage_seed
+    from sparring.train import _batches, sequence_logps
+
+    rows = pq.read_table(rd.root / "iter_0" / "train.parquet").to_pylist()
+    first = next(_batches(len(rows), cfg.train.batch_size, cfg.train.epochs, stage_seed(cfg.seed, "train", 0) % 2**31))
+    pi0 = load_model(str(model), "float32").eval()
+    expected = []
+    for r in (rows[i] for i in first):
+        k = sum(r[f"label_y{s}"] >= 0 for s in range(SLOTS))
+        with torch.no_grad():
+            out = sequence_logps(pi0, [r["prompt_ids"]] * k, [r[f"y{s}_ids"] for s in range(k)], 0)
+        s = (out.logp.double() / out.n_tokens.double()).tolist()
+        pos = [x for x, s_ in zip(s, range(k)) if r[f"label_y{s_}"] == 1.0]
+        neg = [x for x, s_ in zip(s, range(k)) if r[f"label_y{s_}"] == 0.0]
+        expected.append(-sum(pos) / len(pos) + 10.0 * math.log(sum(math.exp(x / 10.0) for x in neg) / len(neg)))
+    step0 = next(m for m in losses if m.get("stage") == "iter_0/train" and m.get("step") == 0)
+    assert step0["loss"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
