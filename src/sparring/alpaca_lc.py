@@ -34,8 +34,9 @@ iteration's violation, with the tolerance scaled by min(#positive, #negative row
 coordinate descent in the order liblinear's generator (a Mersenne Twister, seeded per C from
 RandomState(123) as scikit-learn seeds it) shuffles the two coordinates, its shrinking and its
 line search — on the two-column problem, where each coordinate step's Hessian product is a 2×2 sum.
-Not covered: a fit whose rows are all of one label (every judgment a win, or every one a loss, with hard
-verdicts), where liblinear trains a one-class model; this module fits the penalised GLM as usual there.
+Not covered: a fit whose judgments are all hard losses (p = 0 throughout), where liblinear trains a
+one-class model and the package returns ½; this module fits the penalised GLM as usual there (all hard
+wins agree with the package).
 """
 
 from __future__ import annotations
