@@ -17,8 +17,12 @@ and the KL constraint E[D_KL(π_old ‖ π_θ)] ≤ δ enters as the squared-hin
 whose answers are all positive or all negative carry no discriminative signal and are skipped.
 Hyperparameters of the paper's runs (its released scripts): τ = 10, δ = 1e-4, β = 1e3.
 
-The objective and the KL estimate follow the paper's released code (github.com/Optimization-AI/DisCO,
-verl/trainer/ppo/core_algos.py, compute_policy_loss_disco_logL, read for the facts), which
+Sources: the paper's abstract and published summaries name the three parts (a discriminative objective
+on a scoring function, non-clipping scores such as the log-likelihood, a squared-hinge penalty for the KL
+constraint; DRO's log-sum-exp against imbalance); the paper's full text was not readable here, so its
+equation numbers are not cited. The formulas are as its released code computes them
+(github.com/Optimization-AI/DisCO, verl/trainer/ppo/core_algos.py, compute_policy_loss_disco_logL, read
+for the facts, nothing copied), which
 - averages the scores over tokens, as above;
 - estimates D_KL(π_old ‖ π_θ) on the sampled tokens as mean_t (log π_old − log π_θ) (its `ppo_kl_type:
   kl`);
