@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "sparring.report.cli",  # report
     "sparring.share",  # export, push, card, recipes, config-reference
     "sparring.game.cli",  # game
+    "sparring.judgetrain",  # train-judge
     "sparring.judge_eval.cli",  # judge-eval
 ]
 

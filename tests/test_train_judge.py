@@ -1,0 +1,365 @@
+"""`sparring train-judge`: the losses against hand values (and TRL's RewardTrainer where installed), bt and
+gpm judges trained on separable synthetic pairs and loaded as is by judge.name=reward_model / gpm, an
+export in TRL's format as input, LoRA and full modes, resuming after a kill with the bits of an
+uninterrupted run, and bad input named."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tiny import make_tiny_model
+
+from sparring.cli import main
+from sparring.errors import UserError
+from sparring.judges import build_judge
+from sparring.judgetrain import train as T
+from sparring.judgetrain.model import bt_loss, gpm_loss, preference_loss
+from sparring.judgetrain.settings import load_settings, settings_from_dict
+from sparring.records import Prompt
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "orbit"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def separable_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Pairs whose chosen response ends in "yes yes yes" and whose rejected one ends in "no no no"."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = " ".join(rng.choice(WORDS) for _ in range(3)) + " yes yes yes"
+        bad = " ".join(rng.choice(WORDS) for _ in range(3)) + " no no no"
+        rows.append(
+            {"prompt": f"Question {i}: say something about {rng.choice(WORDS)}.", "chosen": good, "rejected": bad}
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def settings(tiny: Path, out: Path, train: list[str], **extra):
+    data = {
+        "kind": "bt",
+        "model": str(tiny),
+        "output": str(out),
+        "dtype": "float32",
+        "data": {"train": train, "heldout_fraction": 0.25},
+        "train": {"epochs": 4, "lr": 3e-2, "batch_size": 16},
+    }
+    for key, value in extra.items():  # "train.lr" style keys
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return settings_from_dict(data, "test")
+
+
+def judge_on(out: Path, kind: str, pairs: list[dict], tau: float):
+    """(accuracy, mean −log P(chosen ≻ rejected)) of the judge loaded from `out` through build_judge."""
+    spec = {"name": "reward_model" if kind == "bt" else "gpm", "model": str(out), "dtype": "float32", "tau": tau}
+    judge = build_judge(spec, device="cpu")
+    prompts = [Prompt(id=str(i), messages=({"role": "user", "content": r["prompt"]},)) for i, r in enumerate(pairs)]
+    mats = judge.preferences_many(prompts, [[r["chosen"], r["rejected"]] for r in pairs])
+    p = [float(m[0, 1]) for m in mats]
+    return sum(x > 0.5 for x in p) / len(p), sum(-math.log(x) for x in p) / len(p)
+
+
+# ------------------------------------------------------------------ the losses
+
+
+def test_the_losses_equal_their_hand_values():
+    r_w, r_l = torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.5, 1.0], dtype=torch.float64)
+    # hard labels: −log σ(r_w − r_l) = log(1 + e^{−(r_w − r_l)})
+    assert torch.allclose(
+        bt_loss(r_w, r_l),
+        torch.tensor([math.log1p(math.exp(-1.5)), math.log1p(math.exp(1.0))], dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+    )
+    # a soft label p = 0.75 and a margin 0.5 on the second pair: x = 0 − 1 − 0.5 = −1.5,
+    # −[0.75 log σ(−1.5) + 0.25 log σ(1.5)] = 0.75 log(1 + e^{1.5}) + 0.25 log(1 + e^{−1.5})
+    p, m = torch.tensor([1.0, 0.75], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64)
+    want = [math.log1p(math.exp(-1.5)), 0.75 * math.log1p(math.exp(1.5)) + 0.25 * math.log1p(math.exp(-1.5))]
+    assert torch.allclose(bt_loss(r_w, r_l, p, m), torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=0)
+    # GPM: −log σ(s/τ), s = 0.05, τ = 0.1 -> log(1 + e^{−0.5}); a label of ½ gives log 2 + z/2 at z = −0.5... per pair
+    s = torch.tensor([0.05, -0.05], dtype=torch.float64)
+    assert torch.allclose(
+        gpm_loss(s, 0.1),
+        torch.tensor([math.log1p(math.exp(-0.5)), math.log1p(math.exp(0.5))], dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+    )
+    half = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert torch.allclose(
+        preference_loss(s / 0.1, half),
+        torch.tensor([math.log(2 * math.cosh(0.25))] * 2, dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
+    )
+
+
+def test_the_bt_loss_equals_trls_reward_trainer_loss():
+    trl = pytest.importorskip("trl")
+    g = torch.Generator().manual_seed(0)
+    r_w, r_l, m = torch.randn(8, generator=g), torch.randn(8, generator=g), torch.rand(8, generator=g)
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=False),
+        args=SimpleNamespace(center_rewards_coefficient=None),
+        accelerator=SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x),
+        _metrics={"eval": defaultdict(list)},
+        _total_train_tokens=0,
+    )
+
+    def model(**inputs):  # chosen rows first, then rejected ones, as TRL's collator stacks them
+        return SimpleNamespace(logits=torch.cat([r_w, r_l])[:, None])
+
+    for margin in (None, m):
+        inputs = {"input_ids": torch.zeros(16, 3, dtype=torch.long), "attention_mask": torch.ones(16, 3)}
+        if margin is not None:
+            inputs["margin"] = margin
+        theirs = trl.RewardTrainer.compute_loss(trainer, model, inputs)
+        assert abs(float(bt_loss(r_w, r_l, margin=margin).mean()) - float(theirs)) < 1e-6
+
+
+# ------------------------------------------------------------------ training, the output, loading it
+
+
+@pytest.mark.parametrize("kind", ["bt", "gpm"])
+def test_separable_pairs_are_learned_and_the_judge_loads_as_is(kind, tiny, tmp_path):
+    rows = separable_pairs(80)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:60])
+    held = write_jsonl(tmp_path / "held.jsonl", rows[60:])
+    out = tmp_path / "judge"
+    cfg = settings(
+        tiny,
+        out,
+        [str(train)],
+        kind=kind,
+        **{"data.heldout": [str(held)], "train.lr": 3e-2 if kind == "bt" else 1e-2, "train.epochs": 6},
+    )
+    info = T.train_judge(cfg, progress=False, log=lambda _: None)
+    assert info["pairs"] == {"train": 60, "heldout": 20}
+    assert info["heldout_accuracy"] >= 0.95
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "train_judge.json", "tokenizer.json"} <= files
+    assert not T.work_dir(out).exists()
+    card = (out / "README.md").read_text()
+    assert f"| held-out | 20 | {info['heldout_accuracy']:.4f} |" in card and str(held) in card
+    # the judge sparring runs with reads the same numbers the training measured
+    tau = 1.0 if kind == "bt" else cfg.gpm.tau
+    acc, loss = judge_on(out, kind, rows[60:], tau)
+    assert acc == info["heldout_accuracy"]
+    assert loss == pytest.approx(info["heldout_loss"], abs=1e-4)
+    if kind == "bt":
+        assert json.loads((out / "config.json").read_text())["architectures"][0].endswith("ForSequenceClassification")
+
+
+def test_a_file_in_the_export_format_trains_with_its_soft_labels(tiny, tmp_path):
+    """Rows with exactly `sparring export --format trl`'s features (a DatasetDict saved to disk and its JSONL),
+    p_chosen_beats_rejected as the soft label (null on one row: a hard label)."""
+    from datasets import Dataset, DatasetDict
+
+    from sparring.report.export import _conversation_features
+
+    rows = []
+    for i, r in enumerate(separable_pairs(40, seed=3)):
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                "prompt_id": str(i),
+                "score_chosen": 0.9,
+                "score_rejected": 0.1,
+                "p_chosen_beats_rejected": None if i == 0 else 0.9,
+                "chosen_index": 0,
+                "rejected_index": 1,
+                "iteration": 0,
+            }
+        )
+    features = _conversation_features()
+    export = tmp_path / "export"
+    DatasetDict(
+        {"iter_0": Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)}
+    ).save_to_disk(str(export))
+    write_jsonl(tmp_path / "iter_0.jsonl", rows)
+    for source in (f"{export}@iter_0", str(tmp_path / "iter_0.jsonl")):
+        out = tmp_path / f"judge-{len(source)}"
+        cfg = settings(tiny, out, [source], **{"data.fields": {"label": "p_chosen_beats_rejected"}})
+        info = T.train_judge(cfg, progress=False, log=lambda _: None)
+        assert info["pairs"] == {"train": 30, "heldout": 10} and info["heldout_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("bt", "lora"), ("gpm", "full")])
+def test_lora_and_full_modes_train_the_backbone_and_load(kind, mode, tiny, tmp_path):
+    rows = separable_pairs(24)
+    out = tmp_path / "judge"
+    cfg = settings(
+        tiny,
+        out,
+        [str(write_jsonl(tmp_path / "p.jsonl", rows))],
+        kind=kind,
+        mode=mode,
+        **{"train.epochs": 2, "train.lr": 1e-3, "train.batch_size": 8, "lora.r": 4},
+    )
+    info = T.train_judge(cfg, progress=False, log=lambda _: None)
+    from safetensors.torch import load_file
+
+    before = load_file(str(tiny / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[name], after[name])  # the backbone trained (LoRA merged into it)
+    # the judge reads the weights as trained: its mean −log P over every pair is the training's own figure
+    acc, loss = judge_on(out, kind, rows, 1.0 if kind == "bt" else cfg.gpm.tau)
+    n = info["pairs"]["train"] + info["pairs"]["heldout"]
+    mixed = (info["train_loss"] * info["pairs"]["train"] + info["heldout_loss"] * info["pairs"]["heldout"]) / n
+    assert loss == pytest.approx(mixed, abs=1e-4) and info["history"][-1]["epoch"] == 2
+
+
+# ------------------------------------------------------------------ resume
+
+
+def test_a_killed_training_resumes_with_the_bits_of_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(40))
+    whole = settings(tiny, tmp_path / "whole", [str(train)], kind="gpm", **{"train.epochs": 3, "train.lr": 1e-2})
+    T.train_judge(whole, progress=False, log=lambda _: None)
+
+    killed = settings(tiny, tmp_path / "killed", [str(train)], kind="gpm", **{"train.epochs": 3, "train.lr": 1e-2})
+    real, calls = T._step, []
+
+    def dies_in_epoch_2(*args, **kwargs):  # 30 train pairs, batch 16: two steps an epoch; die at step 4
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_step", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_judge(killed, progress=False, log=lambda _: None)
+    work = T.work_dir(tmp_path / "killed")
+    assert torch.load(work / T.CHECKPOINT, weights_only=True)["epoch"] == 1 and not (tmp_path / "killed").exists()
+    monkeypatch.setattr(T, "_step", real)
+    said = []
+    info = T.train_judge(killed, progress=False, log=said.append)
+    assert any("resuming after epoch 1 of 3" in s for s in said)
+    a, b = (
+        load_file(str(tmp_path / "whole" / "model.safetensors")),
+        load_file(str(tmp_path / "killed" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert info["history"] == json.loads((tmp_path / "whole" / "train_judge.json").read_text())["history"]
+    # started again when done: nothing to do; with other settings, the output is not replaced
+    said.clear()
+    T.train_judge(killed, progress=False, log=said.append)
+    assert "already trained" in said[0]
+    other = settings(tiny, tmp_path / "killed", [str(train)], kind="gpm", **{"train.epochs": 4})
+    with pytest.raises(UserError, match="killed: it exists"):
+        T.train_judge(other, progress=False, log=lambda _: None)
+
+
+def test_a_kill_while_caching_features_keeps_the_chunks_already_written(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(20))  # 40 texts: chunks of 16, 16 and 8
+    monkeypatch.setattr(T, "CHUNK", 16)
+    T.train_judge(settings(tiny, tmp_path / "whole", [str(train)]), progress=False, log=lambda _: None)
+    real, calls = T.hidden_states, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "hidden_states", counted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_judge(settings(tiny, tmp_path / "killed", [str(train)]), progress=False, log=lambda _: None)
+    features = T.work_dir(tmp_path / "killed") / "features"
+    assert sorted(p.name for p in features.iterdir()) == ["00000.safetensors", "00001.safetensors"]
+    calls.clear()
+    monkeypatch.setattr(T, "hidden_states", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    T.train_judge(settings(tiny, tmp_path / "killed", [str(train)]), progress=False, log=lambda _: None)
+    assert len(calls) == 1  # only the third chunk was computed
+    a, b = (
+        load_file(str(tmp_path / "whole" / "model.safetensors")),
+        load_file(str(tmp_path / "killed" / "model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_with_other_settings_is_refused(tiny, tmp_path, monkeypatch):
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(20))
+    monkeypatch.setattr(T, "_step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        T.train_judge(settings(tiny, tmp_path / "j", [str(train)]), progress=False, log=lambda _: None)
+    with pytest.raises(
+        UserError, match=r"j\.train-judge: an unfinished training with other settings or data \(settings\.train\.lr"
+    ):
+        T.train_judge(
+            settings(tiny, tmp_path / "j", [str(train)], **{"train.lr": 0.5}), progress=False, log=lambda _: None
+        )
+
+
+# ------------------------------------------------------------------ the command line, the recipe, bad input
+
+
+def test_the_command_line_with_the_shipped_recipe(tiny, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(40))
+    shipped = load_settings("train-judge")
+    assert (shipped.kind, shipped.mode, shipped.model) == ("bt", "head", "smollm2-135m")
+    out = tmp_path / "judge"
+    code = main(
+        [
+            "train-judge",
+            "train-judge",
+            f"model={tiny}",
+            f"data.train={train}",
+            f"output={out}",
+            "dtype=float32",
+            "train.lr=3e-2",
+            "--no-progress",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "held-out accuracy" in printed and f"judge.name=reward_model judge.model={out}" in printed
+    assert (out / "model.safetensors").is_file()
+
+
+def test_bad_input_is_named(tiny, tmp_path, capsys):
+    missing = write_jsonl(tmp_path / "missing.jsonl", [{"prompt": "Hi?", "chosen": "Hello."}])
+    with pytest.raises(UserError, match=r"missing\.jsonl: no 'rejected' column \(columns: prompt, chosen\)"):
+        T.train_judge(settings(tiny, tmp_path / "o", [str(missing)]), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match=r"empty\.jsonl: empty file"):
+        T.train_judge(settings(tiny, tmp_path / "o", [str(empty)]), progress=False)
+    bad_p = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?", "chosen": "a", "rejected": "b", "p": 1.5}])
+    with pytest.raises(UserError, match=r"p\.jsonl:1: column 'p' = 1\.5 must be in \[0\.0, 1\.0\]"):
+        T.train_judge(settings(tiny, tmp_path / "o", [str(bad_p)]), progress=False)
+    with pytest.raises(UserError, match=r"test: kind = 'rm' is not allowed; choose one of 'bt', 'gpm'"):
+        settings(tiny, tmp_path / "o", ["x.jsonl"], kind="rm")
+    with pytest.raises(UserError, match=r"test: unknown key 'train\.lrr'"):
+        settings(tiny, tmp_path / "o", ["x.jsonl"], **{"train.lrr": 1})
+    with pytest.raises(UserError, match=r"test: data\.fields\.chosn: unknown field"):
+        settings(tiny, tmp_path / "o", ["x.jsonl"], **{"data.fields": {"chosn": "a"}})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\noutput: o\ndata: {train: [x.jsonl]}\n")
+    assert main(["train-judge", str(recipe)]) == 2
+    assert "r.yaml: the config needs kind" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
