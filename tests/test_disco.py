@@ -185,6 +185,9 @@ def test_rows_hold_a_group_in_slots_and_skip_all_pass_and_all_fail():
     assert len(m.sequences) == SLOTS
     with pytest.raises(UserError, match=f"generation.k = {SLOTS + 1}: method 'disco' holds at most {SLOTS}"):
         m.rows([group(bt([1] + [0] * SLOTS))], MethodConfig(name="disco"))
+    with pytest.raises(UserError, match=f"generation.k = {SLOTS + 1}: method 'disco'"):  # before any sampling
+        m.draws(SLOTS + 1, MethodConfig(name="disco"))
+    assert [d.k for d in m.draws(SLOTS, MethodConfig(name="disco"))] == [SLOTS]
 
 
 def test_the_method_loss_is_the_sum_of_a_rows_shares():
