@@ -363,3 +363,54 @@ def test_bad_input_is_named(tiny, tmp_path, capsys):
     assert main(["train-judge", str(recipe)]) == 2
     assert "r.yaml: the config needs kind" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ the rows
+
+
+def test_rows_in_every_preference_shape_read_as_pairs():
+    from sparring.judgetrain.data import pairs_from_rows, split_heldout
+
+    system = {"role": "system", "content": "Be brief."}
+    rows = [
+        {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away.", "label": 0.8, "p": 0.1, "margin": 0.5},
+        {  # conversational, two turns before the reply
+            "prompt": [system, {"role": "user", "content": "2+2?"}],
+            "chosen": [{"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "assistant", "content": "5"}],
+        },
+        {  # TRL's implicit prompt: whole conversations, the prompt is what precedes the last turn
+            "chosen": [{"role": "user", "content": "Red?"}, {"role": "assistant", "content": "A colour."}],
+            "rejected": [{"role": "user", "content": "Red?"}, {"role": "assistant", "content": "A fruit."}],
+        },
+    ]
+    where = [f"f.jsonl:{n}" for n in (1, 2, 3)]
+    a, b, c = (pairs_from_rows([r], "f.jsonl", [w], {})[0] for r, w in zip(rows, where))
+    assert (a.messages, a.chosen, a.rejected, a.p, a.margin) == (
+        ({"role": "user", "content": "Hi?"},),
+        "Hello.",
+        "Go away.",
+        0.8,
+        0.5,
+    )  # `label` wins over `p`
+    assert b.messages == (system, {"role": "user", "content": "2+2?"}) and (b.p, b.margin) == (1.0, 0.0)
+    assert c.messages == ({"role": "user", "content": "Red?"},) and (c.chosen, c.rejected) == ("A colour.", "A fruit.")
+    assert pairs_from_rows([rows[0]], "f.jsonl", where[:1], {"label": "p"})[0].p == 0.1
+    different = {**rows[2], "rejected": [{"role": "user", "content": "Blue?"}, {"role": "assistant", "content": "x"}]}
+    with pytest.raises(
+        UserError, match=r"f\.jsonl:3: columns 'chosen' and 'rejected' continue different conversations"
+    ):
+        pairs_from_rows([different], "f.jsonl", where[2:], {})
+    ends_with_user = {"prompt": "Hi?", "chosen": [{"role": "user", "content": "x"}], "rejected": "y"}
+    with pytest.raises(UserError, match=r"f\.jsonl:1: column 'chosen': its last turn is the user's"):
+        pairs_from_rows([ends_with_user], "f.jsonl", where[:1], {})
+    # the held-out split takes whole prompts, seeded
+    many = pairs_from_rows(
+        [{"prompt": f"q{i // 2}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(20)],
+        "g",
+        [str(i) for i in range(20)],
+        {},
+    )
+    train, held = split_heldout(many, 0.2, seed=3)
+    assert len(held) == 4 and not {p.key() for p in train} & {p.key() for p in held}
+    assert split_heldout(many, 0.2, seed=3) == (train, held) and split_heldout(many, 0.2, seed=4) != (train, held)

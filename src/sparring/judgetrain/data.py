@@ -96,8 +96,10 @@ def column_map(rows: list[dict], label: str, fields: Mapping[str, str]) -> dict[
             )
         if column in present:
             columns[name] = column
-    if "label" not in columns:
-        columns.update({"label": c for c in LABEL_COLUMNS if c in present and "label" not in columns})
+    if "label" not in columns:  # `label`, else `p`
+        found = [c for c in LABEL_COLUMNS if c in present]
+        if found:
+            columns["label"] = found[0]
     for name in ("chosen", "rejected"):
         if name not in columns:
             raise UserError(
