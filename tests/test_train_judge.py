@@ -204,6 +204,34 @@ def test_a_file_in_the_export_format_trains_with_its_soft_labels(tiny, tmp_path)
         assert info["pairs"] == {"train": 30, "heldout": 10} and info["heldout_accuracy"] >= 0.95
 
 
+def by_length(messages, responses):
+    """A python judge for the tiny run below: longer is better (rarely a tie, so pairs are exported)."""
+    return [float(len(r)) for r in responses]
+
+
+def test_the_export_of_a_tiny_run_trains(tiny, tmp_path):
+    """`sparring export --format trl` of a real one-iteration run, as it is: its saved dataset's split and its
+    JSONL file, with the run judge's probabilities as soft labels."""
+    from tiny import tiny_run_config
+
+    from sparring.config import config_from_dict
+    from sparring.loop import make_context, open_run, run
+    from sparring.report.export import export_trl
+
+    over = {"iterations": 1, "eval.base": False, "judge.name": "python", "judge.function": "test_train_judge:by_length"}
+    cfg = config_from_dict(tiny_run_config(tiny, tmp_path / "runs", "r", **over))
+    rd = open_run(cfg, Path(cfg.runs_dir) / cfg.name)
+    run(make_context(cfg, rd, progress=False, log=lambda line: None))
+    report = export_trl(rd.root, tmp_path / "export")
+    pairs = report["splits"]["iter_0"]["pairs"]
+    assert pairs >= 2
+    for n, source in enumerate((f"{tmp_path / 'export'}@iter_0", str(tmp_path / "export" / "iter_0.jsonl"))):
+        extra = {"data.fields": {"label": "p_chosen_beats_rejected"}, "data.heldout_fraction": 0.0, "train.epochs": 2}
+        info = T.train_judge(settings(tiny, tmp_path / f"j{n}", [source], **extra), progress=False, log=lambda _: None)
+        assert info["pairs"] == {"train": pairs, "heldout": 0} and info["heldout_accuracy"] is None
+        assert math.isfinite(info["train_loss"]) and (tmp_path / f"j{n}" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(("kind", "mode"), [("bt", "lora"), ("gpm", "full")])
 def test_lora_and_full_modes_train_the_backbone_and_load(kind, mode, tiny, tmp_path):
     rows = separable_pairs(24)
