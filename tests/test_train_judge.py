@@ -442,3 +442,17 @@ def test_rows_in_every_preference_shape_read_as_pairs():
     train, held = split_heldout(many, 0.2, seed=3)
     assert len(held) == 4 and not {p.key() for p in train} & {p.key() for p in held}
     assert split_heldout(many, 0.2, seed=3) == (train, held) and split_heldout(many, 0.2, seed=4) != (train, held)
+
+
+def test_a_model_that_cannot_load_leaves_nothing_and_blocks_no_retry(tiny, tmp_path):
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(20))
+    bad = settings(tiny, tmp_path / "j", [str(train)])
+    bad.model = str(tmp_path / "no-such-model")
+    with pytest.raises(UserError, match="no-such-model"):
+        T.train_judge(bad, progress=False, log=lambda _: None)
+    assert not T.work_dir(tmp_path / "j").exists()
+    # a work directory holding settings but nothing computed yet does not block other settings
+    T.work_dir(tmp_path / "j").mkdir()
+    (T.work_dir(tmp_path / "j") / T.RECORD).write_text(json.dumps({"settings": {"model": "elsewhere"}}))
+    info = T.train_judge(settings(tiny, tmp_path / "j", [str(train)]), progress=False, log=lambda _: None)
+    assert info["heldout_accuracy"] is not None and not T.work_dir(tmp_path / "j").exists()

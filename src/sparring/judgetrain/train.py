@@ -69,7 +69,10 @@ def _check_record(work: Path, record: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    if old != record:
+    done = (work / CHECKPOINT).is_file() or any((work / "features").glob("*.safetensors"))
+    if old != record and not done:  # nothing computed yet (it stopped at a bad model, say): start afresh
+        shutil.rmtree(work)
+    elif old != record:
         diffs = diff_configs(old, record)
         raise UserError(
             f"{work}: an unfinished training with other settings or data ({'; '.join(diffs[:5])}); "
@@ -95,8 +98,6 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
         raise UserError(f"output = {out}: it exists; choose another output directory or remove it")
     work = work_dir(out)
     _check_record(work, record)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(work / RECORD, record)
 
     from sparring.dist import current
     from sparring.hardware import model_dtype
@@ -109,6 +110,8 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     tok, backbone, config, prefix = load_backbone(cfg.model, dtype if head_only else "float32")
     autocast = not head_only and dtype == "bfloat16"
     backbone.to(device)
+    work.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing behind
+    write_json(work / RECORD, record)
     texts = Texts(tok, cfg.kind, cfg.max_length)
     index: dict[tuple, int] = {}
     rows: list[tuple] = []
