@@ -261,14 +261,17 @@ def test_lora_and_full_modes_train_the_backbone_and_load(kind, mode, tiny, tmp_p
 # ------------------------------------------------------------------ resume
 
 
-def test_a_killed_training_resumes_with_the_bits_of_an_uninterrupted_one(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("kind", "mode"), [("gpm", "head"), ("bt", "lora")])
+def test_a_killed_training_resumes_with_the_bits_of_an_uninterrupted_one(kind, mode, tiny, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(40))
-    whole = settings(tiny, tmp_path / "whole", [str(train)], kind="gpm", **{"train.epochs": 3, "train.lr": 1e-2})
+    # LoRA with dropout: its RNG is seeded per epoch too
+    over = {"kind": kind, "mode": mode, "train.epochs": 3, "train.lr": 1e-2, "lora.r": 2, "lora.dropout": 0.1}
+    whole = settings(tiny, tmp_path / "whole", [str(train)], **over)
     T.train_judge(whole, progress=False, log=lambda _: None)
 
-    killed = settings(tiny, tmp_path / "killed", [str(train)], kind="gpm", **{"train.epochs": 3, "train.lr": 1e-2})
+    killed = settings(tiny, tmp_path / "killed", [str(train)], **over)
     real, calls = T._step, []
 
     def dies_in_epoch_2(*args, **kwargs):  # 30 train pairs, batch 16: two steps an epoch; die at step 4
@@ -296,7 +299,7 @@ def test_a_killed_training_resumes_with_the_bits_of_an_uninterrupted_one(tiny, t
     said.clear()
     T.train_judge(killed, progress=False, log=said.append)
     assert "already trained" in said[0]
-    other = settings(tiny, tmp_path / "killed", [str(train)], kind="gpm", **{"train.epochs": 4})
+    other = settings(tiny, tmp_path / "killed", [str(train)], **{**over, "train.epochs": 4})
     with pytest.raises(UserError, match="killed: it exists"):
         T.train_judge(other, progress=False, log=lambda _: None)
 

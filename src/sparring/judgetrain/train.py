@@ -303,6 +303,7 @@ def _with_lora(backbone, cfg: TrainJudgeSettings):
     lora = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules
     )
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation (peft draws lora_A from the global RNG)
     try:
         return get_peft_model(backbone, lora)
     except ValueError as exc:
