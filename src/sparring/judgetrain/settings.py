@@ -72,7 +72,8 @@ class TrainJudgeSettings:
     # head: the backbone frozen, its last-token features cached once, only the head trained (the CPU path);
     # lora: a LoRA adapter (peft) and the head, merged into the output; full: every weight
     mode: Literal["head", "lora", "full"] = "head"
-    seed: int = 0  # the head's initialisation, the order of the pairs, the held-out split
+    # the head's and the LoRA adapter's initialisation, the order of the pairs, the held-out split
+    seed: int = setting(0, lo=0)
     # the backbone's dtype; auto: bfloat16 where the device runs it natively, float32 elsewhere. lora and
     # full train float32 weights under bf16 autocast when this is bfloat16
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
