@@ -156,7 +156,7 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
     """The held-out Prompt records the eval responses answer (config's prompts.heldout, eval.limit), or
     None with a note. Only local sources are read: a report must not go to the network."""
     from sparring.errors import UserError
-    from sparring.prompts import load_prompts
+    from sparring.prompts import heldout_fields, load_prompts
 
     source = run.cfg("prompts", "heldout", default="shipped:heldout")
     if str(source).startswith("hf:"):
@@ -166,7 +166,7 @@ def heldout_prompts(run: Run, n: int, texts: list[str], notes: list[str]):
         )
         return None
     try:
-        prompts = load_prompts(source, fields=run.cfg("prompts", "fields"))
+        prompts = load_prompts(source, fields=heldout_fields(run.cfg("prompts", default={}))[0])
     except UserError as exc:
         notes.append(f"the held-out prompts ({source}) cannot be loaded: {exc}; no per-instruction IFEval results")
         return None

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sparring import config as config_module
 from sparring.config import config_keys
 from sparring.keyhints import TRL_KEYS
+from sparring.methods import METHODS
 from sparring.report.runconfig import value_text
 
 _SECTION_TEXT = {
@@ -40,8 +41,7 @@ _MEANINGS = {
     "train": "optimizer settings",
     "eval": "held-out evaluation settings",
     "tracking": "metric trackers",
-    "method.name": "the method: sppo, sppo-all, sppo-single, dpo, ipo, fdpo, simpo, dno, spin, nash-md "
-    "(docs/methods.md)",
+    "method.name": f"the method: {', '.join(METHODS)} (docs/methods.md)",
     "method.label_smoothing": "DPO label smoothing ε (cDPO); 0 is plain DPO",
     "prompts.heldout": "the held-out prompt source, in the same forms as prompts.train",
     "generation.max_new_tokens": "longest response sampled, in tokens",
