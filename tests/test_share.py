@@ -686,3 +686,13 @@ def test_card_recipes_and_reference_commands(main, runs, tmp_path, capsys):
     assert re.search(r"^sppo +SPPO \(Wu et al\. 2024\)", capsys.readouterr().out, re.M)
     assert main(["config-reference", "--out", str(tmp_path / "config.md")]) == 0
     assert (tmp_path / "config.md").read_text() == configdoc.config_reference()
+
+
+def test_card_names_the_loss_modifiers_when_they_are_on(runs):
+    cfg = yaml.safe_load((runs["sppo"] / "config.yaml").read_text())
+    plain = cards.render_model_card(run_dir=runs["sppo"], iteration=0, cfg=cfg, summary=None)
+    assert "LD-DPO" not in plain and "MADPO" not in plain
+    cfg["method"] = {**cfg["method"], "ld_alpha": 0.5, "madpo": True, "madpo_c_max": 3.0}
+    text = cards.render_model_card(run_dir=runs["sppo"], iteration=0, cfg=cfg, summary=None)
+    assert "- **LD-DPO**: α = `0.5`:" in text
+    assert "`madpo_c_max` = `3.0`, `madpo_c_min` = `0.5`" in text.split("- **MADPO**:")[1].splitlines()[0]

@@ -217,6 +217,7 @@ def render_model_card(
     lines.append(f"- **Method settings**: {params}")
     method_cfg = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
     lines += [line for hook in hooks_for(method_cfg) if (line := hook.card_line())]  # APO's extrapolation
+    lines += _modifier_lines(cfg)
     lines += [
         f"- **Iteration**: {t1} of {total}",
         f"- **Prompts**: `{train_src}`, {setting(cfg, 'prompts.per_iteration')} fresh prompts per iteration",
@@ -374,3 +375,20 @@ def refresh_model_cards(run_dir: str | Path) -> list[Path]:
     if problems:
         raise UserError("\n".join(dict.fromkeys(problems)))  # a live run's lock refuses every card alike
     return written
+
+
+def _modifier_lines(cfg: dict) -> list[str]:
+    """The card's lines for the modifiers on the pairwise loss (docs/methods.md): LD-DPO's length
+    desensitization and MADPO's margin weights change what the loss trains on, so a reader must see them."""
+    out = []
+    alpha = setting(cfg, "method.ld_alpha")
+    if alpha is not None:
+        out.append(
+            f"- **LD-DPO**: α = {value_text(alpha)}: each response's log-probability counts its first "
+            "min(|y_w|, |y_l|) tokens fully and the rest × α, for policy and reference (Liu et al. 2024)"
+        )
+    if setting(cfg, "method.madpo"):
+        keys = ("madpo_c_max", "madpo_c_min", "madpo_lambda", "madpo_tau")
+        values = ", ".join(f"`{k}` = {value_text(setting(cfg, 'method.' + k))}" for k in keys)
+        out.append(f"- **MADPO**: each pair weighted by σ(c(|h|)·h)/σ(h), h the judge's margin (Rho 2025); {values}")
+    return out
