@@ -23,7 +23,8 @@ preference and gives no row.
   (the paper's is the difference of the responses' rating scores, e.g. GPT-4's 1–10).
 
 The trainer draws its own order of a stage's rows (a seeded shuffle), so the easy → hard order of
-train.parquet is for reading; the curriculum lives in the rounds.
+`all`'s train.parquet is for reading; the curriculum lives in the rounds, and its rows keep the prompts'
+order so that its round 0 trains exactly as best_worst does.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def select_pairs(p_hat: np.ndarray, mode: str, iteration: int = 0) -> list[tuple
 
 def pair_rows(groups: list[PromptGroup], cfg, min_margin: float = 0.0) -> list[dict]:
     """The (w, l) rows of `groups` under cfg.pairs (default best_worst), each pair's win-rate margin
-    above `min_margin` (DNO's threshold; 0 drops ties). best_worst keeps the prompts' order, as it always
-    did; all and curriculum order the iteration's rows easy → hard (largest margin first, stable)."""
+    above `min_margin` (DNO's threshold; 0 drops ties). best_worst and curriculum keep the prompts' order
+    (one pair per prompt: round 0 of the curriculum is best_worst's rows exactly); all orders the
+    iteration's rows easy → hard (largest margin first, stable)."""
     mode = getattr(cfg, "pairs", "best_worst")
     rows, margins = [], []
     for g in groups:
@@ -101,7 +103,9 @@ def pair_rows(groups: list[PromptGroup], cfg, min_margin: float = 0.0) -> list[d
                     "p": float(g.prefs[w, l]),  # P(y_w ≻ y_l)
                 }
             )
-    if mode != "best_worst":
+    # curriculum keeps the prompts' order too: one pair per prompt, so round 0 is best_worst's rows exactly
+    # (the trainer's seeded shuffle permutes positions, so another order would compose other steps)
+    if mode == "all":
         order = sorted(range(len(rows)), key=lambda i: -margins[i])  # stable: prompt order among equals
         rows = [rows[i] for i in order]
     return rows
