@@ -683,7 +683,9 @@ def test_card_recipes_and_reference_commands(main, runs, tmp_path, capsys):
     assert main(["card", "--run", str(run_dir)]) == 0
     assert "iter_0/policy/README.md" in capsys.readouterr().out
     assert main(["recipes"]) == 0
-    assert re.search(r"^sppo +SPPO \(Wu et al\. 2024\)", capsys.readouterr().out, re.M)
+    listed = capsys.readouterr().out
+    assert re.search(r"^sppo +SPPO \(Wu et al\. 2024\)", listed, re.M)
+    assert re.search(r"^sparring train-judge NAME:\ntrain-judge +Train a Bradley–Terry reward model", listed, re.M)
     assert main(["config-reference", "--out", str(tmp_path / "config.md")]) == 0
     assert (tmp_path / "config.md").read_text() == configdoc.config_reference()
 
