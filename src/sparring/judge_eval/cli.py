@@ -55,9 +55,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def judge_section(tokens: list[str], where: str, prefix: str = "judge.") -> tuple[dict, dict]:
-    """(the judge: mapping, its settings for the record) from a recipe file and key=value words. A key
-    may leave out `judge.` when `prefix` is "" (the --against form)."""
+def judge_section(tokens: list[str], where: str) -> tuple[dict, dict]:
+    """(the judge: mapping, its settings for the record) from a recipe file and key=value words; a key
+    may leave out `judge.` (`name=python` is `judge.name=python`)."""
     from sparring.config import apply_overrides
     from sparring.tables import read_yaml_mapping
 
@@ -66,10 +66,7 @@ def judge_section(tokens: list[str], where: str, prefix: str = "judge.") -> tupl
     source = "the command line"
     for token in tokens:
         if "=" in token and not Path(token).exists():
-            key = token if token.startswith("judge.") else prefix + token
-            if not key.startswith("judge."):
-                raise UserError(f"{where}: {token!r}: only judge.key=value settings go here (e.g. judge.name=python)")
-            overrides.append(key)
+            overrides.append(token if token.startswith("judge.") else "judge." + token)
         else:
             path = Path(token)
             if not path.is_file():
@@ -101,7 +98,7 @@ def cmd_judge_eval(args) -> int:
     against_spec = None
     if args.against:
         words = [w for s in args.against for w in s.split()]
-        against_section, _ = judge_section(words, "--against", prefix="judge.")
+        against_section, _ = judge_section(words, "--against")
         against_spec = judge_config(against_section, "--against")
     pairs, label_column = load_pairs(args.pairs) if args.pairs else (None, None)
     sets, note = load_sets(args.sets) if args.sets else (None, None)
