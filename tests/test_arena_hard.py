@@ -4,13 +4,10 @@ down to a run against a fake OpenAI-compatible server that writes judgments."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fake_openai import FakeOpenAI, last_text
 from test_judges import loop_config, run_loop
 from tiny import make_tiny_model
 
@@ -177,49 +174,20 @@ def verdict_for(a: str, b: str) -> str | None:
     return "A=B" if d == 0 else ("A>>B" if d >= 10 else "A>B") if d > 0 else ("B>>A" if d <= -10 else "B>A")
 
 
-class ArenaServer:
-    """An OpenAI-compatible endpoint whose judge writes its own answer, then a verdict by `verdict_for`.
-    Records each request's body (`bodies`)."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                text = body["messages"][-1]["content"]
-                a = text.split("<reply A>\n", 1)[1].split("\n</reply A>", 1)[0]
-                b = text.split("<reply B>\n", 1)[1].split("\n</reply B>", 1)[0]
-                v = verdict_for(a, b)
-                judgment = "My reply: cats are small felines.\n\nBoth replies are short."
-                judgment += "\n\nI cannot decide." if v is None else f"\n\nMy final verdict is [[{v}]]."
-                choice = {"index": 0, "message": {"role": "assistant", "content": judgment}, "finish_reason": "stop"}
-                data = json.dumps({"choices": [choice]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def write_judgment(body: dict) -> str:
+    """The fake judge: its own answer, then a verdict by `verdict_for` (or none)."""
+    text = last_text(body)
+    a = text.split("<reply A>\n", 1)[1].split("\n</reply A>", 1)[0]
+    b = text.split("<reply B>\n", 1)[1].split("\n</reply B>", 1)[0]
+    v = verdict_for(a, b)
+    judgment = "My reply: cats are small felines.\n\nBoth replies are short."
+    return judgment + ("\n\nI cannot decide." if v is None else f"\n\nMy final verdict is [[{v}]].")
 
 
 @pytest.fixture
 def arena_server():
-    srv = ArenaServer()
-    yield srv
-    srv.close()
+    with FakeOpenAI(write_judgment) as srv:
+        yield srv
 
 
 def expected_p(a: str, b: str) -> float:

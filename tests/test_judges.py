@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fake_openai import FakeOpenAI, last_text
 from tiny import make_tiny_model, make_tiny_reward_model
 
 from sparring.cli import main
@@ -253,58 +252,38 @@ def test_python_judge_scores_and_matrices(user_module):
 # ------------------------------------------------------------------ an OpenAI-compatible server
 
 
-class FakeJudgeServer:
+class FakeJudgeServer(FakeOpenAI):
     """Chat Completions with label log-probs: prefers the response shown as A when it is longer.
     `mode`: "soft" (both labels), "partial" (only the winning label), "none" (no labels in the top),
     "nologprobs" (text only)."""
 
     def __init__(self, mode="soft"):
-        self.mode, self.requests, self.auth = mode, 0, []
-        server = self
+        self.mode = mode
+        super().__init__(self.label)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
-                server.auth.append(self.headers.get("Authorization"))
-                text = body["messages"][-1]["content"]
-                a = text.split("[Response A]\n", 1)[1].split("\n\n[Response B]", 1)[0]
-                b = text.split("[Response B]\n", 1)[1].split("\n\nWhich response", 1)[0]
-                d = (len(a) - len(b)) / 10
-                lp_a, lp_b = -math.log1p(math.exp(-d)), -math.log1p(math.exp(d))
-                top = {
-                    "soft": [("A", lp_a), ("B", lp_b), ("C", -9.0)],
-                    "partial": [("A", lp_a) if d >= 0 else ("B", lp_b), ("The", -8.0)],
-                    "none": [("The", -1.0), ("I", -2.0)],
-                }.get(server.mode)
-                choice = {"index": 0, "message": {"role": "assistant", "content": "A" if d >= 0 else "B"}}
-                if top is not None:
-                    choice["logprobs"] = {
-                        "content": [
-                            {
-                                "token": top[0][0],
-                                "logprob": top[0][1],
-                                "top_logprobs": [{"token": t, "logprob": v} for t, v in top],
-                            }
-                        ]
+    def label(self, body: dict) -> dict:
+        text = last_text(body)
+        a = text.split("[Response A]\n", 1)[1].split("\n\n[Response B]", 1)[0]
+        b = text.split("[Response B]\n", 1)[1].split("\n\nWhich response", 1)[0]
+        d = (len(a) - len(b)) / 10
+        lp_a, lp_b = -math.log1p(math.exp(-d)), -math.log1p(math.exp(d))
+        top = {
+            "soft": [("A", lp_a), ("B", lp_b), ("C", -9.0)],
+            "partial": [("A", lp_a) if d >= 0 else ("B", lp_b), ("The", -8.0)],
+            "none": [("The", -1.0), ("I", -2.0)],
+        }.get(self.mode)
+        choice = {"message": {"role": "assistant", "content": "A" if d >= 0 else "B"}}
+        if top is not None:
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": top[0][0],
+                        "logprob": top[0][1],
+                        "top_logprobs": [{"token": t, "logprob": v} for t, v in top],
                     }
-                data = json.dumps({"choices": [choice]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+                ]
+            }
+        return choice
 
 
 @pytest.fixture
