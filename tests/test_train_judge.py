@@ -459,3 +459,82 @@ def test_a_model_that_cannot_load_leaves_nothing_and_blocks_no_retry(tiny, tmp_p
     (T.work_dir(tmp_path / "j") / T.RECORD).write_text(json.dumps({"settings": {"model": "elsewhere"}}))
     info = T.train_judge(settings(tiny, tmp_path / "j", [str(train)]), progress=False, log=lambda _: None)
     assert info["heldout_accuracy"] is not None and not T.work_dir(tmp_path / "j").exists()
+
+
+# ------------------------------------------------------------------ the shared feature cache
+
+
+def test_a_shared_feature_cache_computes_each_text_once_and_changes_no_bit(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(20))  # 40 texts: chunks of 16, 16 and 8
+    cache = tmp_path / "features"
+    monkeypatch.setattr(T, "CHUNK", 16)
+    real, texts = T.hidden_states, []
+
+    def counted(backbone, rows, *args, **kwargs):  # counts the texts the backbone embeds
+        texts.append(len(rows))
+        return real(backbone, rows, *args, **kwargs)
+
+    def dies_at_the_second_forward(backbone, rows, *args, **kwargs):
+        if texts:
+            raise KeyboardInterrupt
+        return counted(backbone, rows, *args, **kwargs)
+
+    def run(name, **extra):
+        texts.clear()
+        cfg = settings(tiny, tmp_path / name, [str(train)], **{"train.feature_batch_size": 16, **extra})
+        return T.train_judge(cfg, progress=False, log=lambda _: None)
+
+    # killed while computing: the one chunk written is whole, and the rerun computes only the others
+    monkeypatch.setattr(T, "hidden_states", dies_at_the_second_forward)
+    with pytest.raises(KeyboardInterrupt):
+        run("first", features_cache=str(cache))
+    (space,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(list(space.glob("*.safetensors"))) == 1 and not list(space.glob("*.tmp"))
+    (space / "junk.safetensors").write_bytes(b"not a safetensors file")  # unreadable: skipped, never fatal
+    monkeypatch.setattr(T, "hidden_states", counted)
+    first = run("first", features_cache=str(cache))
+    assert sum(texts) == first["texts"] - 16 == 24
+    assert first["feature_texts"] == {"computed": 24, "read": 16, "cache": str(space)}
+
+    # another seed on the same cache: no forward pass at all, and the bits of a run without the cache
+    again = run("again", features_cache=str(cache), seed=1)
+    assert texts == [] and again["feature_texts"] == {"computed": 0, "read": 40, "cache": str(space)}
+    assert "(0 computed, 40 read from the feature cache" in (tmp_path / "again" / "README.md").read_text()
+    plain = run("plain", seed=1)
+    assert sum(texts) == 40 and plain["feature_texts"] == {"computed": 40, "read": 0, "cache": None}
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("again", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again["history"] == plain["history"]
+    assert "features_cache" not in again["record"]["settings"]  # a resume may add or drop it: it changes no bit
+
+    # gpm tokenizes its texts otherwise: none of bt's keys fit, every text is computed, into the same namespace
+    gpm = run("gpm", features_cache=str(cache), kind="gpm")
+    assert sum(texts) == gpm["texts"] == 40 and gpm["feature_texts"]["read"] == 0
+    assert [p for p in cache.iterdir() if p.is_dir()] == [space]
+
+
+def test_the_feature_cache_key_names_the_backbone_its_dtype_and_the_tokens(tiny):
+    from transformers import AutoConfig
+
+    from sparring.judgetrain.features import FeatureCache
+
+    config = AutoConfig.from_pretrained(str(tiny))
+    base = FeatureCache.open("c", str(tiny), config, "float32", "cpu")
+    same = FeatureCache.open("c", str(tiny), AutoConfig.from_pretrained(str(tiny)), "float32", "cpu")
+    assert base.dir == same.dir and base.key(((1, 2, 3), 2)) == same.key(((1, 2, 3), 2))
+    other_config = AutoConfig.from_pretrained(str(tiny), num_hidden_layers=3)
+    others = [
+        FeatureCache.open("c", str(tiny), config, "bfloat16", "cpu"),
+        FeatureCache.open("c", "another-model", config, "float32", "cpu"),
+        FeatureCache.open("c", str(tiny), other_config, "float32", "cpu"),
+        FeatureCache.open("c", str(tiny), config, "float32", "cuda"),
+    ]
+    assert len({base.dir, *(c.dir for c in others)}) == 5
+    row = ((1, 2, 3), 2)
+    assert len({base.key(row), *(c.key(row) for c in others)}) == 5
+    # the token ids and the read position are part of the key
+    assert len({base.key(row), base.key(((1, 2, 3), 1)), base.key(((1, 2, 4), 2)), base.key(((1, 2), 2))}) == 4
+    with pytest.raises(UserError, match="features_cache = 'x' is for mode head"):
+        settings(tiny, Path("o"), ["x.jsonl"], mode="lora", features_cache="x")

@@ -29,6 +29,15 @@ def _fmt(x) -> str:
     return "—" if x is None else f"{x:.4f}"
 
 
+def _feature_texts(info: dict) -> str:
+    """Mode head: how many texts' features were computed and how many read (a shared cache, a resume)."""
+    counts = info.get("feature_texts")
+    if not counts:
+        return ""
+    where = f"the feature cache {counts['cache']}" if counts.get("cache") else "the work directory (a resume)"
+    return f" ({counts['computed']} computed, {counts['read']} read from {where})"
+
+
 def model_card(cfg, info: dict, train, held) -> str:
     what, judge, loss = KINDS[cfg.kind]
     use = f"judge: {{name: {judge}, model: {cfg.output}"
@@ -79,7 +88,8 @@ def model_card(cfg, info: dict, train, held) -> str:
         + (f", the first {cfg.data.limit}" if cfg.data.limit else "")
         + f"; sha256 {info['record']['train_data'][:16]})",
         f"- held-out: {held_from} ({len(held)} pairs; sha256 {info['record']['heldout_data'][:16]})",
-        f"- texts embedded: {info['texts']} distinct; {info['truncated']} cut to max_length = {cfg.max_length} tokens",
+        f"- texts embedded: {info['texts']} distinct{_feature_texts(info)}; {info['truncated']} cut to "
+        f"max_length = {cfg.max_length} tokens",
         "",
         "## Settings",
         "",

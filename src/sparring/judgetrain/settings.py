@@ -78,6 +78,9 @@ class TrainJudgeSettings:
     # full train float32 weights under bf16 autocast when this is bfloat16
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_length: int = setting(1024, lo=8)  # tokens per text (bt keeps the end, gpm the start, as their judges do)
+    # mode head: a directory of backbone features shared by trainings (keyed by the backbone's name, config
+    # and dtype and each text's tokens; docs/train-judge.md); "": none, the features live in the work directory
+    features_cache: str = ""
     train: OptimSettings = field(default_factory=OptimSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     gpm: GPMTrainSettings = field(default_factory=GPMTrainSettings)
@@ -92,6 +95,11 @@ def settings_from_dict(data: dict, where: str) -> TrainJudgeSettings:
     cfg.data.check(where)
     if cfg.gpm.dim % 2:
         raise UserError(f"{where}: gpm.dim = {cfg.gpm.dim} must be even (the value head's 2k rows: k planes)")
+    if cfg.features_cache and cfg.mode != "head":
+        raise UserError(
+            f"{where}: features_cache = {cfg.features_cache!r} is for mode head (a frozen backbone's features); "
+            f"mode {cfg.mode} trains the backbone, so its features change every step"
+        )
     if cfg.mode == "lora" and not cfg.lora.target_modules:
         raise UserError(f"{where}: lora.target_modules is empty; name the linear layers that get an adapter")
     return cfg

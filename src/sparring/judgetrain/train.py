@@ -89,7 +89,7 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     train, held = _read_data(cfg)  # every data problem before any work
     if not train:
         raise UserError("data.train: no train pairs left after the held-out split")
-    record = {"settings": cfg.to_dict(), "train_data": D.fingerprint(train), "heldout_data": D.fingerprint(held)}
+    record = {"settings": _recorded(cfg), "train_data": D.fingerprint(train), "heldout_data": D.fingerprint(held)}
     if out.exists():
         info = out / INFO
         if info.is_file() and json.loads(info.read_text()).get("record") == record:
@@ -134,12 +134,23 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     head = make_head(cfg, config.get_text_config().hidden_size).to(device)
     fbs = cfg.train.feature_batch_size
 
-    feature_seconds = None
+    feature_seconds = feature_texts = None
     if head_only:
         backbone.eval().requires_grad_(False)
         t_features = time.monotonic()
-        features = _cached_features(backbone, rows, work, device, tok.pad_token_id, fbs, progress)
+        if cfg.features_cache:
+            from sparring.judgetrain.features import FeatureCache
+
+            cache = FeatureCache.open(cfg.features_cache, cfg.model, config, dtype, device.type)
+            features, feature_texts = _shared_features(backbone, rows, cache, device, tok.pad_token_id, fbs, progress)
+        else:
+            features, feature_texts = _cached_features(backbone, rows, work, device, tok.pad_token_id, fbs, progress)
         feature_seconds = round(time.monotonic() - t_features, 1)
+        if cfg.features_cache:
+            log(
+                f"features: {feature_texts['computed']} texts computed, {feature_texts['read']} read from "
+                f"{feature_texts['cache']} in {feature_seconds} s"
+            )
 
         def feats(idx):
             return features[idx]
@@ -236,6 +247,9 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
         "history": history,
         "seconds": round(time.monotonic() - t0, 1),
         "feature_seconds": feature_seconds,  # mode head: embedding the texts (or reading the cached ones)
+        # mode head: how many texts were computed and how many read (from features_cache, or from the work
+        # directory's chunks on a resume)
+        "feature_texts": feature_texts,
         "device": str(device),
         "dtype": dtype,
     }
@@ -262,9 +276,57 @@ def accuracy(z, p) -> float | None:
     return float(((zz > 0).double() + 0.5 * (zz == 0).double()).mean())
 
 
+def _recorded(cfg: TrainJudgeSettings) -> dict:
+    """The settings a resume and a finished output are compared on: all but features_cache, which changes
+    where features are read from, never their bits."""
+    settings = cfg.to_dict()
+    del settings["features_cache"]
+    return settings
+
+
+def _embed(backbone, rows, part: list[int], device, pad_id: int, batch_size: int):
+    """h [len(part), H] (float32, on the CPU) of rows[part], in forward passes of batch_size texts."""
+    with torch.inference_mode():
+        return torch.cat(
+            [
+                hidden_states(backbone, [rows[i] for i in part[s : s + batch_size]], device, pad_id).cpu()
+                for s in range(0, len(part), batch_size)
+            ]
+        )
+
+
+def _shared_features(backbone, rows, cache, device, pad_id: int, batch_size: int, progress: bool):
+    """(h [N, H] float32 of every text, counts): the texts in `cache` (a features.FeatureCache) read, the
+    others computed longest first in chunks of CHUNK texts (so the batches are those of _cached_features
+    when nothing is cached) and each chunk written to the cache as soon as it is computed."""
+    keys = [cache.key(r) for r in rows]
+    found = cache.read(keys)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    missing = [i for i in order if keys[i] not in found]
+    out = None
+    if found:
+        first = next(iter(found.values()))
+        out = torch.zeros((len(rows), first.shape[0]), dtype=torch.float32)
+        for i, key in enumerate(keys):
+            if key in found:
+                out[i] = found[key]
+    bar = _tqdm(progress, total=len(missing), desc="features", unit="text")
+    for start in range(0, len(missing), CHUNK):
+        part = missing[start : start + CHUNK]
+        h = _embed(backbone, rows, part, device, pad_id, batch_size)
+        cache.write([keys[i] for i in part], h)
+        if out is None:
+            out = torch.zeros((len(rows), h.shape[1]), dtype=torch.float32)
+        out[part] = h
+        bar.update(len(part))
+    bar.close()
+    counts = {"computed": len(missing), "read": len(rows) - len(missing), "cache": str(cache.dir)}
+    return out.to(device), counts
+
+
 def _cached_features(backbone, rows, work: Path, device, pad_id: int, batch_size: int, progress: bool):
-    """h [N, H] (float32) of every text, cached under work/features/ one chunk of CHUNK texts per file:
-    longest first, so a batch pads little; a chunk already on disk is read, not recomputed."""
+    """(h [N, H] (float32) of every text, counts), cached under work/features/ one chunk of CHUNK texts per
+    file: longest first, so a batch pads little; a chunk already on disk is read, not recomputed."""
     from safetensors.torch import load_file, save_file
 
     from sparring.rundir import atomic_path
@@ -273,20 +335,16 @@ def _cached_features(backbone, rows, work: Path, device, pad_id: int, batch_size
     folder.mkdir(exist_ok=True)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     out = None
+    read = 0
     bar = _tqdm(progress, total=len(rows), desc="features", unit="text")
     for c, start in enumerate(range(0, len(order), CHUNK)):
         part = order[start : start + CHUNK]
         path = folder / f"{c:05d}.safetensors"
         if path.is_file():
             h = load_file(str(path))["h"]
+            read += len(part)
         else:
-            with torch.inference_mode():
-                h = torch.cat(
-                    [
-                        hidden_states(backbone, [rows[i] for i in part[s : s + batch_size]], device, pad_id).cpu()
-                        for s in range(0, len(part), batch_size)
-                    ]
-                )
+            h = _embed(backbone, rows, part, device, pad_id, batch_size)
             with atomic_path(path) as tmp:
                 save_file({"h": h.contiguous()}, str(tmp))
         if out is None:
@@ -294,7 +352,7 @@ def _cached_features(backbone, rows, work: Path, device, pad_id: int, batch_size
         out[part] = h
         bar.update(len(part))
     bar.close()
-    return out.to(device)
+    return out.to(device), {"computed": len(rows) - read, "read": read, "cache": None}
 
 
 def _with_lora(backbone, cfg: TrainJudgeSettings):
