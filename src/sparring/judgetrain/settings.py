@@ -79,8 +79,8 @@ class TrainJudgeSettings:
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_length: int = setting(1024, lo=8)  # tokens per text (bt keeps the end, gpm the start, as their judges do)
     # mode head: a directory of backbone features shared by trainings (keyed by the backbone's name, config
-    # and dtype and each text's tokens; docs/train-judge.md); "": none, the features live in the work directory
-    features_cache: str = ""
+    # and dtype and each text's tokens; docs/train-judge.md); null: none, the features live in the work directory
+    features_cache: str | None = None
     train: OptimSettings = field(default_factory=OptimSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     gpm: GPMTrainSettings = field(default_factory=GPMTrainSettings)
