@@ -538,3 +538,54 @@ def test_the_feature_cache_key_names_the_backbone_its_dtype_and_the_tokens(tiny)
     assert len({base.key(row), base.key(((1, 2, 3), 1)), base.key(((1, 2, 4), 2)), base.key(((1, 2), 2))}) == 4
     with pytest.raises(UserError, match="features_cache = 'x' is for mode head"):
         settings(tiny, Path("o"), ["x.jsonl"], mode="lora", features_cache="x")
+
+
+# ------------------------------------------------------------------ bagging
+
+
+def test_bootstrap_resamples_whole_train_prompts_seeded_and_leaves_the_held_out_pairs(tiny, tmp_path):
+    from collections import Counter
+
+    from sparring.judgetrain.data import bootstrap, pairs_from_rows
+
+    rows = [{"prompt": f"q{i // 2}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(40)]  # 20 prompts
+    pairs = pairs_from_rows(rows, "g", [str(i) for i in range(40)], {})
+    out, drawn = bootstrap(pairs, seed=0)
+    assert bootstrap(pairs, seed=0) == (out, drawn) and bootstrap(pairs, seed=1)[0] != out
+    times = Counter(p.key() for p in out)
+    assert sum(times.values()) == 2 * 20  # 20 draws of a prompt, 2 pairs each
+    by_pair = Counter(p.where for p in out)  # `where` names the row: one per pair here
+    # a prompt drawn m times brings each of its pairs m times
+    assert all(by_pair[p.where] == times[p.key()] // 2 for p in pairs)
+    assert drawn == {
+        "prompts": len(times),
+        "of_prompts": 20,
+        "distinct_pairs": len(by_pair),
+        "of_pairs": 40,
+        "pairs": 40,
+    }
+    assert 1 < drawn["prompts"] < 20  # with replacement: some prompt is missing (p = 1 − 20!/20^20)
+
+    # in a training: after the held-out split, which it does not touch; off, the pairs are those read
+    train = write_jsonl(tmp_path / "p.jsonl", separable_pairs(40))
+    infos = {}
+    for name, extra in {
+        "plain": {},
+        "bag0": {"data.bootstrap": True},
+        "bag1": {"data.bootstrap": True, "seed": 1},
+    }.items():
+        cfg = settings(tiny, tmp_path / name, [str(train)], **{"train.epochs": 1, **extra})
+        whole, held = T._read_data(cfg)
+        resampled, drawn = T._resample(cfg, whole)
+        if name == "plain":
+            assert resampled is whole and drawn is None
+        else:
+            assert (resampled, drawn) == bootstrap(whole, cfg.seed) and drawn["of_pairs"] == len(whole)
+        infos[name] = T.train_judge(cfg, progress=False, log=lambda _: None)
+        assert infos[name]["pairs"] == {"train": len(resampled), "heldout": len(held)}
+        assert infos[name]["bootstrap"] == drawn
+    assert infos["plain"]["record"]["heldout_data"] == infos["bag0"]["record"]["heldout_data"]
+    assert infos["plain"]["pairs"]["heldout"] == infos["bag0"]["pairs"]["heldout"] == 10
+    card = (tmp_path / "bag0" / "README.md").read_text()
+    drawn = infos["bag0"]["bootstrap"]
+    assert f"drew {drawn['prompts']} distinct prompts ({drawn['distinct_pairs']} of the 30 pairs)" in card

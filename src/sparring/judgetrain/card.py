@@ -38,6 +38,17 @@ def _feature_texts(info: dict) -> str:
     return f" ({counts['computed']} computed, {counts['read']} read from {where})"
 
 
+def _bootstrap(info: dict) -> list[str]:
+    drawn = info.get("bootstrap")
+    if not drawn:
+        return []
+    return [
+        f"- bootstrap (data.bootstrap): {drawn['of_prompts']} draws of a prompt with replacement drew "
+        f"{drawn['prompts']} distinct prompts ({drawn['distinct_pairs']} of the {drawn['of_pairs']} pairs); "
+        f"trained on {drawn['pairs']} pairs, repeats counted"
+    ]
+
+
 def model_card(cfg, info: dict, train, held) -> str:
     what, judge, loss = KINDS[cfg.kind]
     use = f"judge: {{name: {judge}, model: {cfg.output}"
@@ -87,6 +98,7 @@ def model_card(cfg, info: dict, train, held) -> str:
         f"- train: {', '.join(cfg.data.train)} ({len(train)} pairs"
         + (f", the first {cfg.data.limit}" if cfg.data.limit else "")
         + f"; sha256 {info['record']['train_data'][:16]})",
+        *_bootstrap(info),
         f"- held-out: {held_from} ({len(held)} pairs; sha256 {info['record']['heldout_data'][:16]})",
         f"- texts embedded: {info['texts']} distinct{_feature_texts(info)}; {info['truncated']} cut to "
         f"max_length = {cfg.max_length} tokens",

@@ -191,6 +191,31 @@ def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     return [p for p in pairs if p.key() not in held], [p for p in pairs if p.key() in held]
 
 
+def bootstrap(pairs: list[Pair], seed: int) -> tuple[list[Pair], dict]:
+    """Bagging by prompt (Breiman 1996): as many draws as there are distinct prompts, with replacement,
+    seeded by `seed`; a prompt drawn m times contributes each of its pairs m times (in the pairs' order).
+    Returns (the resampled pairs, what was drawn). Drawing whole prompts keeps a prompt's pairs together,
+    as the held-out split does. Why: a head on frozen features is (almost) a convex problem, so members of
+    an ensemble that differ only in their seed converge to nearly the same head; resampling the data is
+    what makes them differ."""
+    import numpy as np
+
+    keys = list(dict.fromkeys(p.key() for p in pairs))
+    where = {k: i for i, k in enumerate(keys)}
+    # [seed, 1]: a stream of its own, not the held-out split's default_rng(seed)
+    draws = np.random.default_rng([seed, 1]).integers(0, len(keys), size=len(keys))
+    times = np.bincount(draws, minlength=len(keys))
+    out = [p for p in pairs for _ in range(int(times[where[p.key()]]))]
+    drawn = {
+        "prompts": int((times > 0).sum()),
+        "of_prompts": len(keys),
+        "distinct_pairs": sum(1 for p in pairs if times[where[p.key()]] > 0),
+        "of_pairs": len(pairs),
+        "pairs": len(out),
+    }
+    return out, drawn
+
+
 def fingerprint(pairs: list[Pair]) -> str:
     """sha256 of the pairs' contents: a resumed training refuses data that changed under it."""
     h = hashlib.sha256()

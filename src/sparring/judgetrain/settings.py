@@ -28,6 +28,9 @@ class DataSettings:
     # e.g. {label: p_chosen_beats_rejected} for a `sparring export`; unmapped: the field's own name (label: also p)
     fields: dict[str, str] = field(default_factory=dict)
     limit: int = setting(0, lo=0)  # train pairs used (the first ones); 0: all
+    # bagging for an ensemble: the train pairs resampled by prompt with replacement (as many draws as train
+    # prompts), seeded by seed, after the held-out split (which it leaves as it is)
+    bootstrap: bool = False
 
     def check(self, where: str) -> None:
         for name in self.fields:

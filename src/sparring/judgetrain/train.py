@@ -62,6 +62,13 @@ def _read_data(cfg: TrainJudgeSettings):
     return train, held
 
 
+def _resample(cfg: TrainJudgeSettings, train):
+    """(the pairs trained on, what data.bootstrap drew or None): bagging after the held-out split."""
+    if not cfg.data.bootstrap:
+        return train, None
+    return D.bootstrap(train, cfg.seed)
+
+
 def _check_record(work: Path, record: dict) -> None:
     from sparring.config import diff_configs
 
@@ -90,6 +97,8 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     if not train:
         raise UserError("data.train: no train pairs left after the held-out split")
     record = {"settings": _recorded(cfg), "train_data": D.fingerprint(train), "heldout_data": D.fingerprint(held)}
+    data_train = train  # the data as read (the record's fingerprint, the card's count)
+    train, drawn = _resample(cfg, train)
     if out.exists():
         info = out / INFO
         if info.is_file() and json.loads(info.read_text()).get("record") == record:
@@ -237,7 +246,8 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
         "kind": cfg.kind,
         "mode": cfg.mode,
         "model": cfg.model,
-        "pairs": {"train": len(train), "heldout": len(held)},
+        "pairs": {"train": len(train), "heldout": len(held)},  # train: with data.bootstrap, repeats counted
+        "bootstrap": drawn,  # data.bootstrap: prompts and pairs drawn (None: off)
         "texts": len(rows),
         "truncated": texts.truncated,
         "heldout_accuracy": final_held["accuracy"],
@@ -259,7 +269,7 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     with atomic_dir(out) as tmp, quiet_loading():  # quiet: transformers' bar for writing one shard
         save_judge(tmp, cfg.kind, backbone, config, prefix, head, tok)
         write_json(tmp / INFO, info)
-        (tmp / "README.md").write_text(model_card(cfg, info, train, held))
+        (tmp / "README.md").write_text(model_card(cfg, info, data_train, held))
     shutil.rmtree(work, ignore_errors=True)
     return info
 
