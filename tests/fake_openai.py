@@ -27,6 +27,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 Answer = Callable[[dict], "str | dict | int"]
 
 
+def judging_text(body: dict) -> str:
+    """The conversation's first user turn: the judging request, however many turns follow it (a re-ask)."""
+    return next(m["content"] for m in body["messages"] if m["role"] == "user")
+
+
 def last_text(body: dict) -> str:
     """The conversation's last turn: what the judge is being asked right now."""
     return body["messages"][-1]["content"]

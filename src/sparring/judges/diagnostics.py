@@ -9,7 +9,9 @@
 - the arena_hard protocol's counts, where nonzero: `verdicts_missing` (a judgment without a verdict),
   `verdicts_conflicting` (different verdicts in one judgment), `verdicts_malformed` (a bracketed verdict
   that is none of the five), `verdicts_cut` (of those abstentions, judgments that ran out of
-  `max_new_tokens`), `strong_verdicts` (>> verdicts, each three battles);
+  `max_new_tokens`), `strong_verdicts` (>> verdicts, each three battles), `reasks` (follow-ups sent after a
+  judgment without a verdict, `judge.reask`) and `reasks_recovered` (judgments a follow-up turned into a
+  verdict; the rest of the re-asked ones are among the abstentions);
 - `length_spearman`: Spearman's rank correlation between a sample's win rate P̂(y ≻ π_t) and its
   length in tokens, within each prompt, averaged over the prompts where both vary. Near 0: the judge
   does not reward length as such; near 1: the longer sample wins — the length bias that judge-trained
@@ -22,7 +24,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-VERDICT_COUNTS = ("verdicts_missing", "verdicts_conflicting", "verdicts_malformed", "verdicts_cut", "strong_verdicts")
+VERDICT_COUNTS = (
+    "verdicts_missing",
+    "verdicts_conflicting",
+    "verdicts_malformed",
+    "verdicts_cut",
+    "strong_verdicts",
+    "reasks",
+    "reasks_recovered",
+)
 
 
 def tie_rate(mats: Sequence[np.ndarray]) -> float | None:
@@ -74,7 +84,7 @@ def diagnostics(mats, lengths, orders=(), stats: dict | None = None) -> dict:
         out["abstention_rate"] = stats.get("abstentions", 0) / stats["queries"]
     if stats.get("parsed_verdicts"):
         out["parsed_verdicts"] = stats["parsed_verdicts"]  # answers without log-probs, read as text
-    for key in VERDICT_COUNTS:  # arena_hard: why its abstentions abstained, and how many verdicts were strong
+    for key in VERDICT_COUNTS:  # arena_hard: why its abstentions abstained, strong verdicts, re-asks
         if stats.get(key):
             out[key] = stats[key]
     return {k: v for k, v in out.items() if v is not None}

@@ -10,9 +10,14 @@ batch is done, so the judge cache commits them then and a kill loses at most the
 
 With `protocol: arena_hard` the judge model writes a judgment instead (greedy, up to `max_new_tokens`
 new tokens, batched the same way): its own answer, then one verdict among [[A>>B]] ... [[B>>A]], parsed by
-sparring.judges.pairwise.parse_verdict; an unreadable verdict is an abstention, counted (`abstentions`,
-`verdicts_missing` / `verdicts_conflicting` / `verdicts_malformed`, and `verdicts_cut` when the judgment
-ran out of tokens).
+sparring.judges.pairwise.parse_verdict. A judgment without any verdict is asked again, up to `reask` times
+(default 1, as Arena-Hard-Auto; 0: never), with the judgment and a follow-up turn added to its conversation
+(sparring.judges.pairwise.next_reask); a batch's re-asks are generated together, and the batch reaches
+`on_result` once they are done. A verdict still unreadable is an abstention, counted (`abstentions`,
+`verdicts_missing` / `verdicts_conflicting` / `verdicts_malformed`, and `verdicts_cut` when the last answer
+ran out of tokens); `reasks` counts the follow-ups, `reasks_recovered` the judgments they turned into
+verdicts. A follow-up longer than `max_length` keeps its last tokens, as any judging text (`truncated`
+counts the texts cut, follow-ups included).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from sparring.judges.pairwise import (
     PROTOCOLS,
     compile_template,
     load_template,
+    next_reask,
     read_judgment,
+    reask_id,
     render,
     soft_label,
     template_hash,
@@ -50,6 +57,8 @@ class LLMSettings(JudgeConfig):
     # llm / openai: logprob (one label token's log-probs) or arena_hard (own answer, then [[A>>B]]..[[B>>A]])
     protocol: Literal["logprob", "arena_hard"] = "logprob"
     max_new_tokens: int = setting(4096, lo=1)  # llm / openai, arena_hard only: tokens the judgment may take
+    # llm / openai, arena_hard only: times a judgment without a verdict is asked again (Arena-Hard: 1; 0: never)
+    reask: int = setting(1, lo=0)
 
     def check(self, where: str, prefix: str) -> None:
         check_model(self.model, where, f"{prefix}model")
@@ -81,6 +90,7 @@ class LLMJudge(PairwiseJudge):
         path = resolve_model(model)
         self.protocol = PROTOCOLS[cfg.protocol]
         self.max_new_tokens = cfg.max_new_tokens
+        self.reask = cfg.reask if self.protocol.generates else 0  # logprob reads no verdict: nothing to re-ask
         text = load_template(template, cfg.protocol)
         self.template = compile_template(text)
         self.batch_size, self.max_length = batch_size, max_length
@@ -113,7 +123,7 @@ class LLMJudge(PairwiseJudge):
             f":max_length={max_length}"
         )
         if self.protocol.generates:  # the logprob id is unchanged, so existing caches stay valid
-            self.id += f":protocol={cfg.protocol}:max_new_tokens={cfg.max_new_tokens}"
+            self.id += f":protocol={cfg.protocol}:max_new_tokens={cfg.max_new_tokens}" + reask_id(self.reask)
 
     def combine(self, Q):
         return self.protocol.combine(Q)
@@ -121,11 +131,14 @@ class LLMJudge(PairwiseJudge):
     def order_view(self, Q):
         return self.protocol.orders(Q)
 
+    def _conversation(self, prompt, first: str, second: str) -> list[dict]:
+        return [{"role": "user", "content": render(self.template, prompt, first, second)}]
+
     def _ids(self, prompt, first: str, second: str) -> list[int]:
-        content = render(self.template, prompt, first, second)
-        text = self.tok.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        return self._encode(self._conversation(prompt, first, second))
+
+    def _encode(self, conversation: list[dict]) -> list[int]:
+        text = self.tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_length:
             self.stats.add(truncated=1)
@@ -137,7 +150,8 @@ class LLMJudge(PairwiseJudge):
 
         from sparring.generation.hf import left_pad
 
-        rows = [self._ids(p, a, b) for p, a, b in queries]
+        conversations = [self._conversation(p, a, b) for p, a, b in queries]
+        rows = [self._encode(c) for c in conversations]
         order = sorted(range(len(rows)), key=lambda n: -len(rows[n]))  # similar lengths share a batch
         out = [0.0] * len(rows)
         device = self.model.device
@@ -146,7 +160,7 @@ class LLMJudge(PairwiseJudge):
                 part = order[start : start + self.batch_size]
                 ids, mask = (t.to(device) for t in left_pad([rows[n] for n in part], self.pad_id))
                 if self.protocol.generates:
-                    values = self._judgments(ids, mask)
+                    values = self._judgments([conversations[n] for n in part], ids, mask)
                 else:
                     positions = (mask.cumsum(-1) - 1).clamp(min=0)
                     logits = (
@@ -163,8 +177,27 @@ class LLMJudge(PairwiseJudge):
                         on_result(n, q)
         return out
 
-    def _judgments(self, ids, mask) -> list[float]:
-        """arena_hard: one batch's written judgments (greedy), read as verdict codes."""
+    def _judgments(self, conversations: list[list[dict]], ids, mask) -> list[float]:
+        """arena_hard: one batch's written judgments (greedy), re-asked where they hold no verdict, read as
+        verdict codes. `conversations`: the batch's, in the order of its rows."""
+        from sparring.generation.hf import left_pad
+
+        conversations = list(conversations)
+        answers = [[got] for got in self._generate(ids, mask)]  # per query: (text, cut) of each answer
+        while True:
+            asks = {n: next_reask(conversations[n], [text for text, _ in a], self.reask) for n, a in enumerate(answers)}
+            asks = {n: c for n, c in asks.items() if c is not None}
+            if not asks:
+                return [read_judgment(self.stats, [text for text, _ in a], cut=a[-1][1]) for a in answers]
+            ids, mask = (
+                t.to(self.model.device) for t in left_pad([self._encode(c) for c in asks.values()], self.pad_id)
+            )
+            for (n, conversation), got in zip(asks.items(), self._generate(ids, mask)):
+                conversations[n] = conversation
+                answers[n].append(got)
+
+    def _generate(self, ids, mask) -> list[tuple[str, bool]]:
+        """Greedy judgments for a left-padded batch: (text, whether max_new_tokens stopped it)."""
         gen = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -175,12 +208,11 @@ class LLMJudge(PairwiseJudge):
         new = gen[:, ids.shape[1] :].tolist()
         eos = self.tok.eos_token_id
         eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-        codes = []
+        out = []
         for row in new:
             cut = not eos.intersection(row) and len(row) >= self.max_new_tokens  # the limit stopped it
-            text = self.tok.decode(row, skip_special_tokens=True)
-            codes.append(read_judgment(self.stats, text, cut=cut))
-        return codes
+            out.append((self.tok.decode(row, skip_special_tokens=True), cut))
+        return out
 
     def close(self) -> None:
         del self.model

@@ -13,13 +13,17 @@ Each ordered query is one request: the rendered template (sparring.judges.pairwi
   counted as `parsed_verdicts`, so the metrics say the judge gave hard labels.
 With `protocol: arena_hard` each request instead lets the judge write its own answer and a verdict
 ([[A>>B]] ... [[B>>A]]) in up to `max_new_tokens` tokens, without log-probs; the verdict is parsed
-(sparring.judges.pairwise.parse_verdict) and an unreadable one is an abstention, counted (`abstentions`,
-and `verdicts_missing` / `verdicts_conflicting` / `verdicts_malformed`; `verdicts_cut` when the judge hit
-`max_new_tokens` first).
+(sparring.judges.pairwise.parse_verdict). A judgment without any verdict is asked again, up to `reask`
+times (default 1, as Arena-Hard-Auto; 0: never), in the same conversation (sparring.judges.pairwise.next_reask):
+the same worker sends the follow-up at once, and only the final verdict reaches the cache. One still
+unreadable is an abstention, counted (`abstentions`, and `verdicts_missing` / `verdicts_conflicting` /
+`verdicts_malformed`; `verdicts_cut` when the judge's last answer hit `max_new_tokens` first); `reasks`
+counts the follow-ups sent, `reasks_recovered` the judgments they turned into verdicts.
 Requests run `max_concurrency` at a time with retries and backoff (sparring.judges.openai_client); after
 the last retry the stage stops with an error naming the endpoint and status. Every answer is committed to
 the judge cache as it arrives, so a rerun (after that error, or after the process was killed) asks only
-for the rest: at most the `max_concurrency` requests that were in flight are paid twice. The API key is read from the
+for the rest: at most the `max_concurrency` conversations that were in flight are paid twice (with a re-ask,
+a conversation's first answer too, which is not kept until its follow-up is answered). The API key is read from the
 environment variable named by `api_key_env` and never written anywhere (config, manifest, cache, logs,
 errors).
 """
@@ -37,8 +41,10 @@ from sparring.judges.pairwise import (
     PROTOCOLS,
     compile_template,
     load_template,
+    next_reask,
     parsed_label,
     read_judgment,
+    reask_id,
     render,
     soft_label,
     template_hash,
@@ -62,6 +68,8 @@ class OpenAISettings(JudgeConfig):
     # llm / openai: logprob (one label token's log-probs) or arena_hard (own answer, then [[A>>B]]..[[B>>A]])
     protocol: Literal["logprob", "arena_hard"] = "logprob"
     max_new_tokens: int = setting(4096, lo=1)  # llm / openai, arena_hard only: tokens the judgment may take
+    # llm / openai, arena_hard only: times a judgment without a verdict is asked again (Arena-Hard: 1; 0: never)
+    reask: int = setting(1, lo=0)
 
     def check(self, where: str, prefix: str) -> None:
         check_template(self.template, where, f"{prefix}template")
@@ -88,6 +96,7 @@ class OpenAIJudge(PairwiseJudge):
 
         self.protocol = PROTOCOLS[cfg.protocol]
         writes = self.protocol.generates
+        self.reask = cfg.reask if writes else 0  # the logprob protocol reads no verdict: nothing to re-ask
         text = load_template(template, cfg.protocol)
         self.template = compile_template(text)
         self.labeler = ChatLabeler(
@@ -107,13 +116,14 @@ class OpenAIJudge(PairwiseJudge):
         self.id = f"openai-v1:model={model}:template={template_hash(text)}:top_logprobs={top_logprobs}"
         if writes:  # the logprob id is unchanged, so existing caches stay valid
             self.id = f"openai-v1:model={model}:template={template_hash(text)}:protocol={cfg.protocol}"
-            self.id += f":max_new_tokens={cfg.max_new_tokens}"
+            self.id += f":max_new_tokens={cfg.max_new_tokens}" + reask_id(self.reask)
 
     def answer(self, result) -> float:
         """The value stored for one endpoint answer (q, or arena_hard's verdict code; see the module
         docstring), counting how it was read."""
         if self.protocol.generates:
-            return read_judgment(self.stats, result.text, cut=result.finish_reason == "length")
+            texts = [r.text for r in (*result.earlier, result)]
+            return read_judgment(self.stats, texts, cut=result.finish_reason == "length")
         if result.logprobs is None:
             q = parsed_label(result.text)
             self.stats.add(parsed_verdicts=1, abstentions=q is None)
@@ -143,5 +153,11 @@ class OpenAIJudge(PairwiseJudge):
             if on_result is not None:
                 on_result(n, out[n])
 
-        self.labeler.label_many(conversations, on_result=got)
+        follow_up = self._follow_up if self.reask else None
+        self.labeler.label_many(conversations, on_result=got, follow_up=follow_up)
         return out
+
+    def _follow_up(self, conversation, answers):
+        """arena_hard: the re-ask after a judgment without a verdict (runs on the labeler's worker threads:
+        it reads nothing shared and counts nothing; `answer` counts the re-asks of each final answer)."""
+        return next_reask(conversation, [r.text for r in answers], self.reask)

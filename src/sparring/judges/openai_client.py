@@ -5,7 +5,10 @@ sends each conversation to `{base_url}/chat/completions` (vLLM, SGLang, a hosted
 conversation, the log-probabilities of the labels among the top log-probs of the first generated token, and
 the generated text (for servers that return no log-probs, so the judge can parse a verdict instead).
 With `logprobs=False` (the arena_hard protocol: the judge writes a whole judgment, up to `max_tokens`) no
-log-probs are asked for and only the text and the finish reason come back.
+log-probs are asked for and only the text and the finish reason come back. A `follow_up` function may
+continue a conversation after its answer (arena_hard's re-ask after a judgment without a verdict): the
+conversation it returns is sent at once by the same worker, and only the last answer is delivered, with the
+earlier ones in its `earlier`.
 
 Behaviour, in short:
 
@@ -37,6 +40,7 @@ Behaviour, in short:
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import math
@@ -97,12 +101,15 @@ class LabelResult:
     `text`: the generated text ("" when the message had no content).
     `top_floor`: the lowest log-prob among the first token's top candidates (a bound on the log-prob of
     any label that is not among them); None without log-probs.
-    `finish_reason`: the choice's `finish_reason` as the server gave it ("stop", "length", ...), or None."""
+    `finish_reason`: the choice's `finish_reason` as the server gave it ("stop", "length", ...), or None.
+    `earlier`: with a `follow_up`, the answers to the same conversation that came before this one, first to
+    last (empty when the first answer was final)."""
 
     logprobs: dict[str, float] | None
     text: str
     top_floor: float | None = None
     finish_reason: str | None = field(default=None, compare=False)  # how it ended, not what it said
+    earlier: tuple[LabelResult, ...] = ()
 
 
 class _Malformed(Exception):
@@ -116,6 +123,9 @@ class _Failure:
     status: int | None
     attempts: int
 
+
+# arena_hard's re-ask: (the conversation just answered, its answers so far) -> the next one, or None
+FollowUp = Callable[[list[dict], list[LabelResult]], list[dict] | None]
 
 # A worker's request gave up because another request had already failed (not a failure of its own).
 _ABANDONED = object()
@@ -265,9 +275,15 @@ class ChatLabeler:
         conversations: list[list[dict]],
         on_result: Callable[[int, LabelResult], None] | None = None,
         progress: bool = False,
+        follow_up: FollowUp | None = None,
     ) -> list[LabelResult]:
         """The answer to every conversation, in order. `on_result(i, result)` is called from this (the
         calling) thread as each answer arrives, so the caller can persist it before anything else fails.
+        `follow_up(conversation, answers)`, called on a worker thread (so it must not share state unguarded)
+        with the conversation just answered and its answers so far (first to last), returns the conversation
+        to send next, or None when the last answer is final; only final answers reach `on_result`, carrying
+        the others in `earlier`. Once a request has failed for good no follow-up is sent either, and a
+        conversation whose follow-up was not sent is not answered.
         Raises JudgeEndpointError (a UserError) when a request fails for good; see the module doc."""
         import httpx
         from tqdm.auto import tqdm
@@ -306,6 +322,8 @@ class ChatLabeler:
                         return
                     try:
                         outcome = self._request(client, i, bodies[i], stop)
+                        if follow_up is not None:
+                            outcome = self._follow(client, i, conversations[i], outcome, follow_up, stop)
                     except BaseException as e:  # noqa: BLE001  # a bug, not the endpoint: re-raised by the calling thread
                         stop.set()
                         outcomes.put((i, e))
@@ -450,6 +468,21 @@ class ChatLabeler:
                 self.seconds_waited += time.monotonic() - started
             if interrupted:
                 return _ABANDONED
+
+    def _follow(
+        self, client: Any, i: int, conversation: list[dict], outcome: Any, follow_up: FollowUp, stop: threading.Event
+    ) -> LabelResult | _Failure | object:
+        """Conversation i's final answer: `outcome` (its first request's), continued while `follow_up` asks."""
+        answers: list[LabelResult] = []
+        while isinstance(outcome, LabelResult):
+            answers.append(outcome)
+            conversation = follow_up(conversation, list(answers))
+            if conversation is None:
+                return dataclasses.replace(outcome, earlier=tuple(answers[:-1]))
+            if stop.is_set():  # another request failed for good: nothing new goes out
+                return _ABANDONED
+            outcome = self._request(client, i, self._encode(i, conversation), stop)
+        return outcome  # the follow-up failed, or gave up
 
     def _parse(self, response: Any) -> LabelResult:
         try:

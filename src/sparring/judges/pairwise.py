@@ -29,6 +29,11 @@ e.g. [[A>>B]] with a shown first and [[A=B]] with b shown first: (3 + ½) / 4 = 
 The cache stores each ordered query's verdict as its code (`VERDICT_CODES`: 1, ¾, ½, ¼, 0 from [[A>>B]]
 to [[B>>A]], and ABSTAINED = ⅜ for no verdict), not a probability: the combination needs each order's
 weight, which one number in [0, 1] can carry only as a code.
+
+A judgment with no verdict at all is asked again (`judge.reask` times at most, default 1), as Arena-Hard-Auto
+v0.1's judging script does with its two judgment attempts: the judgment stays in the conversation as the judge's
+turn, a user turn (`REASK`) asks it to go on and end with a verdict, and the verdict is read from the
+judgments together (`next_reask`). Only the final verdict is stored, so a resumed run never asks again.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -154,17 +159,57 @@ def parse_verdict(text: str) -> Verdict:
     return Verdict(found.pop())
 
 
-def read_judgment(stats, text: str, *, cut: bool) -> float:
+def read_judgment(stats, judgments: str | Sequence[str], *, cut: bool) -> float:
     """The verdict code of one written arena_hard judgment, counted in `stats`: `verdicts` read, or an
-    abstention (`abstentions`, and `verdicts_<why>`; `verdicts_cut` when the judgment ran out of tokens)."""
-    found = parse_verdict(text)
+    abstention (`abstentions`, and `verdicts_<why>`; `verdicts_cut` when the last answer ran out of tokens).
+    `judgments`: the text, or the answers to one query and its re-asks, first to last (`next_reask`), read
+    together; each re-ask is counted (`reasks`), and a verdict found after one is `reasks_recovered`."""
+    texts = [judgments] if isinstance(judgments, str) else list(judgments)
+    found = parse_verdict(_joined(texts))
     if found.verdict is None:
         stats.add(abstentions=1, **{f"verdicts_{found.why}": 1})
         if cut:
             stats.add(verdicts_cut=1)
     else:
         stats.add(verdicts=1, strong_verdicts=">>" in found.verdict)
+    if len(texts) > 1:  # added only when asked again, so a judge that never re-asks keeps its old counts
+        stats.add(reasks=len(texts) - 1, reasks_recovered=found.verdict is not None)
     return found.code
+
+
+# The follow-up turn after a judgment without a verdict (sparring's own words). Arena-Hard-Auto's v0.1
+# judging script (gen_judgment.py, with number_of_judgment_attempts: 2 in config/judge_config.yaml) sends
+# such a turn once, in the same conversation after the judge's judgment, when the judgment holds no
+# bracketed verdict, and reads the verdict from both judgments joined; its v2.0 script (2025) no longer does.
+REASK = (
+    "Your evaluation ended without a verdict. Please carry on from where you stopped and finish with your "
+    "final verdict: exactly one of the five labels, written with its double square brackets."
+)
+
+
+def _joined(texts: Sequence[str]) -> str:
+    return "\n".join(texts)
+
+
+def next_reask(conversation: list[dict], judgments: Sequence[str], reask: int) -> list[dict] | None:
+    """The conversation to send next for one arena_hard query, or None when its verdict is final.
+
+    `conversation`: the one just answered; `judgments`: its answers so far, first to last; `reask`: how many
+    follow-ups a query may get (`judge.reask`). As in Arena-Hard-Auto, only a judgment with no verdict
+    attempt at all (`parse_verdict`'s "missing", over the answers read together) is asked again: one that
+    wrote a verdict, even several different ones or a malformed one, has given its answer. The follow-up keeps
+    the conversation, adds the last answer as the judge's turn and `REASK` as the user's, so the judge sees
+    what it wrote and is asked only for the verdict (at temperature 0 the same request would bring back the
+    same text; this one is a different request)."""
+    if len(judgments) > reask or parse_verdict(_joined(judgments)).why != "missing":
+        return None
+    return [*conversation, {"role": "assistant", "content": judgments[-1]}, {"role": "user", "content": REASK}]
+
+
+def reask_id(reask: int) -> str:
+    """What an arena_hard judge's id says about its re-asks: it changes which queries end as abstentions, so
+    it is part of the id; nothing for 0, so caches made before the re-ask existed (never re-asked) stay valid."""
+    return f":reask={reask}" if reask else ""
 
 
 def battles(code: float) -> tuple[float, int]:
