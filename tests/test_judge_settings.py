@@ -24,8 +24,9 @@ from sparring.judges.settings import COMMON, JUDGES, defaults, judge_config, jud
 
 # The keys and defaults every judge had before they declared their own settings (judges/settings.py's
 # KEYS table, each class's KEYS and its __init__'s defaults): None marks a key without a default.
-# added since, to llm and openai (issue 27): the judging protocol and the arena_hard judgment's length
-ARENA_HARD = {"protocol": "logprob", "max_new_tokens": 4096}
+# added since, to llm and openai (issue 27): the judging protocol, the arena_hard judgment's length and its
+# re-asks after a judgment without a verdict
+ARENA_HARD = {"protocol": "logprob", "max_new_tokens": 4096, "reask": 1}
 BEFORE = {
     "ifeval": {"tau": 0.1},
     "reward_model": {
@@ -137,6 +138,7 @@ def test_the_config_keys_are_those_of_before():
         "judge.template",
         "judge.protocol",
         "judge.max_new_tokens",
+        "judge.reask",
         "judge.base_url",
         "judge.api_key_env",
         "judge.max_concurrency",
