@@ -117,6 +117,8 @@ def test_pairs_is_refused_for_methods_that_do_not_train_on_pairs_of_their_sample
         with pytest.raises(UserError, match=rf"method.pairs = 'all': method '{name}' does not train on pairs.*dpo"):
             config_from_dict({"method": {"name": name, "pairs": "all"}})
     assert config_from_dict({"method": {"name": "spin"}}).method.pairs == "best_worst"
+    with pytest.raises(UserError, match=r"^r\.yaml: method\.pairs = 'all'"):  # the refusal names the file
+        config_from_dict({"method": {"name": "spin", "pairs": "all"}}, "r.yaml")
     with pytest.raises(UserError, match=r"method.pairs = 'ranked' is not allowed; choose one of 'best_worst'"):
         config_from_dict({"method": {"name": "dpo", "pairs": "ranked"}})
 

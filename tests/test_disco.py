@@ -185,9 +185,16 @@ def test_rows_hold_a_group_in_slots_and_skip_all_pass_and_all_fail():
     assert len(m.sequences) == SLOTS
     with pytest.raises(UserError, match=f"generation.k = {SLOTS + 1}: method 'disco' holds at most {SLOTS}"):
         m.rows([group(bt([1] + [0] * SLOTS))], MethodConfig(name="disco"))
-    with pytest.raises(UserError, match=f"generation.k = {SLOTS + 1}: method 'disco'"):  # before any sampling
-        m.draws(SLOTS + 1, MethodConfig(name="disco"))
     assert [d.k for d in m.draws(SLOTS, MethodConfig(name="disco"))] == [SLOTS]
+
+
+def test_more_samples_than_a_row_holds_is_refused_with_the_config():
+    """Before any sampling: the config check names the file, the key and the limit."""
+    from sparring.config import config_from_dict
+
+    with pytest.raises(UserError, match=rf"^my.yaml: generation.k = {SLOTS + 1}: method 'disco' holds at most {SLOTS}"):
+        config_from_dict({"method": {"name": "disco"}, "generation": {"k": SLOTS + 1}}, "my.yaml")
+    assert config_from_dict({"method": {"name": "disco"}, "generation": {"k": SLOTS}}).generation.k == SLOTS
 
 
 def test_the_method_loss_is_the_sum_of_a_rows_shares():

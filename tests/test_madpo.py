@@ -224,3 +224,5 @@ def test_madpo_config_is_checked():
         config_from_dict({"method": {"name": "spin", "madpo": True}})
     with pytest.raises(UserError, match=r"method\.madpo: .*'sppo-all'"):
         config_from_dict({"method": {"name": "sppo-all", "madpo": True}})
+    with pytest.raises(UserError, match=r"^recipe\.yaml: method\.madpo: "):  # the refusal names the file
+        config_from_dict({"method": {"name": "spin", "madpo": True}}, "recipe.yaml")

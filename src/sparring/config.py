@@ -70,30 +70,6 @@ class MethodConfig:
     # DisCO: δ, the bound on the per-token KL(π_t ‖ π_θ) that the squared-hinge penalty β[KL − δ]₊² keeps
     disco_delta: float = field(default=1e-4, metadata=_range(0, None))
 
-    def __post_init__(self) -> None:
-        # a method.pairs other than best_worst needs a method whose rows are pairs of its samples
-        if self.pairs != "best_worst":
-            from sparring.methods import METHODS
-
-            method = METHODS.get(self.name)
-            if method is not None and "pairs" not in method.settings:
-                fits = ", ".join(m.name for m in METHODS.values() if "pairs" in m.settings)
-                raise UserError(
-                    f"method.pairs = {self.pairs!r}: method {self.name!r} does not train on pairs of its samples; "
-                    f"it applies to: {fits}"
-                )
-        # LD-DPO and MADPO act on pairs; a method they cannot apply to fails here, before any work starts
-        # (an unknown method.name is left to the config's own check, which names the nearest one)
-        if self.ld_alpha is None and not self.madpo:
-            return
-        from sparring.methods import METHODS
-
-        method = METHODS.get(self.name)
-        problem = method.modifier_problem(self) if method is not None else None
-        if problem:
-            fits = ", ".join(m.name for m in METHODS.values() if m.modifier_problem(self) is None)
-            raise UserError(f"{problem}; it applies to: {fits}")
-
 
 @dataclass
 class PromptsConfig:
@@ -281,6 +257,30 @@ def config_from_dict(data: dict, where: str = "config") -> RunConfig:
     return cfg
 
 
+def _method_checks(cfg: RunConfig, method, where: str) -> None:
+    """What the chosen method cannot do with these settings, refused before any work starts, naming the
+    file: method.pairs on a method whose rows are not pairs of its samples, LD-DPO / MADPO on one they do
+    not apply to, more samples per prompt than its rows hold."""
+    from sparring.methods import METHODS
+
+    m = cfg.method
+    if m.pairs != "best_worst" and "pairs" not in method.settings:
+        fits = ", ".join(x.name for x in METHODS.values() if "pairs" in x.settings)
+        raise UserError(
+            f"{where}: method.pairs = {m.pairs!r}: method {m.name!r} does not train on pairs of its samples; "
+            f"it applies to: {fits}"
+        )
+    problem = method.modifier_problem(m) if (m.ld_alpha is not None or m.madpo) else None
+    if problem:
+        fits = ", ".join(x.name for x in METHODS.values() if x.modifier_problem(m) is None)
+        raise UserError(f"{where}: {problem}; it applies to: {fits}")
+    if method.max_k is not None and cfg.generation.k > method.max_k:
+        raise UserError(
+            f"{where}: generation.k = {cfg.generation.k}: method {m.name!r} holds at most {method.max_k} samples "
+            "per prompt in a row"
+        )
+
+
 def _cross_checks(cfg: RunConfig, where: str) -> None:
     from sparring.losses import LOSSES  # noqa: F401  (import check only)
     from sparring.methods import METHODS
@@ -292,6 +292,8 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
             f"{where}: method.name = {cfg.method.name!r} is not a known method{hint} "
             f"(known: {', '.join(sorted(METHODS))})"
         )
+    method = METHODS[cfg.method.name]
+    _method_checks(cfg, method, where)
     if METHODS[cfg.method.name].mixture_opponents and cfg.generation.k % 2:
         raise UserError(
             f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "

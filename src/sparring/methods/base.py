@@ -91,6 +91,7 @@ class Method:
     sampling: Literal["policy", "mixture"] = "policy"
     needs_reference_response: bool = False  # prompts must carry `reference_response` (SPIN)
     reference_free: bool = False  # the loss reads no reference log-probs (SimPO)
+    max_k: int | None = None  # the most samples per prompt (generation.k) its rows hold; None: any
 
     def loss(self, logps: dict[str, SeqLogp], batch: dict[str, torch.Tensor], cfg) -> torch.Tensor:
         """Per-row loss [B]: the registered loss `loss_name` on this method's arguments, times MADPO's

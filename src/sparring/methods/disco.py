@@ -101,15 +101,6 @@ class GroupMethod(Method):
         shares = super().loss(logps, batch, cfg)
         return shares.reshape(-1, len(self.sequences)).sum(dim=1)
 
-    def draws(self, k: int, cfg):
-        # before any sampling: a group larger than a row's slots could not be trained
-        if k > len(self.sequences):
-            raise UserError(
-                f"generation.k = {k}: method {self.name!r} holds at most {len(self.sequences)} samples "
-                "per prompt in a row"
-            )
-        return super().draws(k, cfg)
-
 
 DISCO = GroupMethod(
     name="disco",
@@ -125,4 +116,5 @@ DISCO = GroupMethod(
         "prompts skipped"
     ),
     settings=("beta", "disco_tau", "disco_delta"),
+    max_k=SLOTS,  # generation.k is checked against it with the config, before any sampling
 )
