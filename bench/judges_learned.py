@@ -72,7 +72,8 @@ def arm_settings(size: dict, name: str, judge: dict, runs_dir: Path) -> dict:
         "judge": judge,
         # twice the demo's 5e-6: the arms see half its prompts per iteration, for two iterations
         "train": {"optimizer": "adamw", "lr": 1.0e-5, "epochs": 2, "batch_size": 4, "micro_batch_size": 4},
-        "eval": {"max_new_tokens": size["max_new_tokens"], "batch_size": 64, "limit": size["eval_limit"]},
+        "eval": {"max_new_tokens": size["max_new_tokens"], "batch_size": 64}
+        | ({"limit": size["eval_limit"]} if size["eval_limit"] else {}),  # 0: every held-out prompt
     }
 
 
