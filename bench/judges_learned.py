@@ -10,7 +10,8 @@ Steps, each resumable (run the same command again after a kill; a finished step 
    label every pair of responses whose strict scores differ.  -> OUT/data (a run), OUT/pairs.jsonl
 2. judges, trained by `sparring train-judge`, head only on the frozen backbone's cached features (one
    shared features_cache, so five heads cost two feature passes): bt (Bradley–Terry), gpm (General
-   Preference Model), and three bt members on bootstrap resamples for the ensemble.  -> OUT/judges/
+   Preference Model), and three bt members on bootstrap resamples for the ensemble, all held out on the
+   same quarter of the judge prompts.  -> OUT/judges/
 3. SPPO arms, one run each, identical but for the judge: gold (ifeval), bt, gpm, ensemble worst,
    ensemble uncertainty.  -> OUT/runs/<arm>
 4. the tables: every arm's policies on the held-out prompts, by gold (IFEval prompt-level strict
@@ -165,8 +166,28 @@ JUDGES = {  # name -> train-judge overrides
 }
 
 
+def split_pairs(out: Path, pairs: Path) -> tuple[Path, Path]:
+    """One held-out split for every judge: a quarter of the judge prompts (drawn with a fixed seed), all of
+    their pairs. train-judge's own split is seeded by each judge's seed, and the bootstrap members have
+    seeds 1-3: without this, every judge would be held out on other prompts."""
+    train, held = out / "pairs_train.jsonl", out / "pairs_heldout.jsonl"
+    if train.is_file() and held.is_file():
+        return train, held
+    rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
+    ids = sorted({r["prompt_id"] for r in rows})
+    rng = np.random.default_rng(SEED)
+    held_ids = set(rng.permutation(ids)[: max(1, round(0.25 * len(ids)))].tolist())
+    for path, keep in ((held, True), (train, False)):
+        path.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if (r["prompt_id"] in held_ids) == keep),
+            encoding="utf-8",
+        )
+    return train, held
+
+
 def train_judges(out: Path, pairs: Path, size: dict) -> dict:
     """Each judge by the command a user runs; head only (see docs/judges-learned.md for why)."""
+    train, held = split_pairs(out, pairs)
     found = {}
     for name, extra in JUDGES.items():
         target = out / "judges" / name
@@ -175,10 +196,10 @@ def train_judges(out: Path, pairs: Path, size: dict) -> dict:
                 str(Path(sys.executable).with_name("sparring")),
                 "train-judge",
                 "train-judge",
-                f"data.train=[{pairs}]",
+                f"data.train=[{train}]",
+                f"data.heldout=[{held}]",
                 f"output={target}",
                 f"features_cache={out / 'judges' / 'features'}",
-                "data.heldout_fraction=0.25",  # whole prompts; the same split for every judge (seed-free below)
                 f"train.epochs={size['epochs']}",
                 "--no-progress",
                 *extra,
