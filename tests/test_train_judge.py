@@ -589,3 +589,76 @@ def test_bootstrap_resamples_whole_train_prompts_seeded_and_leaves_the_held_out_
     card = (tmp_path / "bag0" / "README.md").read_text()
     drawn = infos["bag0"]["bootstrap"]
     assert f"drew {drawn['prompts']} distinct prompts ({drawn['distinct_pairs']} of the 30 pairs)" in card
+
+
+# ------------------------------------------------------------------ gpm's prompt head
+
+
+def prompt_dependent_pairs(n: int, seed: int = 0) -> list[dict]:
+    """The prompt ends in "yes yes yes" (7 in 10) or "no no no", and the chosen reply is the one that agrees
+    with it: the same two replies swap places from one prompt to the next, so no reward of the reply alone
+    orders them all (the best gets the majority's 70% or so)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        want = "yes" if rng.random() < 0.7 else "no"
+        other = "no" if want == "yes" else "yes"
+        a = rng.choice(WORDS)
+        prompt = f"{rng.choice(WORDS)} {rng.choice(WORDS)}? {want} {want} {want}"
+        rows.append({"prompt": prompt, "chosen": f"{a} {want}", "rejected": f"{a} {other}"})
+    return rows
+
+
+def test_paired_scores_are_the_judges_pair_scores_with_one_lambda_per_pair():
+    from sparring.judges.gpm import embed, pair_scores
+    from sparring.judgetrain.model import paired_scores
+
+    g = torch.Generator().manual_seed(0)
+    v_w, v_l = embed(torch.randn(5, 6, generator=g, dtype=torch.float64)), embed(torch.randn(5, 6, generator=g))
+    lam = torch.softmax(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1)
+    got = paired_scores(v_w, v_l.double(), lam)
+    want = [float(pair_scores(torch.stack([v_w[b], v_l[b].double()]), lam[b])[0, 1]) for b in range(5)]
+    assert got.tolist() == pytest.approx(want, abs=1e-15)
+
+
+def test_a_gpm_prompt_head_fits_what_a_prompt_decides_and_the_judge_reads_it_as_trained(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    rows = prompt_dependent_pairs(120)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:80])
+    held = write_jsonl(tmp_path / "held.jsonl", rows[80:])
+    infos = {}
+    for prompt_head in (False, True):
+        out = tmp_path / f"judge-{prompt_head}"
+        extra = {
+            "kind": "gpm",
+            "gpm.prompt_head": prompt_head,
+            "data.heldout": [str(held)],
+            # a low rate, many steps: both heads start near a saddle (h's large shared component makes every
+            # v alike), which a larger rate leaves less reliably
+            "train.epochs": 100,
+            "train.lr": 5e-3,
+            "train.batch_size": 8,
+            "features_cache": str(tmp_path / "features"),  # the second computes only its prompt rows
+        }
+        infos[prompt_head] = T.train_judge(
+            settings(tiny, out, [str(train)], **extra), progress=False, log=lambda _: None
+        )
+        heads = load_file(str(out / "model.safetensors"))
+        assert ("prompt_head.weight" in heads) == prompt_head
+    with_head, without = infos[True], infos[False]
+    assert with_head["feature_texts"]["read"] == without["texts"]  # the response rows, from the cache
+    assert with_head["texts"] > without["texts"]  # and the prompt rows, one per prompt here
+    # the prompt decides which reply wins: the prompt head fits it, λ = 1 does not as well
+    assert with_head["train_accuracy"] > without["train_accuracy"]
+    assert with_head["heldout_accuracy"] > without["heldout_accuracy"]
+    assert with_head["train_loss"] < without["train_loss"]
+    # the last one written (prompt_head true): W_p is [k, H] = [gpm.dim / 2, the tiny model's 32]
+    assert heads["prompt_head.weight"].shape == (2, 32) and heads["value_head.weight"].shape == (4, 32)
+    assert "prompt_head.weight (λ(x) = softmax(W_p h_x)" in (tmp_path / "judge-True" / "README.md").read_text()
+    # the judge reads λ where the training read it: its held-out figures are the training's
+    acc, loss = judge_on(tmp_path / "judge-True", "gpm", rows[80:], 0.1)
+    assert acc == with_head["heldout_accuracy"]
+    assert loss == pytest.approx(with_head["heldout_loss"], abs=1e-4)
+    with pytest.raises(UserError, match="gpm.prompt_head is for kind gpm"):
+        settings(tiny, tmp_path / "o", ["x.jsonl"], **{"gpm.prompt_head": True})

@@ -4,7 +4,8 @@ Two kinds, each written as a directory its judge loads as is: `bt`, a Bradley–
 (`judge.name: reward_model`), and `gpm`, a General Preference Model (`judge.name: gpm`); any Hugging Face
 causal LM as the backbone; three modes (head only on cached features, LoRA, full). The pieces:
 settings.py (the recipe's keys), data.py (TRL's preference format from any prompt source), model.py
-(losses, heads, texts, the output), train.py (the resumable training), card.py (the model card).
+(losses, heads, texts, the output), train.py (the resumable training), features.py (features_cache, the
+feature store trainings share), card.py (the model card).
 docs/train-judge.md is the user's page.
 """
 

@@ -12,8 +12,7 @@ KINDS = {
         "−log σ(r_w − r_l − m) (soft label p: the binary cross-entropy of σ(r_w − r_l − m) against p)",
     ),
     "gpm": (
-        "a General Preference Model (Zhang et al., ICML 2025): the backbone under model.*, value_head.weight, "
-        "no prompt head (λ = 1)",
+        "a General Preference Model (Zhang et al., ICML 2025): the backbone under model.*, value_head.weight",
         "gpm",
         "−log σ(s(w, l)/τ − m) (soft label p: the binary cross-entropy against p)",
     ),
@@ -51,6 +50,12 @@ def _bootstrap(info: dict) -> list[str]:
 
 def model_card(cfg, info: dict, train, held) -> str:
     what, judge, loss = KINDS[cfg.kind]
+    if cfg.kind == "gpm":
+        what += (
+            " and prompt_head.weight (λ(x) = softmax(W_p h_x) weighs the planes by the prompt)"
+            if cfg.gpm.prompt_head
+            else ", no prompt head (λ = 1)"
+        )
     use = f"judge: {{name: {judge}, model: {cfg.output}"
     if cfg.kind == "gpm":
         use += f", tau: {cfg.gpm.tau}"  # the τ it was trained with

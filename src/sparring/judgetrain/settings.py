@@ -62,6 +62,9 @@ class LoraSettings:
 class GPMTrainSettings:
     dim: int = setting(4, lo=2)  # 2k: the value head's rows (an even number); k = dim / 2 planes
     tau: float = setting(0.1, lo=0, lo_open=True)  # the loss −log σ(s(w, l)/τ); the judge's judge.tau
+    # a prompt head W_p [k, H] trained with the value head: λ(x) = softmax(W_p h_x) weighs the k planes by
+    # the prompt (h_x at the prompt's last token, where sparring.judges.gpm reads it); false: λ = 1
+    prompt_head: bool = False
 
 
 @dataclass
@@ -98,6 +101,8 @@ def settings_from_dict(data: dict, where: str) -> TrainJudgeSettings:
     cfg.data.check(where)
     if cfg.gpm.dim % 2:
         raise UserError(f"{where}: gpm.dim = {cfg.gpm.dim} must be even (the value head's 2k rows: k planes)")
+    if cfg.gpm.prompt_head and cfg.kind != "gpm":
+        raise UserError(f"{where}: gpm.prompt_head is for kind gpm (a reward model has no prompt head)")
     if cfg.features_cache and cfg.mode != "head":
         raise UserError(
             f"{where}: features_cache = {cfg.features_cache!r} is for mode head (a frozen backbone's features); "

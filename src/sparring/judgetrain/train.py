@@ -125,19 +125,33 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
     index: dict[tuple, int] = {}
     rows: list[tuple] = []
 
-    def text_index(messages, response) -> int:
-        ids, at = texts.row(messages, response)
-        if ids not in index:
-            index[ids] = len(rows)
-            rows.append((ids, at))
-        return index[ids]
+    prompt_head = cfg.kind == "gpm" and cfg.gpm.prompt_head
 
-    def indices(pairs):
-        w = torch.tensor([text_index(p.messages, p.chosen) for p in pairs], dtype=torch.long)
-        l = torch.tensor([text_index(p.messages, p.rejected) for p in pairs], dtype=torch.long)
-        p = torch.tensor([p.p for p in pairs], dtype=torch.float32)
-        m = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
-        return w, l, p, m
+    def row_index(row) -> int:
+        if row not in index:
+            index[row] = len(rows)
+            rows.append(row)
+        return index[row]
+
+    def text_index(messages, response) -> tuple[int, int | None]:
+        """(the response's row, its prompt row with gpm.prompt_head, else None)."""
+        row = texts.row(messages, response)
+        return row_index(row), (row_index(texts.prompt_row(messages, row[0])) if prompt_head else None)
+
+    def indices(pairs) -> dict:
+        """The pairs as tensors: w, l (rows), p, m, and with a prompt head xw, xl (their prompt rows)."""
+        w = [text_index(p.messages, p.chosen) for p in pairs]  # every chosen row first: the rows' order
+        l = [text_index(p.messages, p.rejected) for p in pairs]  # (and so the feature batches) as before
+        out = {
+            "w": torch.tensor([i for i, _ in w], dtype=torch.long),
+            "l": torch.tensor([i for i, _ in l], dtype=torch.long),
+            "p": torch.tensor([p.p for p in pairs], dtype=torch.float32),
+            "m": torch.tensor([p.margin for p in pairs], dtype=torch.float32),
+        }
+        if prompt_head:
+            out["xw"] = torch.tensor([x for _, x in w], dtype=torch.long)
+            out["xl"] = torch.tensor([x for _, x in l], dtype=torch.long)
+        return out
 
     train_t, held_t = indices(train), indices(held)
     head = make_head(cfg, config.get_text_config().hidden_size).to(device)
@@ -189,21 +203,26 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
         start, history = state["epoch"], state["history"]
         log(f"resuming after epoch {start} of {cfg.train.epochs} ({ckpt})")
 
-    def evaluate(t) -> dict:
-        w, l, p, m = t
-        if not len(w):
+    def features_of(batch: dict):
+        """(h_w, h_l, h_x): h_x the prompt rows' (h_xw, h_xl) with a prompt head, else None."""
+        h_x = (feats(batch["xw"]), feats(batch["xl"])) if "xw" in batch else None
+        return feats(batch["w"]), feats(batch["l"]), h_x
+
+    def evaluate(t: dict) -> dict:
+        if not len(t["w"]):
             return {"accuracy": None, "loss": None}
         model.eval()
         z, losses = [], []
         with torch.no_grad():
-            for s in range(0, len(w), fbs):
-                hw, hl = feats(w[s : s + fbs]), feats(l[s : s + fbs])
-                z.append(head.logits(hw, hl).double().cpu())
-                losses.append(head.loss(hw, hl, p[s : s + fbs].to(device), m[s : s + fbs].to(device)).double().cpu())
+            for s in range(0, len(t["w"]), fbs):
+                batch = {k: v[s : s + fbs] for k, v in t.items()}
+                hw, hl, hx = features_of(batch)
+                z.append(head.logits(hw, hl, hx).double().cpu())
+                losses.append(head.loss(hw, hl, batch["p"].to(device), batch["m"].to(device), hx).double().cpu())
         model.train()
-        return {"accuracy": accuracy(torch.cat(z), p), "loss": float(torch.cat(losses).mean())}
+        return {"accuracy": accuracy(torch.cat(z), t["p"]), "loss": float(torch.cat(losses).mean())}
 
-    n = len(train_t[0])
+    n = len(train_t["w"])
     steps = math.ceil(n / cfg.train.batch_size)
     for epoch in range(start, cfg.train.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout (lora, full): the same bits after a resume
@@ -212,8 +231,9 @@ def train_judge(cfg: TrainJudgeSettings, *, progress: bool = True, log=print) ->
         total = 0.0
         for s in range(steps):
             b = order[s * cfg.train.batch_size : (s + 1) * cfg.train.batch_size]
-            w, l, p, m = (x[b] for x in train_t)
-            loss = head.loss(feats(w), feats(l), p.to(device), m.to(device)).mean()
+            batch = {k: v[b] for k, v in train_t.items()}
+            hw, hl, hx = features_of(batch)
+            loss = head.loss(hw, hl, batch["p"].to(device), batch["m"].to(device), hx).mean()
             value = _step(loss, params, opt, cfg.train.max_grad_norm)
             total += value * len(b)
             bar.update(1)
