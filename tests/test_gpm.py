@@ -280,24 +280,4 @@ def test_a_gpm_head_fits_rock_paper_scissors_and_a_bradley_terry_head_cannot():
         assert max(Pbt) < 0.6, seed  # its best fit of a balanced cycle is near indifference
 
 
-# ------------------------------------------------------------------ in the loop
-
-
-def test_two_iteration_sppo_loop_with_the_gpm_judge(tmp_path):
-    import pyarrow.parquet as pq
-    from test_judges import loop_config, run_loop
-    from tiny import make_tiny_model
-
-    write_gpm(tmp_path / "gpm", k=2)
-    models = {"policy": make_tiny_model(tmp_path / "policy")}
-    judge = {"name": "gpm", "model": str(tmp_path / "gpm"), "dtype": "float32"}
-    rd, summary = run_loop(loop_config(models, tmp_path / "runs", judge))
-    stages = rd.manifest()["stages"]
-    assert all(e["status"] == "done" for e in stages.values()) and len(stages) == 11
-    for t in range(2):
-        prefs = pq.read_table(rd.root / f"iter_{t}" / "preferences.parquet").to_pylist()
-        P = {(r["prompt_id"], r["i"], r["j"]): r["p"] for r in prefs}
-        assert all(P[(p, i, j)] + P[(p, j, i)] == 1.0 for p, i, j in P)
-        metrics = stages[f"iter_{t}/judge"]["metrics"]
-        assert 0 < metrics["judge_calls"] <= 4 * 3  # 4 prompts × K = 3: one forward per distinct response
-    assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
+# in the loop: tests/test_judges.py::test_two_iteration_sppo_loop_with_each_judge[gpm]

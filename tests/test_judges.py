@@ -400,7 +400,7 @@ def run_loop(cfg: dict):
     return rd, summary
 
 
-@pytest.mark.parametrize("kind", ["reward_model", "llm", "python", "pairrm", "openai"])
+@pytest.mark.parametrize("kind", ["reward_model", "llm", "python", "pairrm", "openai", "gpm", "ensemble"])
 def test_two_iteration_sppo_loop_with_each_judge(models, tmp_path, kind, server, user_module, monkeypatch):
     if kind == "reward_model":
         judge = {"name": "reward_model", "model": str(models["rm"]), "dtype": "float32"}
@@ -415,6 +415,21 @@ def test_two_iteration_sppo_loop_with_each_judge(models, tmp_path, kind, server,
         config = tiny_backbone_config(len(tok))
         ckpt = write_hf_layout(tmp_path / "PairRM-hf", tok, config, tiny_state(config, seed=0))
         judge = {"name": "pairrm", "model": str(ckpt), "dtype": "float32"}
+    elif kind == "gpm":
+        from test_gpm import write_gpm
+
+        write_gpm(tmp_path / "gpm", k=2)
+        judge = {"name": "gpm", "model": str(tmp_path / "gpm"), "dtype": "float32"}
+    elif kind == "ensemble":
+        second = make_tiny_reward_model(tmp_path / "rm2", seed=1)
+        judge = {
+            "name": "ensemble",
+            "combine": "uncertainty",
+            "members": [
+                {"name": "reward_model", "model": str(models["rm"]), "dtype": "float32"},
+                {"name": "reward_model", "model": str(second), "dtype": "float32", "tau": 2.0},
+            ],
+        }
     else:
         monkeypatch.setenv("SPARRING_TEST_KEY", "sk-test-4815162342-secret")
         judge = {"name": "openai", "model": "m", "base_url": server().url, "api_key_env": "SPARRING_TEST_KEY"}
@@ -429,6 +444,8 @@ def test_two_iteration_sppo_loop_with_each_judge(models, tmp_path, kind, server,
         assert 0 <= metrics["tie_rate"] <= 1
         if kind in ("llm", "pairrm", "openai"):
             assert 0 <= metrics["position_consistency"] <= 1
+        if kind == "gpm":  # 4 prompts × K = 3: one forward pass per distinct response, never per pair
+            assert 0 < metrics["judge_calls"] <= 4 * 3
         ev = json.loads((rd.root / f"iter_{t}" / "eval" / "metrics.json").read_text())
         lo, hi = ev["intervals"]["win_rate_vs_base"]["ci95"]
         assert lo <= ev["win_rate_vs_base"] <= hi and "length_controlled_win_rate" in ev
