@@ -1,7 +1,7 @@
 """The learned-vs-gold judge study (docs/judges-learned.md): do judges trained on gold labels stand in for
 the gold judge in self-play, or does SPPO over-optimise them?
 
-    .venv/bin/python bench/judges_learned.py --out runs/judges-learned     # the study, about 45 min on 2 cores
+    .venv/bin/python bench/judges_learned.py --out runs/judges-learned     # the study, about 40 min on 2 cores
     .venv/bin/python bench/judges_learned.py --out /tmp/jl --quick         # every step at toy sizes (minutes)
 
 Steps, each resumable (run the same command again after a kill; a finished step is skipped):
@@ -212,6 +212,40 @@ def train_judges(out: Path, pairs: Path, size: dict) -> dict:
     return found
 
 
+def evaluate_judges(out: Path) -> dict:
+    """Every arm's judge on the held-out pairs, as `sparring judge-eval` measures it (accuracy with a
+    bootstrap interval over prompts, log-loss, ECE): the ensembles included, which train-judge does not
+    see. One judge cache for all, so the ensembles' members are scored once."""
+    from sparring.judge_eval.evaluation import evaluate_judge
+    from sparring.judge_eval.inputs import load_pairs
+    from sparring.judges import build_judge
+
+    held = out / "pairs_heldout.jsonl"
+    folder = out / "judge_eval"
+    folder.mkdir(exist_ok=True)
+    pairs, label_column = load_pairs(str(held))
+    found = {}
+    for name, spec in arm_judges(out).items():
+        path = folder / f"{name}.json"
+        if name == "gold":  # the labels themselves
+            continue
+        if not path.is_file():
+            judge = build_judge(spec)
+            try:
+                result = evaluate_judge(
+                    judge,
+                    pairs=pairs,
+                    cache=folder / "judge_cache.sqlite",
+                    label_column=label_column,
+                    pairs_source=str(held),
+                )
+            finally:
+                judge.close()
+            path.write_text(json.dumps(result, indent=1))
+        found[name] = json.loads(path.read_text())["pairs"]
+    return found
+
+
 # ------------------------------------------------------------------ 3. the SPPO arms
 
 
@@ -304,7 +338,7 @@ def followed(table) -> np.ndarray:
     return table.ifeval_followed_strict.to_numpy(dtype=float) / table.ifeval_instructions.to_numpy(dtype=float)
 
 
-def tables(out: Path, judges: dict, arms: list[str]) -> dict:
+def tables(out: Path, judges: dict, evals: dict, arms: list[str]) -> dict:
     import sparring
 
     rows = []
@@ -348,6 +382,16 @@ def tables(out: Path, judges: dict, arms: list[str]) -> dict:
         name: {"heldout_accuracy": info["heldout_accuracy"], "pairs": info["pairs"], "texts": info["texts"]}
         for name, info in judges.items()
     }
+    for name, e in evals.items():
+        accuracy.setdefault(name, {})["judge_eval"] = {
+            "accuracy": e["accuracy"]["value"],
+            "accuracy_ci95": e["accuracy"]["ci95"],
+            "log_loss": e["log_loss"]["value"],
+            "ece": e["ece"]["value"],
+            "ties": e["ties"]["count"],
+            "pairs": e["pairs"],
+            "prompts": e["prompts"],
+        }
     return {"judges": accuracy, "arms": rows, "base_prompt_strict": base_strict if rows else None}
 
 
@@ -361,11 +405,21 @@ def markdown(result: dict) -> str:
     def ci_plain(c):
         return f"[{pct(c[0])}, {pct(c[1])}]"
 
-    lines = ["| judge | train / held-out pairs | texts | held-out accuracy vs gold |", "|---|---|---|---|"]
+    lines = [
+        "| judge | train / held-out pairs | held-out accuracy vs gold (train-judge) | judge-eval: accuracy [95% CI] "
+        "| log-loss | ECE |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, j in result["judges"].items():
-        lines.append(
-            f"| {name} | {j['pairs']['train']} / {j['pairs']['heldout']} | {j['texts']} | {j['heldout_accuracy']:.3f} |"
-        )
+        e = j.get("judge_eval")
+        cells = [
+            f"{j['pairs']['train']} / {j['pairs']['heldout']}" if "pairs" in j else "(its members')",
+            f"{j['heldout_accuracy']:.3f}" if "heldout_accuracy" in j else "",
+            f"{e['accuracy']:.3f} [{e['accuracy_ci95'][0]:.3f}, {e['accuracy_ci95'][1]:.3f}]" if e else "",
+            f"{e['log_loss']:.3f}" if e else "",
+            f"{e['ece']:.3f}" if e else "",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Base (π0) prompt-level strict accuracy: {pct(result['base_prompt_strict'] or 0)}%.",
@@ -382,6 +436,34 @@ def markdown(result: dict) -> str:
             f"{ci(r['proxy_minus_gold_ci95'])} | {r['mean_tokens']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Gold and proxy win rates against the base, per arm and iteration, with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(r["arm"] for r in result["arms"]))
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.2), sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        rows = [r for r in result["arms"] if r["arm"] == arm]
+        x = [0] + [r["iteration"] for r in rows]
+        for key, style, label in (("gold", "-o", "gold (IFEval)"), ("proxy", "--s", "the arm's judge")):
+            y = [50.0] + [100 * r[f"{key}_win_rate"] for r in rows]
+            lo = [0.0] + [100 * (r[f"{key}_win_rate"] - r[f"{key}_win_rate_ci95"][0]) for r in rows]
+            hi = [0.0] + [100 * (r[f"{key}_win_rate_ci95"][1] - r[f"{key}_win_rate"]) for r in rows]
+            ax.errorbar(x, y, yerr=[lo, hi], fmt=style, capsize=3, label=label)
+        ax.axhline(50, color="grey", lw=0.8)
+        ax.set_title(arm)
+        ax.set_xticks(x)
+        ax.set_xlabel("policy (iteration)")
+    axes[0][0].set_ylabel("win rate vs base (%)")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -410,11 +492,13 @@ def main(argv=None) -> int:
     log(f"sizes: {size}; cpu: {cpu}")
     pairs = timed("pairs", lambda: gold_pairs(out, size))
     judges = timed("judges", lambda: train_judges(out, pairs, size))
+    evals = timed("judge_eval", lambda: evaluate_judges(out))
     timed("arms", lambda: run_arms(out, size, arms))
-    result = tables(out, judges, arms)
+    result = tables(out, judges, evals, arms)
     result.update({"sizes": size, "wall_seconds": wall, "cpu": cpu})
     (out / "study.json").write_text(json.dumps(result, indent=1))
     (out / "study.md").write_text(markdown(result))
+    plot(result, out / "study.png")
     print(markdown(result))
     log(f"wall time by step (s): {wall}; total {sum(wall.values()):.0f} s")
     return 0
