@@ -42,9 +42,8 @@ import sys
 import time
 from pathlib import Path
 
-from sparring.judges import evaluate, follow_instructions
-from sparring.judges.ifeval import loose_variants
-from sparring.judges.ifeval_checks import count_sentences, detect_language, word_tokens
+from sparring.tasks.ifeval import evaluate, follow_instructions, loose_variants
+from sparring.tasks.ifeval.checks import count_sentences, detect_language, word_tokens
 
 
 def load_official(folder: Path, nltk_data: str | None):

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from sparring.judges.cache import CachedJudge
-from sparring.judges.ifeval import IFEvalJudge
 from sparring.prompts import load_prompts
+from sparring.tasks.ifeval import IFEvalJudge
 
 
 def responses_for(records, k: int) -> list[list[str]]:
