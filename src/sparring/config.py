@@ -294,13 +294,13 @@ def _cross_checks(cfg: RunConfig, where: str) -> None:
         )
     method = METHODS[cfg.method.name]
     _method_checks(cfg, method, where)
-    if METHODS[cfg.method.name].mixture_opponents and cfg.generation.k % 2:
+    if method.mixture_opponents and cfg.generation.k % 2:
         raise UserError(
             f"{where}: generation.k = {cfg.generation.k} must be even for method {cfg.method.name!r} "
             "(half of each prompt's samples are the policy's, half the mixture opponents)"
         )
     if cfg.generation.backend == "vllm":
-        if METHODS[cfg.method.name].mixture_opponents:
+        if method.mixture_opponents:
             raise UserError(
                 f"{where}: method {cfg.method.name!r} decodes the policy and the reference in lockstep, "
                 "which only generation.backend: hf does; set generation.backend: hf"

@@ -18,6 +18,11 @@ def shipped_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
 
 
+def judge_recipes() -> dict[str, Path]:
+    """`sparring train-judge`'s shipped recipes (recipes/judges/NAME.yaml) by name."""
+    return {p.stem: p for p in sorted((recipes_dir() / "judges").glob("*.yaml"))}
+
+
 def recipe_summary(path: Path) -> str:
     """The first sentence of a recipe's leading comment (what it runs)."""
     text = ""

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from sparring.errors import UserError
-from sparring.recipebook import recipe_summary, recipes_dir, shipped_recipes
+from sparring.recipebook import judge_recipes, recipe_summary, shipped_recipes
 from sparring.report.cards import refresh_model_cards
 from sparring.report.configdoc import config_reference
 from sparring.report.export import export_trl
@@ -109,7 +109,7 @@ def cmd_card(args) -> int:
 
 def cmd_recipes(args) -> int:
     recipes = shipped_recipes()
-    judges = {p.stem: p for p in sorted((recipes_dir() / "judges").glob("*.yaml"))}
+    judges = judge_recipes()
     width = max(map(len, [*recipes, *judges]))
     for name, path in recipes.items():
         print(f"{name:<{width}}  {recipe_summary(path)}")

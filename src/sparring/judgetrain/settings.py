@@ -115,8 +115,9 @@ def settings_from_dict(data: dict, where: str) -> TrainJudgeSettings:
 
 def shipped_recipe(name: str) -> Path | None:
     """recipes/judges/NAME.yaml, shipped with sparring, for `sparring train-judge NAME`."""
-    path = Path(__file__).parents[1] / "recipes" / "judges" / f"{name}.yaml"
-    return path if path.is_file() else None
+    from sparring.recipebook import judge_recipes
+
+    return judge_recipes().get(name)
 
 
 def load_settings(recipe: str | None, overrides: list[str] = ()) -> TrainJudgeSettings:
