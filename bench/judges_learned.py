@@ -273,11 +273,10 @@ def share_first_samples(source: Path, target_settings: dict) -> None:
     from sparring.api import _config
     from sparring.loop import load_inputs, resolve_precision
     from sparring.loop import open_run as open_run_dir
+    from sparring.rundir import RunDir
 
     cfg, root = _config(target_settings, {})
-    if (root / "manifest.json").is_file() and json.loads((root / "manifest.json").read_text())["stages"].get(
-        "iter_0/generate", {}
-    ).get("status") == "done":
+    if RunDir(root).is_done("iter_0/generate"):
         return
     cfg, _ = resolve_precision(cfg, root)
     load_inputs(cfg)
@@ -287,7 +286,7 @@ def share_first_samples(source: Path, target_settings: dict) -> None:
         dst = rd.samples(0)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        metrics = json.loads((source / "manifest.json").read_text())["stages"]["iter_0/generate"].get("metrics", {})
+        metrics = RunDir(source).stage("iter_0/generate").get("metrics", {})
         rd.mark_done("iter_0/generate", [dst], 0.0, {**metrics, "shared_from": str(source)})
     finally:
         rd.lock.release()
@@ -326,11 +325,11 @@ def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> list[float
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
-def gold_wins(policy: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Per prompt: 1 if the policy's response follows a larger fraction of the instructions than the
-    base's, ½ if the same, 0 if fewer (the IFEval judge's preference, hardened; the proxy's P is hardened
-    the same way, so both win rates count prompts won)."""
-    return np.where(policy > base, 1.0, np.where(policy == base, 0.5, 0.0))
+def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per prompt: 1 where a > b, ½ where a = b, 0 where a < b. Gold: a and b are the policy's and the
+    base's fractions of instructions followed (the IFEval judge's preference, hardened); proxy: a is the
+    arm's judge's P(policy ≻ base) and b = ½, hardened the same way, so both win rates count prompts won."""
+    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
 
 
 def followed(table) -> np.ndarray:
@@ -355,9 +354,9 @@ def tables(out: Path, judges: dict, evals: dict, arms: list[str]) -> dict:
                 continue
             held = run.heldout(i)
             assert list(held.prompt_id) == list(base.prompt_id)
-            gold = gold_wins(followed(held), followed(base))
+            gold = wins(followed(held), followed(base))
             soft = held.win_vs_base.to_numpy(dtype=float)  # the arm's judge: P(policy's response ≻ base's)
-            proxy = np.where(soft > 0.5, 1.0, np.where(soft == 0.5, 0.5, 0.0))  # hardened, as gold's
+            proxy = wins(soft, np.full_like(soft, 0.5))
             ps = it["intervals"]["prompt_strict"]
             rows.append(
                 {
